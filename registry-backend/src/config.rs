@@ -1,0 +1,119 @@
+//! Command-line flags and environment variables. Secrets (the MongoDB URI)
+//! are read from the environment and never echoed in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The NANDA agent registry as an MCP server (Streamable HTTP on /mcp).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "registry-backend", version)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+
+    /// Name of this instance, reported by health checks and the X-Registry-Instance header.
+    #[arg(long, env = "REGISTRY_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Host header values accepted on /mcp (DNS-rebinding protection); comma-separated.
+    #[arg(
+        long = "allowed-host",
+        env = "REGISTRY_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1"
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Accept any Host header (only behind a gateway that checks it).
+    #[arg(long, env = "REGISTRY_ALLOW_ANY_HOST")]
+    pub allow_any_host: bool,
+
+    /// The embedded store's file, used when no MongoDB URI is given. Several
+    /// processes on one host may share it.
+    #[arg(long, env = "REGISTRY_DB", default_value = "data/registry.db")]
+    pub db: PathBuf,
+
+    /// MongoDB connection string (also read from ATLAS_URL, the seed's variable).
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// MongoDB database name.
+    #[arg(long, env = "MONGODB_DATABASE", default_value = crate::store::mongo::DEFAULT_DATABASE)]
+    pub mongodb_database: String,
+
+    /// How long a SIGTERM waits for in-flight requests before exiting (e.g. 30s, 500ms).
+    #[arg(long, env = "REGISTRY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Largest accepted request body in bytes (larger gets 413).
+    #[arg(long, env = "REGISTRY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The MongoDB URI from the flag, MONGODB_URI, or ATLAS_URL; `None` means the embedded store.
+    pub fn mongodb_uri(&self) -> Option<String> {
+        self.mongodb_uri
+            .clone()
+            .or_else(|| std::env::var("ATLAS_URL").ok())
+            .filter(|u| !u.trim().is_empty())
+    }
+
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(|| format!("registry-{}-{}", self.listen.port(), std::process::id()))
+    }
+}
+
+/// Parses "30s", "500ms", "2m" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30s or 500ms"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit in '{text}' (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{text}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The HTTP server: `/mcp` (rmcp's Streamable HTTP service), `/health`, and
+//! the drain state that SIGTERM switches on.
+//!
+//! Invariants: while draining, `/health` answers 503 and a request that would
+//! open a session (a POST without `Mcp-Session-Id`) gets 503, so a load
+//! balancer or the gateway moves new work elsewhere; requests already in
+//! flight (every POST and DELETE until its response body is finished) are
+//! counted so the process exits only once they are done or the drain times out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http_body::Frame;
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::server::RegistryServer;
+use crate::tools::Registry;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const INSTANCE_HEADER: &str = "x-registry-instance";
+
+/// Serving → draining, and how many requests are still in flight.
+#[derive(Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Lifecycle {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.idle.notify_waiters();
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// Resolves once nothing is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.inflight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct InflightGuard(Arc<Lifecycle>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A response body that holds its request's in-flight guard until the last
+/// byte is sent or the client goes away.
+struct GuardedBody {
+    inner: Body,
+    _guard: InflightGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    life: Arc<Lifecycle>,
+    instance: HeaderValue,
+}
+
+/// Everything `/mcp` needs from the command line.
+pub struct McpOptions {
+    pub allowed_hosts: Option<Vec<String>>,
+    pub max_body_bytes: usize,
+    pub cancel: CancellationToken,
+}
+
+pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions) -> Router {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(options.max_body_bytes)
+        .with_cancellation_token(options.cancel);
+    config = match options.allowed_hosts {
+        Some(hosts) => config.with_allowed_hosts(hosts),
+        None => config.disable_allowed_hosts(),
+    };
+    let for_sessions = Arc::clone(&registry);
+    let mcp: StreamableHttpService<RegistryServer, LocalSessionManager> =
+        StreamableHttpService::new(
+            move || Ok(RegistryServer::new(Arc::clone(&for_sessions))),
+            Default::default(),
+            config,
+        );
+    let instance = HeaderValue::from_str(&registry.instance)
+        .unwrap_or_else(|_| HeaderValue::from_static("registry"));
+    let state = AppState {
+        registry,
+        life,
+        instance,
+    };
+    let mcp_routes = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), track_mcp));
+    Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+        .merge(mcp_routes)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let report = crate::tools::health_check::run(&state.registry).await;
+    if state.life.is_draining() {
+        let mut body = report;
+        body["status"] = json!("draining");
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let code = if report["status"] == "healthy" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(report)).into_response()
+}
+
+fn draining_response() -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32000, "message": "Server is draining; retry on another instance" }
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Per-request bookkeeping for `/mcp`: drain refusal, in-flight counting,
+/// the instance header, and a tracing span carrying the session id.
+async fn track_mcp(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let method = request.method().clone();
+    if state.life.is_draining() && method == Method::POST && session.is_empty() {
+        return draining_response();
+    }
+    let guard = (method == Method::POST || method == Method::DELETE).then(|| state.life.enter());
+    let span = tracing::info_span!("mcp", %method, session = %session);
+    let mut response = next.run(request).instrument(span).await;
+    response
+        .headers_mut()
+        .insert(INSTANCE_HEADER, state.instance.clone());
+    match guard {
+        Some(guard) => response.map(|inner| {
+            Body::new(GuardedBody {
+                inner,
+                _guard: guard,
+            })
+        }),
+        None => response,
+    }
+}
+
+/// How long the server keeps going after the drain before it stops waiting
+/// for long-lived streams to close.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);

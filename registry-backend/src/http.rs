@@ -158,11 +158,11 @@ pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let report = crate::tools::health_check::run(&state.registry).await;
+    let mut report = crate::tools::health_check::run(&state.registry).await;
+    report["inflight"] = json!(state.life.inflight());
     if state.life.is_draining() {
-        let mut body = report;
-        body["status"] = json!("draining");
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        report["status"] = json!("draining");
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(report)).into_response();
     }
     let code = if report["status"] == "healthy" {
         StatusCode::OK

@@ -1,1 +1,203 @@
-fn main() {}
+//! `mcp-gateway`: builds the pingora server from the configuration and runs
+//! it until SIGTERM (graceful shutdown) or SIGQUIT (graceful upgrade).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser as _;
+use mcp_gateway::admin::Admin;
+use mcp_gateway::config::{Cli, Config, Discovery, PoolConfig};
+use mcp_gateway::legacy::Legacy;
+use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
+use mcp_gateway::pool::supervisor::Supervisor;
+use mcp_gateway::pool::{MemberTable, Pool};
+use mcp_gateway::proxy::{McpProxy, Metrics, Shared};
+use mcp_gateway::tls::ensure_dev_tls;
+use mcp_gateway::token::TokenSealer;
+use pingora::apps::http_app::HttpServer;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backends, LoadBalancer};
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tracing_subscriber::EnvFilter;
+
+const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
+
+/// The session-token secret: env var, else key file, else a random one.
+fn session_secret(config: &Config) -> Result<Vec<u8>> {
+    if let Ok(key) = std::env::var(SESSION_KEY_ENV) {
+        if key.len() < 16 {
+            bail!("{SESSION_KEY_ENV} must be at least 16 characters");
+        }
+        return Ok(key.into_bytes());
+    }
+    if let Some(path) = &config.sessions.key_file {
+        let key = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let key: Vec<u8> = key.trim_ascii().to_vec();
+        if key.len() < 16 {
+            bail!("{} must hold at least 16 bytes", path.display());
+        }
+        return Ok(key);
+    }
+    tracing::warn!(
+        "no {SESSION_KEY_ENV} or sessions.key_file: using a random session key (sessions will not survive a restart or be shared between replicas)"
+    );
+    Ok(TokenSealer::random_secret().to_vec())
+}
+
+fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Pool> {
+    let members = Arc::new(MemberTable::default());
+    let (source, update) = match &pc.discovery {
+        Discovery::Static { backends } => (
+            Source::Static(resolve_static(backends)?),
+            Duration::from_secs(5),
+        ),
+        Discovery::Dns {
+            name,
+            port,
+            interval,
+        } => (
+            Source::Dns {
+                name: name.clone(),
+                port: *port,
+            },
+            *interval,
+        ),
+        Discovery::Managed {
+            command,
+            count,
+            args,
+        } => {
+            if !command.exists() {
+                bail!(
+                    "pool {}: managed backend program {} not found (build it with cargo build --release)",
+                    pc.name,
+                    command.display()
+                );
+            }
+            let svc = background_service(
+                &format!("supervisor {}", pc.name),
+                Supervisor::new(&pc.name, command.clone(), args.clone(), *count),
+            );
+            let supervisor = svc.task();
+            server.add_service(svc);
+            (Source::Managed(supervisor), Duration::from_millis(500))
+        }
+    };
+    let discovery = PoolDiscovery {
+        source,
+        members: Arc::clone(&members),
+    };
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
+    let mut hc = HttpHealthCheck::new("localhost", false);
+    hc.req
+        .set_uri(pc.health_path.parse().context("health_path")?);
+    hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+    hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
+    lb.set_health_check(Box::new(hc));
+    lb.health_check_frequency = Some(pc.health_interval);
+    lb.update_frequency = Some(update);
+    let svc = background_service(&format!("pool {}", pc.name), lb);
+    let lb = svc.task();
+    server.add_service(svc);
+    Ok(Pool {
+        index,
+        name: pc.name.clone(),
+        prefix: pc.route.trim_end_matches('/').to_owned(),
+        lb,
+        members,
+        eject_for: pc.eject_for,
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(&cli)?;
+    let sealer = TokenSealer::new(&session_secret(&config)?, config.sessions.max_age)
+        .map_err(|e| anyhow::anyhow!("session key: {e}"))?;
+
+    let mut conf = ServerConf::new().context("pingora defaults")?;
+    conf.threads = config.threads.unwrap_or(2);
+    conf.grace_period_seconds = Some(config.shutdown_grace_secs.unwrap_or(1));
+    conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_timeout_secs.unwrap_or(10));
+    conf.max_retries = 3;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut pools = Vec::new();
+    for (i, pc) in config.pools.iter().enumerate() {
+        pools.push(Arc::new(build_pool(&mut server, i as u16, pc)?));
+    }
+    pools.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+
+    let shared = Arc::new(Shared {
+        pools,
+        sealer,
+        limits: config.limits.clone(),
+        inflight: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        legacy: Legacy::new(config.sessions.max_legacy_sessions)?,
+    });
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        McpProxy {
+            shared: Arc::clone(&shared),
+        },
+        "mcp-gateway",
+    );
+    let mut banner = Vec::new();
+    if let Some(addr) = config.listen.http {
+        proxy.add_tcp(&addr.to_string());
+        banner.push(format!(
+            "MCP (plain HTTP):  http://{addr}/mcp   legacy SSE: http://{addr}/sse"
+        ));
+    }
+    if let Some(addr) = config.listen.https {
+        let (cert, key) = match (&config.tls.cert, &config.tls.key, &config.tls.dev_dir) {
+            (Some(c), Some(k), _) => (c.clone(), k.clone()),
+            (_, _, Some(dir)) => {
+                let dev = ensure_dev_tls(dir)?;
+                banner.push(format!("development CA:    {}", dev.ca.display()));
+                (dev.cert, dev.key)
+            }
+            _ => bail!("HTTPS needs a certificate"),
+        };
+        let mut tls = TlsSettings::intermediate(
+            cert.to_str().context("cert path")?,
+            key.to_str().context("key path")?,
+        )
+        .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        banner.push(format!(
+            "MCP (HTTPS):       https://{addr}/mcp   legacy SSE: https://{addr}/sse"
+        ));
+    }
+    server.add_service(proxy);
+    if let Some(addr) = config.listen.admin {
+        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin { shared }));
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+        banner.push(format!(
+            "admin:             http://{addr}/backends  /metrics  /health"
+        ));
+    }
+    println!("mcp-gateway ready");
+    for line in &banner {
+        println!("  {line}");
+    }
+    server.run_forever();
+}

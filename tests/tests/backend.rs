@@ -32,12 +32,22 @@ async fn lists_the_eight_seed_tools_with_schemas_and_annotations() -> Result<()>
     assert_eq!(
         names,
         [
-            "delete_agent", "get_agent", "get_agent_facts", "health_check", "list_agents",
-            "register_agent", "search_agents", "update_agent"
+            "delete_agent",
+            "get_agent",
+            "get_agent_facts",
+            "health_check",
+            "list_agents",
+            "register_agent",
+            "search_agents",
+            "update_agent"
         ]
     );
     for tool in &tools {
-        assert!(tool.description.as_deref().is_some_and(|d| !d.is_empty()), "{} has no description", tool.name);
+        assert!(
+            tool.description.as_deref().is_some_and(|d| !d.is_empty()),
+            "{} has no description",
+            tool.name
+        );
         let annotations = tool.annotations.as_ref().expect("annotations");
         let read_only = annotations.read_only_hint == Some(true);
         let expect_read_only = matches!(
@@ -47,13 +57,31 @@ async fn lists_the_eight_seed_tools_with_schemas_and_annotations() -> Result<()>
         assert_eq!(read_only, expect_read_only, "{} readOnlyHint", tool.name);
     }
     let delete = tools.iter().find(|t| t.name == "delete_agent").unwrap();
-    assert_eq!(delete.annotations.as_ref().unwrap().destructive_hint, Some(true));
+    assert_eq!(
+        delete.annotations.as_ref().unwrap().destructive_hint,
+        Some(true)
+    );
     let register = tools.iter().find(|t| t.name == "register_agent").unwrap();
     let props = register.input_schema.get("properties").expect("properties");
-    for p in ["agent_id", "agent_url", "capabilities", "domain", "specialization", "description", "modalities", "languages", "streaming", "batch"] {
+    for p in [
+        "agent_id",
+        "agent_url",
+        "capabilities",
+        "domain",
+        "specialization",
+        "description",
+        "modalities",
+        "languages",
+        "streaming",
+        "batch",
+    ] {
         assert!(props.get(p).is_some(), "register_agent schema lacks {p}");
     }
-    let required = register.input_schema.get("required").and_then(Value::as_array).unwrap();
+    let required = register
+        .input_schema
+        .get("required")
+        .and_then(Value::as_array)
+        .unwrap();
     let mut required: Vec<&str> = required.iter().filter_map(Value::as_str).collect();
     required.sort();
     assert_eq!(required, ["agent_id", "agent_url"]);
@@ -62,7 +90,9 @@ async fn lists_the_eight_seed_tools_with_schemas_and_annotations() -> Result<()>
     assert!(resources.iter().any(|r| r.uri == "health://check"));
     let read = mcp
         .service
-        .read_resource(rmcp::model::ReadResourceRequestParams::new("health://check"))
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "health://check",
+        ))
         .await?;
     let text = serde_json::to_value(&read.contents)?.to_string();
     assert!(text.contains("Registry is healthy"), "{text}");
@@ -76,33 +106,60 @@ async fn every_tool_works_end_to_end() -> Result<()> {
     let mcp = Mcp::connect(&backend.url).await?;
 
     let reg = mcp
-        .ok("register_agent", json!({
-            "agent_id": "travel-planner",
-            "agent_url": "http://127.0.0.1:6001/a2a",
-            "capabilities": ["travel", "booking"],
-            "domain": "travel",
-            "specialization": "itineraries",
-            "languages": ["en", "es"],
-        }))
+        .ok(
+            "register_agent",
+            json!({
+                "agent_id": "travel-planner",
+                "agent_url": "http://127.0.0.1:6001/a2a",
+                "capabilities": ["travel", "booking"],
+                "domain": "travel",
+                "specialization": "itineraries",
+                "languages": ["en", "es"],
+            }),
+        )
         .await?;
     assert_eq!(reg["status"], "success");
     assert_eq!(reg["agent_facts_username"], "travel_planner");
-    assert_eq!(reg["agent"]["description"], "Expert itineraries agent in travel domain");
+    assert_eq!(
+        reg["agent"]["description"],
+        "Expert itineraries agent in travel domain"
+    );
     assert_eq!(reg["agent"]["status"], "active");
     // seed defaults
-    let d = mcp.ok("register_agent", json!({"agent_id": "defaults", "agent_url": "https://x.test"})).await?;
+    let d = mcp
+        .ok(
+            "register_agent",
+            json!({"agent_id": "defaults", "agent_url": "https://x.test"}),
+        )
+        .await?;
     assert_eq!(d["agent"]["capabilities"], json!(["chat"]));
     assert_eq!(d["agent"]["domain"], "general");
-    assert_eq!(d["agent"]["description"], "Expert general agent in general domain");
+    assert_eq!(
+        d["agent"]["description"],
+        "Expert general agent in general domain"
+    );
 
-    let got = mcp.ok("get_agent", json!({"agent_id": "travel-planner"})).await?;
+    let got = mcp
+        .ok("get_agent", json!({"agent_id": "travel-planner"}))
+        .await?;
     assert_eq!(got["agent_url"], "http://127.0.0.1:6001/a2a");
-    assert_eq!(got["agentFactsURL"], "registry://agent_facts/travel_planner");
+    assert_eq!(
+        got["agentFactsURL"],
+        "registry://agent_facts/travel_planner"
+    );
 
-    let facts = mcp.ok("get_agent_facts", json!({"username": "travel_planner"})).await?;
+    let facts = mcp
+        .ok("get_agent_facts", json!({"username": "travel_planner"}))
+        .await?;
     assert_eq!(facts["agent_name"], "travel-planner");
-    assert_eq!(facts["skills"][0]["supportedLanguages"], json!(["en", "es"]));
-    assert_eq!(facts["skills"][1]["description"], "Expert booking capability");
+    assert_eq!(
+        facts["skills"][0]["supportedLanguages"],
+        json!(["en", "es"])
+    );
+    assert_eq!(
+        facts["skills"][1]["description"],
+        "Expert booking capability"
+    );
 
     let list = mcp.ok("list_agents", json!({})).await?;
     assert_eq!(list["count"], 2);
@@ -110,37 +167,62 @@ async fn every_tool_works_end_to_end() -> Result<()> {
     let active = mcp.ok("list_agents", json!({"status": "inactive"})).await?;
     assert_eq!(active["count"], 0);
 
-    let found = mcp.ok("search_agents", json!({"capabilities": "booking, other", "domain": "travel"})).await?;
+    let found = mcp
+        .ok(
+            "search_agents",
+            json!({"capabilities": "booking, other", "domain": "travel"}),
+        )
+        .await?;
     assert_eq!(found["count"], 1);
     assert_eq!(found["agents"][0]["agent_id"], "travel-planner");
     let by_text = mcp.ok("search_agents", json!({"query": "ITINER"})).await?;
     assert_eq!(by_text["count"], 1);
     let none = mcp.ok("search_agents", json!({"query": ".*"})).await?;
     assert_eq!(none["count"], 0, "query must not be a regex");
-    let wrong_domain = mcp.ok("search_agents", json!({"capabilities": ["booking"], "domain": "cooking"})).await?;
+    let wrong_domain = mcp
+        .ok(
+            "search_agents",
+            json!({"capabilities": ["booking"], "domain": "cooking"}),
+        )
+        .await?;
     assert_eq!(wrong_domain["count"], 0);
 
     let upd = mcp
-        .ok("update_agent", json!({
-            "agent_id": "travel-planner",
-            "agent_url": "https://travel.test/a2a",
-            "capabilities": ["travel", "booking", "visa"],
-            "description": "Plans trips",
-            "status": "inactive",
-        }))
+        .ok(
+            "update_agent",
+            json!({
+                "agent_id": "travel-planner",
+                "agent_url": "https://travel.test/a2a",
+                "capabilities": ["travel", "booking", "visa"],
+                "description": "Plans trips",
+                "status": "inactive",
+            }),
+        )
         .await?;
     assert_eq!(upd["agent"]["agent_url"], "https://travel.test/a2a");
     assert!(upd["agent"]["updated_at"].is_string());
     let inactive = mcp.ok("list_agents", json!({"status": "inactive"})).await?;
     assert_eq!(inactive["count"], 1);
-    let facts = mcp.ok("get_agent_facts", json!({"username": "travel_planner"})).await?;
+    let facts = mcp
+        .ok("get_agent_facts", json!({"username": "travel_planner"}))
+        .await?;
     assert_eq!(facts["description"], "Plans trips");
     assert_eq!(facts["skills"].as_array().unwrap().len(), 3);
 
-    let del = mcp.ok("delete_agent", json!({"agent_id": "travel-planner"})).await?;
+    let del = mcp
+        .ok("delete_agent", json!({"agent_id": "travel-planner"}))
+        .await?;
     assert_eq!(del["status"], "success");
-    assert_eq!(mcp.err("get_agent", json!({"agent_id": "travel-planner"})).await?, "Agent not found");
-    assert_eq!(mcp.err("get_agent_facts", json!({"username": "travel_planner"})).await?, "Agent facts not found");
+    assert_eq!(
+        mcp.err("get_agent", json!({"agent_id": "travel-planner"}))
+            .await?,
+        "Agent not found"
+    );
+    assert_eq!(
+        mcp.err("get_agent_facts", json!({"username": "travel_planner"}))
+            .await?,
+        "Agent facts not found"
+    );
 
     let health = mcp.ok("health_check", json!({})).await?;
     assert_eq!(health["status"], "healthy");
@@ -156,29 +238,92 @@ async fn bad_arguments_get_clear_tool_errors_and_write_nothing() -> Result<()> {
     register(&mcp, "taken").await?;
 
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("register_agent", json!({"agent_id": "taken", "agent_url": "http://a.test"}), "Agent ID already exists"),
-        ("register_agent", json!({"agent_id": "", "agent_url": "http://a.test"}), "'agent_id'"),
-        ("register_agent", json!({"agent_id": "x".repeat(129), "agent_url": "http://a.test"}), "'agent_id'"),
-        ("register_agent", json!({"agent_id": "bad id/../", "agent_url": "http://a.test"}), "'agent_id'"),
-        ("register_agent", json!({"agent_id": "ok-1", "agent_url": "ftp://a.test"}), "'agent_url'"),
-        ("register_agent", json!({"agent_id": "ok-2", "agent_url": "javascript:alert(1)"}), "'agent_url'"),
-        ("register_agent", json!({"agent_id": "ok-3", "agent_url": "http://a.test", "capabilities": (0..65).map(|i| format!("c{i}")).collect::<Vec<_>>()}), "'capabilities'"),
-        ("register_agent", json!({"agent_id": "ok-4", "agent_url": "http://a.test", "description": "d".repeat(4097)}), "'description'"),
-        ("register_agent", json!({"agent_id": "ok-5", "agent_url": "http://a.test", "languages": ["en", ""]}), "'languages'"),
-        ("get_agent", json!({"agent_id": "missing"}), "Agent not found"),
-        ("update_agent", json!({"agent_id": "missing", "status": "inactive"}), "Agent not found"),
-        ("update_agent", json!({"agent_id": "taken", "agent_url": "not a url"}), "'agent_url'"),
-        ("update_agent", json!({"agent_id": "taken"}), "nothing to update"),
-        ("delete_agent", json!({"agent_id": "missing"}), "Agent not found"),
+        (
+            "register_agent",
+            json!({"agent_id": "taken", "agent_url": "http://a.test"}),
+            "Agent ID already exists",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "", "agent_url": "http://a.test"}),
+            "'agent_id'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "x".repeat(129), "agent_url": "http://a.test"}),
+            "'agent_id'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "bad id/../", "agent_url": "http://a.test"}),
+            "'agent_id'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "ok-1", "agent_url": "ftp://a.test"}),
+            "'agent_url'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "ok-2", "agent_url": "javascript:alert(1)"}),
+            "'agent_url'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "ok-3", "agent_url": "http://a.test", "capabilities": (0..65).map(|i| format!("c{i}")).collect::<Vec<_>>()}),
+            "'capabilities'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "ok-4", "agent_url": "http://a.test", "description": "d".repeat(4097)}),
+            "'description'",
+        ),
+        (
+            "register_agent",
+            json!({"agent_id": "ok-5", "agent_url": "http://a.test", "languages": ["en", ""]}),
+            "'languages'",
+        ),
+        (
+            "get_agent",
+            json!({"agent_id": "missing"}),
+            "Agent not found",
+        ),
+        (
+            "update_agent",
+            json!({"agent_id": "missing", "status": "inactive"}),
+            "Agent not found",
+        ),
+        (
+            "update_agent",
+            json!({"agent_id": "taken", "agent_url": "not a url"}),
+            "'agent_url'",
+        ),
+        (
+            "update_agent",
+            json!({"agent_id": "taken"}),
+            "nothing to update",
+        ),
+        (
+            "delete_agent",
+            json!({"agent_id": "missing"}),
+            "Agent not found",
+        ),
         ("list_agents", json!({"limit": 0}), "'limit'"),
         ("list_agents", json!({"limit": 1001}), "'limit'"),
         ("list_agents", json!({"cursor": "forged!"}), "'cursor'"),
-        ("search_agents", json!({"query": "q".repeat(5000)}), "'query'"),
+        (
+            "search_agents",
+            json!({"query": "q".repeat(5000)}),
+            "'query'",
+        ),
         ("get_agent_facts", json!({"username": ""}), "'username'"),
     ];
     for (tool, args, expect) in cases {
         let msg = mcp.err(tool, args.clone()).await?;
-        assert!(msg.contains(expect), "{tool} {args}: got {msg:?}, want {expect:?}");
+        assert!(
+            msg.contains(expect),
+            "{tool} {args}: got {msg:?}, want {expect:?}"
+        );
     }
     // nothing half-written: only the one good agent exists, unchanged
     let list = mcp.ok("list_agents", json!({})).await?;
@@ -195,10 +340,17 @@ async fn bad_arguments_get_clear_tool_errors_and_write_nothing() -> Result<()> {
         .await;
     match bad_type {
         Err(_) => {}
-        Ok(r) => assert_eq!(r.is_error, Some(true), "a numeric agent_id must be rejected"),
+        Ok(r) => assert_eq!(
+            r.is_error,
+            Some(true),
+            "a numeric agent_id must be rejected"
+        ),
     }
     // the session still works afterwards
-    assert_eq!(mcp.ok("get_agent", json!({"agent_id": "taken"})).await?["agent_id"], "taken");
+    assert_eq!(
+        mcp.ok("get_agent", json!({"agent_id": "taken"})).await?["agent_id"],
+        "taken"
+    );
     mcp.close().await
 }
 
@@ -249,12 +401,24 @@ async fn two_backends_sharing_the_embedded_store_see_each_others_writes() -> Res
     let (ma, mb) = (Mcp::connect(&a.url).await?, Mcp::connect(&b.url).await?);
     register(&ma, "written-by-a").await?;
     register(&mb, "written-by-b").await?;
-    assert_eq!(mb.ok("get_agent", json!({"agent_id": "written-by-a"})).await?["agent_id"], "written-by-a");
-    assert_eq!(ma.ok("get_agent", json!({"agent_id": "written-by-b"})).await?["agent_id"], "written-by-b");
+    assert_eq!(
+        mb.ok("get_agent", json!({"agent_id": "written-by-a"}))
+            .await?["agent_id"],
+        "written-by-a"
+    );
+    assert_eq!(
+        ma.ok("get_agent", json!({"agent_id": "written-by-b"}))
+            .await?["agent_id"],
+        "written-by-b"
+    );
     // concurrent writers on both processes: all land
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let url = if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
         tasks.push(tokio::spawn(async move {
             let m = Mcp::connect(&url).await?;
             register(&m, &format!("concurrent-{i}")).await?;
@@ -264,7 +428,9 @@ async fn two_backends_sharing_the_embedded_store_see_each_others_writes() -> Res
     for t in tasks {
         t.await??;
     }
-    let found = ma.ok("search_agents", json!({"query": "concurrent-"})).await?;
+    let found = ma
+        .ok("search_agents", json!({"query": "concurrent-"}))
+        .await?;
     assert_eq!(found["count"], 20);
     assert_eq!(mb.ok("health_check", json!({})).await?["instance"], "b");
     ma.close().await?;
@@ -277,15 +443,39 @@ async fn mongodb_backend_serves_the_tools() -> Result<()> {
     let backend = Backend::start(&["--mongodb-uri", &mongo.uri, "--mongodb-database", "e2e"])?;
     let mcp = Mcp::connect(&backend.url).await?;
     register(&mcp, "mongo-agent").await?;
-    assert_eq!(mcp.err("register_agent", json!({"agent_id": "mongo-agent", "agent_url": "http://a.test"})).await?, "Agent ID already exists");
-    assert_eq!(mcp.ok("search_agents", json!({"query": "MONGO"})).await?["count"], 1);
-    assert_eq!(mcp.ok("get_agent_facts", json!({"username": "mongo_agent"})).await?["agent_name"], "mongo-agent");
+    assert_eq!(
+        mcp.err(
+            "register_agent",
+            json!({"agent_id": "mongo-agent", "agent_url": "http://a.test"})
+        )
+        .await?,
+        "Agent ID already exists"
+    );
+    assert_eq!(
+        mcp.ok("search_agents", json!({"query": "MONGO"})).await?["count"],
+        1
+    );
+    assert_eq!(
+        mcp.ok("get_agent_facts", json!({"username": "mongo_agent"}))
+            .await?["agent_name"],
+        "mongo-agent"
+    );
     assert_eq!(mcp.ok("health_check", json!({})).await?["store"], "mongodb");
     let http = reqwest::Client::new();
-    assert_eq!(http.get(format!("{}/health", backend.base)).send().await?.status(), 200);
+    assert_eq!(
+        http.get(format!("{}/health", backend.base))
+            .send()
+            .await?
+            .status(),
+        200
+    );
     // the database goes away: /health says so
     drop(mongo);
-    let r = http.get(format!("{}/health", backend.base)).timeout(Duration::from_secs(30)).send().await?;
+    let r = http
+        .get(format!("{}/health", backend.base))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await?;
     assert_eq!(body["status"], "unhealthy");
@@ -312,11 +502,13 @@ async fn http_edges_health_stateless_and_bad_requests() -> Result<()> {
         .header("Accept", ACCEPT)
         .header("MCP-Protocol-Version", "2026-07-28")
         .header("Mcp-Method", "server/discover")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}
-        }}}))
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }}}),
+        )
         .send()
         .await?;
     assert_eq!(discover.status(), 200);
@@ -333,13 +525,20 @@ async fn http_edges_health_stateless_and_bad_requests() -> Result<()> {
         .body("{not json")
         .send()
         .await?;
-    assert!(bad.status().is_client_error(), "malformed JSON got {}", bad.status());
+    assert!(
+        bad.status().is_client_error(),
+        "malformed JSON got {}",
+        bad.status()
+    );
     // oversized body
     let big = http
         .post(&backend.url)
         .header("Accept", ACCEPT)
         .header("Content-Type", "application/json")
-        .body(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#, "x".repeat(100_000)))
+        .body(format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+            "x".repeat(100_000)
+        ))
         .send()
         .await?;
     assert_eq!(big.status(), 413);
@@ -362,7 +561,13 @@ async fn http_edges_health_stateless_and_bad_requests() -> Result<()> {
         .await?;
     assert_eq!(rebind.status(), 403);
     // and it still serves afterwards
-    assert_eq!(http.get(format!("{}/health", backend.base)).send().await?.status(), 200);
+    assert_eq!(
+        http.get(format!("{}/health", backend.base))
+            .send()
+            .await?
+            .status(),
+        200
+    );
     Ok(())
 }
 
@@ -390,14 +595,25 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let body: Value = http.get(format!("{}/health", backend.base)).send().await?.json().await?;
+        let body: Value = http
+            .get(format!("{}/health", backend.base))
+            .send()
+            .await?
+            .json()
+            .await?;
         if body["inflight"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the call never became in flight");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never became in flight"
+        );
         tokio::task::yield_now().await;
     }
-    assert!(!inflight.is_finished(), "the write should be blocked on our lock");
+    assert!(
+        !inflight.is_finished(),
+        "the write should be blocked on our lock"
+    );
 
     backend.proc.signal(libc::SIGTERM);
     // draining: /health 503 and new sessions refused
@@ -432,7 +648,11 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
     drop(mcp);
     // the write really landed
     let check = rusqlite::Connection::open(&db)?;
-    let n: i64 = check.query_row("SELECT count(*) FROM agents WHERE agent_id = 'during-drain'", [], |r| r.get(0))?;
+    let n: i64 = check.query_row(
+        "SELECT count(*) FROM agents WHERE agent_id = 'during-drain'",
+        [],
+        |r| r.get(0),
+    )?;
     assert_eq!(n, 1);
     Ok(())
 }

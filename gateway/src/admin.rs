@@ -1,0 +1,179 @@
+//! The admin listener (loopback by default): liveness, Prometheus metrics,
+//! the backends of every pool, and an operator's switch to take a backend
+//! out of rotation (it keeps its sessions, gets no new ones).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::proxy::{Shared, edge};
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(&value).unwrap_or_default(),
+    )
+}
+
+impl Admin {
+    fn backends(&self) -> serde_json::Value {
+        let pools: Vec<_> = self
+            .shared
+            .pools
+            .iter()
+            .map(|pool| {
+                let members = pool.members.load();
+                let backends: Vec<_> = members
+                    .list
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "addr": b.addr.to_string(),
+                            "healthy": pool.lb.backends().ready(&b.backend),
+                            "accepts_new_sessions": pool.accepts_new(b),
+                            "disabled": b.is_disabled(),
+                            "ejected": b.is_ejected(),
+                            "inflight": b.inflight(),
+                            "requests": b.requests(),
+                            "sessions_opened": b.sessions_opened(),
+                            "weight": b.weight,
+                        })
+                    })
+                    .collect();
+                json!({ "name": pool.name, "route": if pool.prefix.is_empty() { "/" } else { pool.prefix.as_str() }, "backends": backends })
+            })
+            .collect();
+        json!({ "pools": pools })
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.shared;
+        let m = &s.metrics;
+        let mut out = String::new();
+        let counters = [
+            ("mcp_gateway_requests_total", &m.requests),
+            ("mcp_gateway_sessions_issued_total", &m.sessions_issued),
+            ("mcp_gateway_tool_calls_total", &m.tool_calls),
+            ("mcp_gateway_rejected_origin_total", &m.rejected_origin),
+            ("mcp_gateway_rejected_body_total", &m.rejected_body),
+            ("mcp_gateway_rejected_session_total", &m.rejected_session),
+            (
+                "mcp_gateway_rejected_malformed_total",
+                &m.rejected_malformed,
+            ),
+            ("mcp_gateway_rejected_capacity_total", &m.rejected_capacity),
+            ("mcp_gateway_no_backend_total", &m.no_backend),
+            ("mcp_gateway_upstream_errors_total", &m.upstream_errors),
+        ];
+        for (name, c) in counters {
+            let _ = writeln!(
+                out,
+                "# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_inflight gauge\nmcp_gateway_inflight {}",
+            s.inflight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_legacy_sessions gauge\nmcp_gateway_legacy_sessions {}",
+            s.legacy.open_sessions()
+        );
+        let _ = writeln!(out, "# TYPE mcp_gateway_backend_inflight gauge");
+        for pool in &s.pools {
+            for b in &pool.members.load().list {
+                let _ = writeln!(
+                    out,
+                    "mcp_gateway_backend_inflight{{pool=\"{}\",backend=\"{}\"}} {}",
+                    pool.name,
+                    b.addr,
+                    b.inflight()
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE mcp_gateway_backend_requests_total counter");
+        for pool in &s.pools {
+            for b in &pool.members.load().list {
+                let _ = writeln!(
+                    out,
+                    "mcp_gateway_backend_requests_total{{pool=\"{}\",backend=\"{}\"}} {}",
+                    pool.name,
+                    b.addr,
+                    b.requests()
+                );
+            }
+        }
+        out
+    }
+
+    fn set_disabled(&self, query: Option<&str>, disabled: bool) -> Response<Vec<u8>> {
+        let Some(addr) = edge::query_param(query, &["addr"]).and_then(|a| a.parse().ok()) else {
+            return json_reply(
+                400,
+                json!({"error": "give ?addr=HOST:PORT (and ?pool=NAME when there are several)"}),
+            );
+        };
+        let pool_name = edge::query_param(query, &["pool"]);
+        for pool in &self.shared.pools {
+            if pool_name.is_some_and(|n| n != pool.name) {
+                continue;
+            }
+            if let Some(b) = pool.member(&addr) {
+                b.set_disabled(disabled);
+                tracing::info!(pool = %pool.name, %addr, disabled, "backend switched by operator");
+                return json_reply(
+                    200,
+                    json!({"pool": pool.name, "addr": addr.to_string(), "disabled": disabled}),
+                );
+            }
+        }
+        json_reply(404, json!({"error": format!("no backend {addr}")}))
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_owned();
+        let query = req.uri.query().map(str::to_owned);
+        match (req.method.as_str(), path.as_str()) {
+            ("GET", "/health") => json_reply(200, json!({"status": "ok"})),
+            ("GET", "/metrics") => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics().into_bytes(),
+            ),
+            ("GET", "/backends") => json_reply(200, self.backends()),
+            ("POST", "/backends/disable") => self.set_disabled(query.as_deref(), true),
+            ("POST", "/backends/enable") => self.set_disabled(query.as_deref(), false),
+            _ => json_reply(
+                404,
+                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…"}),
+            ),
+        }
+    }
+}

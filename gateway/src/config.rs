@@ -1,0 +1,448 @@
+//! Gateway configuration: a TOML file, overridden by flags and environment.
+//!
+//! Secrets (the session key) come from the environment or a file, never from
+//! the command line where `ps` would show them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags; each overrides the matching file setting.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-gateway",
+    version,
+    about = "The public front door for MCP servers"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "MCP_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP listener, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "MCP_GATEWAY_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener, e.g. 127.0.0.1:8443 (needs --tls-cert/--tls-key or --dev-tls-dir).
+    #[arg(long, env = "MCP_GATEWAY_HTTPS")]
+    pub https: Option<SocketAddr>,
+    /// Admin listener (health, metrics, backends); loopback by default.
+    #[arg(long, env = "MCP_GATEWAY_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// PEM certificate chain for the HTTPS listener.
+    #[arg(long, env = "MCP_GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the HTTPS listener.
+    #[arg(long, env = "MCP_GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Directory holding a development CA and certificate, generated on first use.
+    #[arg(long, env = "MCP_GATEWAY_DEV_TLS_DIR")]
+    pub dev_tls_dir: Option<PathBuf>,
+    /// Static backend address for the default pool (repeatable).
+    #[arg(long = "backend", env = "MCP_GATEWAY_BACKENDS", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// Start and supervise this many registry-backend processes as the default pool.
+    #[arg(long, env = "MCP_GATEWAY_MANAGED")]
+    pub managed: Option<usize>,
+    /// The program the managed pool runs (default: registry-backend next to this binary).
+    #[arg(long, env = "MCP_GATEWAY_BACKEND_COMMAND")]
+    pub backend_command: Option<PathBuf>,
+    /// Extra argument for managed backends (repeatable), e.g. --backend-arg=--db=data/r.db
+    #[arg(long = "backend-arg", allow_hyphen_values = true)]
+    pub backend_args: Vec<String>,
+    /// Worker threads for the proxy.
+    #[arg(long, env = "MCP_GATEWAY_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn default_admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+    #[serde(default = "default_admin")]
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            http: None,
+            https: None,
+            admin: default_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Generate (once) and use a development CA + certificate in this directory.
+    pub dev_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    /// File holding the session-token secret (or set MCP_GATEWAY_SESSION_KEY).
+    pub key_file: Option<PathBuf>,
+    /// How long a session id stays valid.
+    #[serde(with = "humantime_secs", default = "day")]
+    pub max_age: Duration,
+    /// Most legacy SSE sessions this process holds at once.
+    #[serde(default = "default_legacy_sessions")]
+    pub max_legacy_sessions: usize,
+}
+
+fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_legacy_sessions() -> usize {
+    10_000
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            max_age: day(),
+            max_legacy_sessions: default_legacy_sessions(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Requests in flight at once (open SSE streams included); 503 beyond.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: usize,
+    /// Idle time allowed on a client connection between reads.
+    #[serde(with = "humantime_secs", default = "default_idle")]
+    pub idle_timeout: Duration,
+    /// Comment keep-alive interval on SSE streams the gateway originates.
+    #[serde(with = "humantime_secs", default = "default_keepalive")]
+    pub sse_keepalive: Duration,
+    /// A legacy SSE client that cannot take an event for this long is dropped.
+    #[serde(with = "humantime_secs", default = "default_write_timeout")]
+    pub sse_write_timeout: Duration,
+    /// Allowed Origin values ("*" = any; entries may end in ":*" for any port).
+    /// Requests without Origin are always allowed (non-browser clients).
+    #[serde(default = "default_origins")]
+    pub allowed_origins: Vec<String>,
+}
+
+fn default_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_inflight() -> usize {
+    10_000
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_origins() -> Vec<String> {
+    vec![
+        "http://localhost:*".into(),
+        "https://localhost:*".into(),
+        "http://127.0.0.1:*".into(),
+        "https://127.0.0.1:*".into(),
+    ]
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_body(),
+            max_inflight: default_inflight(),
+            idle_timeout: default_idle(),
+            sse_keepalive: default_keepalive(),
+            sse_write_timeout: default_write_timeout(),
+            allowed_origins: default_origins(),
+        }
+    }
+}
+
+/// Where a pool's backends come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Discovery {
+    /// A fixed list of `host:port`.
+    Static { backends: Vec<String> },
+    /// A DNS name re-resolved periodically (e.g. a Kubernetes headless Service).
+    Dns {
+        name: String,
+        port: u16,
+        #[serde(with = "humantime_secs", default = "default_dns_interval")]
+        interval: Duration,
+    },
+    /// Processes the gateway starts and supervises on 127.0.0.1.
+    Managed {
+        command: PathBuf,
+        count: usize,
+        #[serde(default)]
+        args: Vec<String>,
+    },
+}
+
+fn default_dns_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Path prefix this pool serves: "/" serves /mcp, /sse, /messages;
+    /// "/tools" serves /tools/mcp and so on.
+    #[serde(default = "default_route")]
+    pub route: String,
+    pub discovery: Discovery,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(with = "humantime_secs", default = "default_health_interval")]
+    pub health_interval: Duration,
+    /// How long a backend that refused a connection is skipped.
+    #[serde(with = "humantime_secs", default = "default_eject")]
+    pub eject_for: Duration,
+}
+
+fn default_route() -> String {
+    "/".into()
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_eject() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default)]
+    pub sessions: Sessions,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Seconds pingora waits after SIGTERM before closing listeners, then
+    /// how long it lets in-flight requests finish.
+    #[serde(default)]
+    pub shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+/// Durations in config files: "30s", "500ms", "5m", "24h" or bare seconds.
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30s"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit in '{text}'")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the command line on top.
+    pub fn load(cli: &Cli) -> Result<Self> {
+        let mut config: Config = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if cli.http.is_some() {
+            config.listen.http = cli.http;
+        }
+        if cli.https.is_some() {
+            config.listen.https = cli.https;
+        }
+        if cli.admin.is_some() {
+            config.listen.admin = cli.admin;
+        }
+        if cli.tls_cert.is_some() {
+            config.tls.cert = cli.tls_cert.clone();
+        }
+        if cli.tls_key.is_some() {
+            config.tls.key = cli.tls_key.clone();
+        }
+        if cli.dev_tls_dir.is_some() {
+            config.tls.dev_dir = cli.dev_tls_dir.clone();
+        }
+        if cli.threads.is_some() {
+            config.threads = cli.threads;
+        }
+        if !cli.backends.is_empty() {
+            config.pools.retain(|p| p.name != "default");
+            config.pools.push(PoolConfig::new(
+                "default",
+                Discovery::Static {
+                    backends: cli.backends.clone(),
+                },
+            ));
+        }
+        if let Some(count) = cli.managed {
+            let command = match &cli.backend_command {
+                Some(c) => c.clone(),
+                None => std::env::current_exe()?.with_file_name("registry-backend"),
+            };
+            config.pools.retain(|p| p.name != "default");
+            config.pools.push(PoolConfig::new(
+                "default",
+                Discovery::Managed {
+                    command,
+                    count,
+                    args: cli.backend_args.clone(),
+                },
+            ));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.http.is_none() && self.listen.https.is_none() {
+            bail!("no listener: give --http and/or --https (or [listen] in the config file)");
+        }
+        if self.listen.https.is_some()
+            && self.tls.dev_dir.is_none()
+            && (self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            bail!("--https needs --tls-cert and --tls-key, or --dev-tls-dir");
+        }
+        if self.pools.is_empty() {
+            bail!("no backends: give --backend ADDR, --managed N, or [[pools]] in the config file");
+        }
+        if self.pools.len() > u16::MAX as usize {
+            bail!("too many pools");
+        }
+        for p in &self.pools {
+            if !p.route.starts_with('/') {
+                bail!("pool {}: route must start with '/'", p.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PoolConfig {
+    pub fn new(name: &str, discovery: Discovery) -> Self {
+        Self {
+            name: name.into(),
+            route: default_route(),
+            discovery,
+            health_path: default_health_path(),
+            health_interval: default_health_interval(),
+            eject_for: default_eject(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let text = r#"
+            threads = 2
+            [listen]
+            http = "127.0.0.1:8080"
+            https = "127.0.0.1:8443"
+            [tls]
+            dev_dir = ".run/tls"
+            [limits]
+            max_body_bytes = 1024
+            idle_timeout = "30s"
+            allowed_origins = ["https://app.example.com"]
+            [[pools]]
+            name = "registry"
+            discovery = { managed = { command = "registry-backend", count = 3 } }
+            [[pools]]
+            name = "k8s"
+            route = "/k8s"
+            health_interval = "500ms"
+            discovery = { dns = { name = "registry.default.svc", port = 8090 } }
+        "#;
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_body_bytes, 1024);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools[1].health_interval, Duration::from_millis(500));
+        assert!(matches!(
+            c.pools[0].discovery,
+            Discovery::Managed { count: 3, .. }
+        ));
+        assert_eq!(c.listen.admin, default_admin());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_missing_listeners() {
+        assert!(toml::from_str::<Config>("[limits]\nmax_bdy = 1").is_err());
+        let c: Config =
+            toml::from_str("[[pools]]\nname='a'\ndiscovery={static={backends=['127.0.0.1:1']}}")
+                .unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Backend pools: who can take a session, and which one should.
+//!
+//! pingora's `LoadBalancer` owns discovery and active health checks (a GET
+//! of each backend's `/health`; a draining backend answers 503 and so stops
+//! being ready). On top of it each pool keeps a small table of per-backend
+//! state, swapped whole by discovery (an `ArcSwap`, so the request path never
+//! takes a lock): outstanding requests for least-loaded choice, a passive
+//! ejection deadline after a refused connection, and an operator's "disabled"
+//! switch. The table holds exactly the current members: bounded by the pool.
+
+pub mod discovery;
+pub mod supervisor;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+
+/// What the gateway knows about one backend beyond pingora's health.
+pub struct BackendState {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub weight: u32,
+    inflight: AtomicI64,
+    sessions: AtomicU64,
+    requests: AtomicU64,
+    ejected_until_ms: AtomicU64,
+    disabled: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl BackendState {
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        let mut backend = Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+            weight: weight as usize,
+            ext: Default::default(),
+        };
+        backend.weight = weight.max(1) as usize;
+        Self {
+            addr,
+            backend,
+            weight: weight.max(1),
+            inflight: AtomicI64::new(0),
+            sessions: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            disabled: AtomicBool::new(false),
+        }
+    }
+
+    pub fn inflight(&self) -> i64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+    pub fn sessions_opened(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    pub fn session_opened(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
+    }
+    pub fn eject(&self, for_: Duration) {
+        self.ejected_until_ms
+            .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
+    }
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> LoadGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(Arc::clone(self))
+    }
+
+    /// Load per unit of weight, scaled to stay an integer.
+    fn load(&self) -> i64 {
+        self.inflight() * 1000 / self.weight as i64
+    }
+}
+
+pub struct LoadGuard(Arc<BackendState>);
+
+impl LoadGuard {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The current members of a pool, replaced whole on every membership change.
+#[derive(Default)]
+pub struct Members {
+    pub list: Vec<Arc<BackendState>>,
+    by_addr: HashMap<SocketAddr, Arc<BackendState>>,
+}
+
+#[derive(Default)]
+pub struct MemberTable(ArcSwap<Members>);
+
+impl MemberTable {
+    pub fn load(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.0.load()
+    }
+
+    /// Publishes `addrs` as the membership, keeping state of those that stay.
+    pub fn sync(&self, addrs: &[(SocketAddr, u32)]) -> Arc<Members> {
+        let old = self.0.load_full();
+        let mut members = Members::default();
+        for (addr, weight) in addrs {
+            if members.by_addr.contains_key(addr) {
+                continue;
+            }
+            let state = match old.by_addr.get(addr) {
+                Some(s) if s.weight == (*weight).max(1) => Arc::clone(s),
+                _ => Arc::new(BackendState::new(*addr, *weight)),
+            };
+            members.by_addr.insert(*addr, Arc::clone(&state));
+            members.list.push(state);
+        }
+        let members = Arc::new(members);
+        self.0.store(Arc::clone(&members));
+        members
+    }
+}
+
+pub struct Pool {
+    pub index: u16,
+    pub name: String,
+    /// Route prefix without a trailing slash ("" for the root).
+    pub prefix: String,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub members: Arc<MemberTable>,
+    pub eject_for: Duration,
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = now_ms() ^ ((std::process::id() as u64) << 32);
+    let local = &t as *const u64 as u64;
+    (t ^ local.rotate_left(17)) | 1
+}
+
+/// xorshift64*: cheap per-thread randomness for picking two candidates.
+fn random_below(n: usize) -> usize {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    })
+}
+
+impl Pool {
+    /// Whether a backend may take new work: healthy per pingora, not
+    /// draining, not ejected after a failure, not disabled by an operator.
+    pub fn accepts_new(&self, state: &BackendState) -> bool {
+        !state.is_disabled() && !state.is_ejected() && self.lb.backends().ready(&state.backend)
+    }
+
+    /// Least-loaded choice by the power of two random choices, weighted.
+    pub fn pick(&self) -> Option<Arc<BackendState>> {
+        let members = self.members.load();
+        let list = &members.list;
+        match list.len() {
+            0 => return None,
+            1 => return list.first().filter(|s| self.accepts_new(s)).cloned(),
+            _ => {}
+        }
+        let a = &list[random_below(list.len())];
+        let b = &list[random_below(list.len())];
+        let choice = match (self.accepts_new(a), self.accepts_new(b)) {
+            (true, true) => Some(if b.load() < a.load() { b } else { a }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => None,
+        };
+        if let Some(c) = choice {
+            return Some(Arc::clone(c));
+        }
+        // Both samples were unusable: scan for the least loaded that is.
+        list.iter()
+            .filter(|s| self.accepts_new(s))
+            .min_by_key(|s| s.load())
+            .cloned()
+    }
+
+    /// The member at `addr`, if it is still in the pool.
+    pub fn member(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
+        self.members.load().by_addr.get(addr).cloned()
+    }
+
+    /// Whether `path` is under this pool's prefix; returns the rest.
+    pub fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_keeps_state_of_members_that_stay() {
+        let table = MemberTable::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let first = table.sync(&[(a, 1), (b, 1)]);
+        first.list[0].set_disabled(true);
+        let second = table.sync(&[(a, 1)]);
+        assert_eq!(second.list.len(), 1);
+        assert!(second.list[0].is_disabled(), "state survived the resync");
+        assert!(
+            table.load().by_addr.get(&b).is_none(),
+            "removed member is gone"
+        );
+    }
+
+    #[test]
+    fn random_below_stays_in_range() {
+        for n in 1..20 {
+            for _ in 0..100 {
+                assert!(random_below(n) < n);
+            }
+        }
+    }
+}

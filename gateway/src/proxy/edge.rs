@@ -1,0 +1,110 @@
+//! Small request policies at the edge, each a pure function tested alone:
+//! which paths are MCP endpoints, whether an Origin is allowed, whether a
+//! client accepts an event stream.
+
+/// The MCP endpoints a pool serves under its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Streamable HTTP (2025-03-26 onwards, and stateless 2026-07-28).
+    Mcp,
+    /// Legacy HTTP+SSE stream (2024-11-05).
+    Sse,
+    /// Legacy HTTP+SSE message POSTs.
+    Messages,
+}
+
+pub fn endpoint(rest: &str) -> Option<Endpoint> {
+    match rest.trim_end_matches('/') {
+        "/mcp" => Some(Endpoint::Mcp),
+        "/sse" => Some(Endpoint::Sse),
+        "/messages" | "/message" => Some(Endpoint::Messages),
+        _ => None,
+    }
+}
+
+/// Origin allow-list: exact entries, "*" for any, and "scheme://host:*" for
+/// any port of a host. Matching ignores ASCII case.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim().to_ascii_lowercase();
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        if entry == "*" || entry == origin {
+            return true;
+        }
+        match entry.strip_suffix(":*") {
+            Some(base) => match origin.strip_prefix(base) {
+                Some("") => true,
+                Some(port) => port
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+                None => false,
+            },
+            None => false,
+        }
+    })
+}
+
+pub fn accepts_event_stream(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let media = part.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("text/event-stream") || media == "*/*"
+        })
+    })
+}
+
+/// Reads one query parameter (the legacy session id) without allocating a map.
+pub fn query_param<'a>(query: Option<&'a str>, names: &[&str]) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        names.contains(&k).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(endpoint("/mcp"), Some(Endpoint::Mcp));
+        assert_eq!(endpoint("/mcp/"), Some(Endpoint::Mcp));
+        assert_eq!(endpoint("/messages/"), Some(Endpoint::Messages));
+        assert_eq!(endpoint("/sse"), Some(Endpoint::Sse));
+        assert_eq!(endpoint("/admin"), None);
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec![
+            "http://localhost:*".to_string(),
+            "https://app.example.com".to_string(),
+        ];
+        assert!(origin_allowed("http://localhost:3000", &allowed));
+        assert!(origin_allowed("http://localhost", &allowed));
+        assert!(origin_allowed("HTTPS://APP.example.com", &allowed));
+        assert!(!origin_allowed("http://localhost.evil.com", &allowed));
+        assert!(!origin_allowed("http://localhost:3000@evil", &allowed));
+        assert!(!origin_allowed("https://evil.example", &allowed));
+        assert!(origin_allowed("https://anything", &["*".to_string()]));
+    }
+
+    #[test]
+    fn accept_and_query() {
+        assert!(accepts_event_stream(Some(
+            "application/json, text/event-stream"
+        )));
+        assert!(accepts_event_stream(Some("text/event-stream;q=0.9")));
+        assert!(!accepts_event_stream(Some("application/json")));
+        assert!(!accepts_event_stream(None));
+        assert_eq!(
+            query_param(Some("a=1&sessionId=xyz"), &["sessionId", "session_id"]),
+            Some("xyz")
+        );
+        assert_eq!(
+            query_param(Some("session_id=abc"), &["sessionId", "session_id"]),
+            Some("abc")
+        );
+        assert_eq!(query_param(None, &["sessionId"]), None);
+    }
+}

@@ -53,9 +53,20 @@ cargo test --release --workspace 2>&1 | tee "$ROOT/target/cargo-test.log"
 rust_status=${PIPESTATUS[0]}
 set -e
 
+# --- peers: real third-party clients against the real stack -------------------
+log "pytest (Python MCP SDK against the gateway)"
+set +e
+(cd "$ROOT/tests/python" && "$VENV/bin/pytest" -q --timeout 300 -p no:cacheprovider) 2>&1 | tee "$ROOT/target/pytest.log"
+py_status=${PIPESTATUS[0]}
+set -e
+
 # --- summary ------------------------------------------------------------------
-passed=$(grep -Eo '[0-9]+ passed' "$ROOT/target/cargo-test.log" | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$ROOT/target/cargo-test.log" | awk '{s+=$1} END {print s+0}')
+count() { grep -Eo "[0-9]+ $2" "$1" | awk '{s+=$1} END {print s+0}'; }
 echo
-echo "rust: $passed passed, $failed failed"
-exit "$rust_status"
+echo "summary:"
+echo "  rust (cargo test):        $(count "$ROOT/target/cargo-test.log" passed) passed, $(count "$ROOT/target/cargo-test.log" failed) failed"
+echo "  python mcp 2.3.0 (pytest): $(count "$ROOT/target/pytest.log" passed) passed, $(count "$ROOT/target/pytest.log" failed) failed"
+total_passed=$(( $(count "$ROOT/target/cargo-test.log" passed) + $(count "$ROOT/target/pytest.log" passed) ))
+total_failed=$(( $(count "$ROOT/target/cargo-test.log" failed) + $(count "$ROOT/target/pytest.log" failed) ))
+echo "all: $total_passed passed, $total_failed failed"
+[ "$rust_status" = 0 ] && [ "$py_status" = 0 ]

@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# The README's run command: build once, then start the local stack.
+# The README's run command: builds once, then starts the whole local stack —
+# the gateway on 127.0.0.1:8080 (HTTP) and :8443 (HTTPS, development CA)
+# with two supervised registry backends sharing the embedded store in .run/.
+#   BACKENDS=3 deploy/local/run.sh     # more backends
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-command -v cmake >/dev/null 2>&1 || {
-  echo "installing cmake (needed to build the gateway's TLS)"; 
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq cmake >/dev/null; else sudo apt-get update -qq && sudo apt-get install -y -qq cmake >/dev/null; fi
-}
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "installing cmake (needed to build the TLS library)"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+fi
 cargo build --release --workspace --bins
 mkdir -p "$ROOT/.run"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-for port in 8091 8092; do
-  "$ROOT/target/release/registry-backend" --listen "127.0.0.1:$port" --instance "registry-$port" \
-    --db "$ROOT/.run/registry.db" &
-  pids+=($!)
-done
-echo "registry backends: http://127.0.0.1:8091/mcp http://127.0.0.1:8092/mcp (embedded store .run/registry.db)"
-echo "press Ctrl+C to stop"
-wait
+# A stable session key, so sessions survive a gateway restart.
+if [ ! -s "$ROOT/.run/session.key" ]; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$ROOT/.run/session.key"
+  chmod 600 "$ROOT/.run/session.key"
+fi
+export MCP_GATEWAY_SESSION_KEY="$(cat "$ROOT/.run/session.key")"
+echo "starting mcp-gateway with ${BACKENDS:-2} registry backends (data: .run/registry.db)"
+exec "$ROOT/target/release/mcp-gateway" \
+  --http "${HTTP_ADDR:-127.0.0.1:8080}" \
+  --https "${HTTPS_ADDR:-127.0.0.1:8443}" \
+  --admin "${ADMIN_ADDR:-127.0.0.1:9090}" \
+  --dev-tls-dir "$ROOT/.run/tls" \
+  --managed "${BACKENDS:-2}" \
+  --backend-arg="--db=$ROOT/.run/registry.db"

@@ -130,15 +130,17 @@ impl Admin {
     }
 
     fn set_disabled(&self, query: Option<&str>, disabled: bool) -> Response<Vec<u8>> {
-        let Some(addr) = edge::query_param(query, &["addr"]).and_then(|a| a.parse().ok()) else {
+        let Some(addr) =
+            edge::query_param(query, &["addr"]).and_then(|a| edge::percent_decode(a).parse().ok())
+        else {
             return json_reply(
                 400,
                 json!({"error": "give ?addr=HOST:PORT (and ?pool=NAME when there are several)"}),
             );
         };
-        let pool_name = edge::query_param(query, &["pool"]);
+        let pool_name = edge::query_param(query, &["pool"]).map(edge::percent_decode);
         for pool in &self.shared.pools {
-            if pool_name.is_some_and(|n| n != pool.name) {
+            if pool_name.as_ref().is_some_and(|n| *n != pool.name) {
                 continue;
             }
             if let Some(b) = pool.member(&addr) {

@@ -370,20 +370,19 @@ async fn worker(
             }
         };
         let status = resp.status();
-        if upstream.is_none() {
-            if let Some(sid) = resp
+        if upstream.is_none()
+            && let Some(sid) = resp
                 .headers()
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
-            {
-                backend.session_opened();
-                Metrics::inc(&shared.metrics.sessions_issued);
-                upstream = Some(Upstream {
-                    backend: Arc::clone(&backend),
-                    session: sid.to_owned(),
-                    version: None,
-                });
-            }
+        {
+            backend.session_opened();
+            Metrics::inc(&shared.metrics.sessions_issued);
+            upstream = Some(Upstream {
+                backend: Arc::clone(&backend),
+                session: sid.to_owned(),
+                version: None,
+            });
         }
         if status == reqwest::StatusCode::NOT_FOUND
             && summary.method.as_deref() != Some("initialize")
@@ -419,7 +418,7 @@ async fn worker(
         if summary.is_initialize() {
             // Read inline: later messages need the session and its version.
             let mut seen_version = None;
-            let ok = forward(resp, &out, timeout, |msg| {
+            let ok = forward(resp, &out, timeout, &summary, |msg| {
                 if let Some(v) = msg
                     .pointer("/result/protocolVersion")
                     .and_then(Value::as_str)
@@ -448,7 +447,7 @@ async fn worker(
         } else {
             let out = out.clone();
             tokio::spawn(async move {
-                forward(resp, &out, timeout, |_| {}).await;
+                forward(resp, &out, timeout, &summary, |_| {}).await;
                 drop(guard);
             });
         }
@@ -486,7 +485,7 @@ async fn listen(
     if let Ok(resp) = req.send().await
         && resp.status().is_success()
     {
-        forward(resp, &out, timeout, |_| {}).await;
+        forward(resp, &out, timeout, &RpcSummary::default(), |_| {}).await;
     }
 }
 
@@ -496,6 +495,7 @@ async fn forward(
     resp: reqwest::Response,
     out: &mpsc::Sender<Bytes>,
     timeout: Duration,
+    request: &RpcSummary,
     mut inspect: impl FnMut(&Value),
 ) -> bool {
     let is_sse = resp
@@ -510,10 +510,17 @@ async fn forward(
         if text.trim().is_empty() {
             return true;
         }
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            inspect(&v);
-        }
-        return emit(out, &text, timeout).await;
+        return match serde_json::from_str::<Value>(&text) {
+            Ok(v) => {
+                inspect(&v);
+                emit(out, &text, timeout).await
+            }
+            Err(_) => {
+                tracing::warn!("backend answered with something that is not JSON");
+                emit_error(out, request, "backend sent an invalid response", timeout).await;
+                true
+            }
+        };
     }
     let mut parser = SseParser::default();
     let mut stream = resp.bytes_stream();
@@ -526,8 +533,12 @@ async fn forward(
             return true;
         };
         for data in events {
-            if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                inspect(&v);
+            match serde_json::from_str::<Value>(&data) {
+                Ok(v) => inspect(&v),
+                Err(_) => {
+                    tracing::warn!("backend sent a non-JSON SSE event; skipped");
+                    continue;
+                }
             }
             if !emit(out, &data, timeout).await {
                 return false;

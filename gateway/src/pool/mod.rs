@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(second.list.len(), 1);
         assert!(second.list[0].is_disabled(), "state survived the resync");
         assert!(
-            table.load().by_addr.get(&b).is_none(),
+            !table.load().by_addr.contains_key(&b),
             "removed member is gone"
         );
     }

@@ -61,6 +61,34 @@ pub fn query_param<'a>(query: Option<&'a str>, names: &[&str]) -> Option<&'a str
     })
 }
 
+/// Decodes %XX escapes (and '+' as space) in a query value.
+pub fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +134,8 @@ mod tests {
             Some("abc")
         );
         assert_eq!(query_param(None, &["sessionId"]), None);
+        assert_eq!(percent_decode("127.0.0.1%3A8080"), "127.0.0.1:8080");
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%é%"), "%é%");
     }
 }

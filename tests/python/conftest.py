@@ -1,0 +1,230 @@
+"""Fixtures that start the real stack on 127.0.0.1: registry backends on a
+shared embedded store, and mcp-gateway processes in front of them."""
+
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx2
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("E2E_BIN_DIR", ROOT / "target" / "release"))
+SESSION_KEY = "python-e2e-session-key-0123456789abcdef"
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+class Proc:
+    def __init__(self, args, env=None, name="proc"):
+        self.name = name
+        self.p = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, text=True,
+        )
+
+    def read_line_matching(self, pattern, timeout=30.0):
+        result = {}
+
+        def reader():
+            for line in self.p.stdout:
+                m = re.search(pattern, line)
+                if m and "m" not in result:
+                    result["m"] = m
+                # keep draining so the child never blocks on a full pipe
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        wait_until(lambda: "m" in result or self.p.poll() is not None, timeout, f"{self.name} output")
+        if "m" not in result:
+            raise AssertionError(f"{self.name} exited with {self.p.returncode}")
+        return result["m"]
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+class Backend:
+    def __init__(self, db: Path, instance: str):
+        self.instance = instance
+        self.proc = Proc([str(BIN / "registry-backend"), "--listen", "127.0.0.1:0", "--db", str(db),
+                          "--instance", instance], env={"RUST_LOG": "warn"}, name=instance)
+        m = self.proc.read_line_matching(r"listening on http://([0-9.:]+)/mcp")
+        self.addr = m.group(1)
+
+
+class Gateway:
+    def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY):
+        self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
+        self.tls_dir = tmp / "tls"
+        backend_list = ", ".join(f'"{b}"' for b in backends)
+        config = f"""
+[listen]
+http = "127.0.0.1:{self.http_port}"
+https = "127.0.0.1:{self.https_port}"
+admin = "127.0.0.1:{self.admin_port}"
+[tls]
+dev_dir = "{self.tls_dir}"
+[limits]
+sse_keepalive = "1s"
+sse_write_timeout = "2s"
+{limits}
+[[pools]]
+name = "registry"
+health_interval = "300ms"
+discovery = {{ static = {{ backends = [{backend_list}] }} }}
+{extra_pools}
+"""
+        path = tmp / f"{name}.toml"
+        path.write_text(config)
+        self.proc = Proc([str(BIN / "mcp-gateway"), "--config", str(path)],
+                         env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn"}, name=name)
+        self.proc.read_line_matching(r"mcp-gateway ready")
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.https = f"https://127.0.0.1:{self.https_port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.ca = self.tls_dir / "ca.pem"
+        wait_until(lambda: len(self.healthy_backends("registry")) == len(backends), 30, f"{name} health checks")
+
+    def backends(self, pool="registry"):
+        data = httpx2.get(f"{self.admin}/backends", timeout=5).json()
+        return next(p for p in data["pools"] if p["name"] == pool)["backends"]
+
+    def healthy_backends(self, pool="registry"):
+        return [b["addr"] for b in self.backends(pool) if b["healthy"]]
+
+    def ssl_context(self):
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+class GarbageHandler(BaseHTTPRequestHandler):
+    """A broken backend: healthy, but /mcp answers nonsense or dies mid-stream."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = b'{"status":"healthy"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        self.rfile.read(length)
+        if "close" in self.path or self.headers.get("x-garbage") == "close":
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("mcp-session-id", "garbage-session")
+            self.end_headers()
+            self.wfile.write(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"res")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = b"\x00\xffthis is not json-rpc at all"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="session")
+def garbage_backend():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GarbageHandler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, garbage_backend):
+    tmp = tmp_path_factory.mktemp("stack")
+    backends = [Backend(tmp / "registry.db", f"b{i}") for i in range(3)]
+    extra = f"""
+[[pools]]
+name = "garbage"
+route = "/garbage"
+health_interval = "300ms"
+discovery = {{ static = {{ backends = ["{garbage_backend}"] }} }}
+"""
+    gw = Gateway(tmp, "gateway-a", [b.addr for b in backends], extra_pools=extra,
+                 limits="max_body_bytes = 1048576")
+    gw2 = Gateway(tmp, "gateway-b", [b.addr for b in backends], limits="max_body_bytes = 1048576")
+    stack = type("Stack", (), {})()
+    stack.backends, stack.gw, stack.gw2, stack.tmp = backends, gw, gw2, tmp
+    stack.addr_of = {b.instance: b.addr for b in backends}
+    yield stack
+    for p in [gw, gw2]:
+        p.proc.stop()
+    for b in backends:
+        b.proc.stop()
+
+
+def initialize(client: httpx2.Client, url: str, headers=None):
+    """Opens a Streamable HTTP session by hand; returns (session id, instance)."""
+    r = client.post(url, headers={"accept": ACCEPT, **(headers or {})}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "pytest", "version": "1"}}})
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    n = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert n.status_code == 202, n.text
+    return sid, r.headers.get("x-registry-instance")
+
+
+def rpc(client: httpx2.Client, url: str, sid: str, method: str, params=None, id_=2):
+    r = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+                    json={"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}})
+    return r
+
+
+def sse_messages(text: str):
+    """The JSON messages in an SSE body."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data = [line[5:].lstrip() for line in block.split("\n") if line.startswith("data:")]
+        if data and "".join(data).strip():
+            out.append(json.loads("\n".join(data)))
+    return out

@@ -54,19 +54,63 @@ rust_status=${PIPESTATUS[0]}
 set -e
 
 # --- peers: real third-party clients against the real stack -------------------
-log "pytest (Python MCP SDK against the gateway)"
-set +e
-(cd "$ROOT/tests/python" && "$VENV/bin/pytest" -q --timeout 300 -p no:cacheprovider) 2>&1 | tee "$ROOT/target/pytest.log"
-py_status=${PIPESTATUS[0]}
-set -e
+# Python mcp 1.x (the seed's API) in its own venv.
+VENV1="$ROOT/.venv-mcp1"
+REQ1="$ROOT/tests/peers/requirements-mcp1.txt"
+[ -x "$VENV1/bin/python" ] || python3 -m venv "$VENV1"
+want1=$(sha256sum "$REQ1" | cut -d' ' -f1)
+if [ "$(cat "$VENV1/.requirements.sha256" 2>/dev/null)" != "$want1" ]; then
+  log "installing the mcp 1.x venv"
+  "$VENV1/bin/pip" install -q --disable-pip-version-check -r "$REQ1"
+  echo "$want1" > "$VENV1/.requirements.sha256"
+fi
+# Node peers (inspector-cli on Node 20, the conformance suite on Node 22), pinned by package-lock.json.
+PEERS="$ROOT/tests/peers"
+wantn=$(sha256sum "$PEERS/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$PEERS/node_modules/.lock.sha256" 2>/dev/null)" != "$wantn" ]; then
+  log "installing Node peers (npm ci)"
+  (cd "$PEERS" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$wantn" > "$PEERS/node_modules/.lock.sha256"
+fi
+
+declare -A results
+run_suite() { # name, log, command...
+  local name=$1 logf=$2; shift 2
+  log "$name"
+  set +e
+  "$@" 2>&1 | tee "$logf"
+  local status=${PIPESTATUS[0]}
+  set -e
+  results[$name]=$status
+  return 0
+}
+run_suite "python-mcp-2.3.0" "$ROOT/target/pytest.log" \
+  bash -c "cd '$ROOT/tests/python' && '$VENV/bin/pytest' -q --timeout 300 -p no:cacheprovider"
+run_suite "seed-client-mcp1" "$ROOT/target/peer-mcp1.log" "$VENV1/bin/python" "$PEERS/seed_client_mcp1.py"
+run_suite "inspector-cli" "$ROOT/target/peer-inspector.log" "$VENV/bin/python" "$PEERS/inspector.py"
+run_suite "conformance" "$ROOT/target/peer-conformance.log" "$VENV/bin/python" "$PEERS/conformance.py"
 
 # --- summary ------------------------------------------------------------------
-count() { grep -Eo "[0-9]+ $2" "$1" | awk '{s+=$1} END {print s+0}'; }
+# (grep finding nothing is not an error here: pipefail must not end the run)
+count() { { grep -Eo "[0-9]+ $2" "$1" || true; } | awk '{s+=$1} END {print s+0}'; }
+lastcount() { { grep -E "[0-9]+ passed, [0-9]+ failed" "$1" || true; } | tail -1 | { grep -Eo "[0-9]+ $2" || true; } | head -1 | awk '{print $1+0}'; }
 echo
 echo "summary:"
-echo "  rust (cargo test):        $(count "$ROOT/target/cargo-test.log" passed) passed, $(count "$ROOT/target/cargo-test.log" failed) failed"
-echo "  python mcp 2.3.0 (pytest): $(count "$ROOT/target/pytest.log" passed) passed, $(count "$ROOT/target/pytest.log" failed) failed"
-total_passed=$(( $(count "$ROOT/target/cargo-test.log" passed) + $(count "$ROOT/target/pytest.log" passed) ))
-total_failed=$(( $(count "$ROOT/target/cargo-test.log" failed) + $(count "$ROOT/target/pytest.log" failed) ))
-echo "all: $total_passed passed, $total_failed failed"
-[ "$rust_status" = 0 ] && [ "$py_status" = 0 ]
+tp=$(count "$ROOT/target/cargo-test.log" passed); tf=$(count "$ROOT/target/cargo-test.log" failed)
+printf '  %-28s %s passed, %s failed (exit %s)\n' "rust (cargo test)" "$tp" "$tf" "$rust_status"
+status=$rust_status
+for name in python-mcp-2.3.0 seed-client-mcp1 inspector-cli conformance; do
+  case $name in
+    python-mcp-2.3.0) f="$ROOT/target/pytest.log" ;;
+    seed-client-mcp1) f="$ROOT/target/peer-mcp1.log" ;;
+    inspector-cli) f="$ROOT/target/peer-inspector.log" ;;
+    conformance) f="$ROOT/target/peer-conformance.log" ;;
+  esac
+  p=$(lastcount "$f" passed); q=$(lastcount "$f" failed)
+  printf '  %-28s %s passed, %s failed (exit %s)\n' "$name" "${p:-0}" "${q:-0}" "${results[$name]}"
+  tp=$((tp + ${p:-0})); tf=$((tf + ${q:-0}))
+  [ "${results[$name]}" = 0 ] || status=1
+done
+[ "$status" = 0 ] || [ "$tf" -gt 0 ] || tf=1
+echo "all: $tp passed, $tf failed"
+exit "$status"

@@ -149,11 +149,17 @@ pub async fn serve_stream(
         )
         .await;
     }
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let worker = tokio::spawn(worker(
         Arc::clone(shared),
         Arc::clone(pool),
         inbox_rx,
         out_tx,
+        client_ip,
     ));
     let result = stream_to_client(shared, pool, session, &id, &mut out_rx).await;
     shared.legacy.remove(&id);
@@ -176,6 +182,7 @@ async fn stream_to_client(
     resp.insert_header("content-type", "text/event-stream")?;
     resp.insert_header("cache-control", "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
+    resp.insert_header("transfer-encoding", "chunked")?;
     session.write_response_header(Box::new(resp), false).await?;
     let endpoint = format!("{}/messages?sessionId={id}", pool.prefix);
     session
@@ -190,7 +197,12 @@ async fn stream_to_client(
         let chunk = tokio::select! {
             ev = out_rx.recv() => match ev {
                 Some(ev) => ev,
-                None => break, // the worker gave up on the session
+                None => {
+                    // The worker gave up on the session: end the stream
+                    // cleanly, but never wait long on this client.
+                    let _ = tokio::time::timeout(write_timeout, session.write_response_body(None, true)).await;
+                    return Ok(true);
+                }
             },
             _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
         };
@@ -201,15 +213,13 @@ async fn stream_to_client(
         .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => break, // client went away
+            Ok(Err(_)) => return Ok(true), // client went away
             Err(_) => {
                 tracing::warn!(session = %id, "legacy SSE client stopped reading; dropping it");
-                break;
+                return Ok(true);
             }
         }
     }
-    let _ = session.write_response_body(None, true).await;
-    Ok(true)
 }
 
 /// `POST /messages?sessionId=…`: queue the message, answer 202.
@@ -325,6 +335,7 @@ async fn worker(
     pool: Arc<Pool>,
     mut inbox: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Bytes>,
+    client_ip: String,
 ) {
     let timeout = shared.limits.sse_write_timeout;
     let http = shared.legacy.http.clone();
@@ -348,6 +359,7 @@ async fn worker(
             .post(format!("http://{}{}", backend.addr, "/mcp"))
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
+            .header("x-forwarded-for", &client_ip)
             .body(body.clone());
         if let Some(u) = &upstream {
             req = req.header(SESSION_HEADER, &u.session);

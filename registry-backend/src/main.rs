@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use clap::Parser as _;
 use registry_backend::config::{Config, LogFormat};
 use registry_backend::http::{self, Lifecycle, McpOptions};
@@ -82,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn({
         let stopped = stopped.clone();
         async move {
+            // Nagle + delayed ACK would hold small SSE writes for ~40 ms.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopped.cancelled_owned())
                 .await

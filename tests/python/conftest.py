@@ -90,7 +90,8 @@ class Backend:
 
 
 class Gateway:
-    def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY):
+    def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY,
+                 pool=None, expect_backends=None):
         self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
         self.tls_dir = tmp / "tls"
         backend_list = ", ".join(f'"{b}"' for b in backends)
@@ -108,7 +109,7 @@ sse_write_timeout = "2s"
 [[pools]]
 name = "registry"
 health_interval = "300ms"
-discovery = {{ static = {{ backends = [{backend_list}] }} }}
+discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
 {extra_pools}
 """
         path = tmp / f"{name}.toml"
@@ -120,7 +121,8 @@ discovery = {{ static = {{ backends = [{backend_list}] }} }}
         self.https = f"https://127.0.0.1:{self.https_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.ca = self.tls_dir / "ca.pem"
-        wait_until(lambda: len(self.healthy_backends("registry")) == len(backends), 30, f"{name} health checks")
+        want = len(backends) if expect_backends is None else expect_backends
+        wait_until(lambda: len(self.healthy_backends("registry")) == want, 30, f"{name} health checks")
 
     def backends(self, pool="registry"):
         data = httpx2.get(f"{self.admin}/backends", timeout=5).json()

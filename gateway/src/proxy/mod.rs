@@ -589,11 +589,24 @@ impl ProxyHttp for McpProxy {
         if status > 0 {
             let _ = respond(session, status, body, &[]).await;
         }
-        tracing::warn!(error = %e, status, "request failed");
+        if status == 0 {
+            tracing::debug!(error = %e, "client went away");
+        } else {
+            tracing::warn!(error = %e, status, "request failed");
+        }
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // A client closing its stream is how SSE sessions end: not an error.
+        *e.esource() == pingora::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

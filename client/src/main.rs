@@ -1,1 +1,74 @@
-fn main() {}
+//! `mcp-client`: the gateway from the shell.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use mcp_client::cmd::{self, Output};
+use mcp_client::connect::{ConnectArgs, connect};
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-client",
+    version,
+    about = "Use MCP servers through the gateway from the shell"
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "pretty", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List tools with their descriptions and parameters.
+    Tools,
+    /// Call a tool: `call get_agent agent_id=x` or `call register_agent --json '{…}'`.
+    Call {
+        tool: String,
+        /// key=value arguments (values that parse as JSON are JSON).
+        args: Vec<String>,
+        /// Arguments as one JSON object (key=value pairs override it).
+        #[arg(long)]
+        json: Option<String>,
+    },
+    /// An interactive shell over one session.
+    Repl,
+    /// Load-test the gateway (see `mcp-client load --help`).
+    Load(cmd::load::LoadArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Load(args) = &cli.command {
+        return cmd::load::run(&cli.conn, args, cli.output).await;
+    }
+    let conn = connect(&cli.conn).await?;
+    let result = match cli.command {
+        Command::Tools => cmd::tools::run(&conn, cli.output).await,
+        Command::Call { tool, args, json } => {
+            let args = cmd::call::build_args(&args, json.as_deref())?;
+            cmd::call::run(&conn, &tool, args, cli.output).await
+        }
+        Command::Repl => cmd::repl::run(&conn).await,
+        Command::Load(_) => Ok(()),
+    };
+    conn.close().await;
+    result
+}

@@ -1,0 +1,8 @@
+//! `mcp-client`: connect to the gateway over any MCP transport and use it
+//! from the shell. One file per command under [`cmd`]; [`connect`] picks the
+//! transport (stateless → Streamable HTTP session → legacy SSE, or forced);
+//! [`sse`] is the legacy HTTP+SSE transport rmcp no longer ships.
+
+pub mod cmd;
+pub mod connect;
+pub mod sse;

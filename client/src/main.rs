@@ -36,8 +36,27 @@ enum Command {
     },
     /// An interactive shell over one session.
     Repl,
+    /// Chat with an LLM that uses the registry's tools and talks to agents over A2A.
+    Chat(cmd::chat::ChatArgs),
+    /// Talk to a registered agent over A2A.
+    A2a {
+        #[command(subcommand)]
+        action: A2aAction,
+    },
     /// Load-test the gateway (see `mcp-client load --help`).
     Load(cmd::load::LoadArgs),
+}
+
+#[derive(Subcommand)]
+enum A2aAction {
+    /// Look AGENT_ID up in the registry and send it MESSAGE.
+    Send {
+        agent_id: String,
+        message: String,
+        /// Continue an earlier conversation.
+        #[arg(long)]
+        context_id: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -55,6 +74,13 @@ async fn main() {
     }
 }
 
+/// HTTP for the world outside the gateway (LLM APIs, A2A agents).
+fn outside_http() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     if let Command::Load(args) = &cli.command {
         return cmd::load::run(&cli.conn, args, cli.output).await;
@@ -67,6 +93,25 @@ async fn run(cli: Cli) -> Result<()> {
             cmd::call::run(&conn, &tool, args, cli.output).await
         }
         Command::Repl => cmd::repl::run(&conn).await,
+        Command::Chat(args) => cmd::chat::run(&conn, &outside_http()?, &args).await,
+        Command::A2a {
+            action:
+                A2aAction::Send {
+                    agent_id,
+                    message,
+                    context_id,
+                },
+        } => {
+            cmd::a2a::send(
+                &conn,
+                &outside_http()?,
+                &agent_id,
+                &message,
+                context_id.as_deref(),
+                cli.output,
+            )
+            .await
+        }
         Command::Load(_) => Ok(()),
     };
     conn.close().await;

@@ -1,6 +1,8 @@
 //! One file per command.
 
+pub mod a2a;
 pub mod call;
+pub mod chat;
 pub mod load;
 pub mod repl;
 pub mod tools;

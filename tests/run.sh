@@ -93,7 +93,8 @@ run_suite "conformance" "$ROOT/target/peer-conformance.log" "$VENV/bin/python" "
 # --- summary ------------------------------------------------------------------
 # (grep finding nothing is not an error here: pipefail must not end the run)
 count() { { grep -Eo "[0-9]+ $2" "$1" || true; } | awk '{s+=$1} END {print s+0}'; }
-lastcount() { { grep -E "[0-9]+ passed, [0-9]+ failed" "$1" || true; } | tail -1 | { grep -Eo "[0-9]+ $2" || true; } | head -1 | awk '{print $1+0}'; }
+# the closing line of a runner: pytest's "N passed[, N failed] in …" or our "name: N passed, N failed"
+lastcount() { { grep -E "(^| )[0-9]+ (passed|failed)" "$1" || true; } | tail -1 | { grep -Eo "[0-9]+ $2" || true; } | head -1 | awk '{print $1+0}'; }
 echo
 echo "summary:"
 tp=$(count "$ROOT/target/cargo-test.log" passed); tf=$(count "$ROOT/target/cargo-test.log" failed)

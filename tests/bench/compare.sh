@@ -13,7 +13,10 @@ BIN="$ROOT/target/release"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 SESSIONS=${SESSIONS:-8}
-MIX=${MIX:-get_agent=70,search_agents=20,register_agent=10}
+# Read-only by default so the store does not grow between targets (a growing
+# table would penalise whichever target runs last).
+MIX=${MIX:-get_agent=80,list_agents=20}
+ROUNDS=${ROUNDS:-2}
 TMP=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
@@ -61,26 +64,40 @@ pids+=($GPID)
 wait_http "http://127.0.0.1:$GPORT/health"
 for _ in $(seq 100); do curl -s "http://127.0.0.1:$APORT/backends" | grep -q '"healthy": true' && break; sleep 0.05; done
 
-run() { # label url transport
+run() { # label url transport round
   "$BIN/mcp-client" --url "$2" -o json load --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
-    --mix "$MIX" --transports "$3" ${RATE:+--rate "$RATE"} > "$TMP/$1.json"
+    --mix "$MIX" --transports "$3" --seed-agents 200 ${RATE:+--rate "$RATE"} > "$TMP/$1.$4.json"
 }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 gw_rss_before=$(rss $GPID)
-run direct "http://127.0.0.1:$BPORT" streamable
-run nginx "http://127.0.0.1:$NPORT" streamable
-run gateway "http://127.0.0.1:$GPORT" streamable
-run gateway-legacy-sse "http://127.0.0.1:$GPORT" sse
-run gateway-stateless "http://127.0.0.1:$GPORT" stateless
+targets=("direct http://127.0.0.1:$BPORT streamable" "nginx http://127.0.0.1:$NPORT streamable"
+         "gateway http://127.0.0.1:$GPORT streamable" "gateway-legacy-sse http://127.0.0.1:$GPORT sse"
+         "gateway-stateless http://127.0.0.1:$GPORT stateless")
+# Rounds alternate the order (A B C … then … C B A) so drift over time evens out.
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order=("${targets[@]}"); else order=(); for ((i=${#targets[@]}-1; i>=0; i--)); do order+=("${targets[$i]}"); done; fi
+  for t in "${order[@]}"; do set -- $t; run "$1" "$2" "$3" "$round"; done
+done
 gw_rss_after=$(rss $GPID)
 
-python3 - "$TMP" "$gw_rss_before" "$gw_rss_after" <<'PY'
-import json, sys
-tmp, rss0, rss1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+python3 - "$TMP" "$gw_rss_before" "$gw_rss_after" "$ROUNDS" <<'PY'
+import glob, json, sys
+tmp, rss0, rss1, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rows = ["direct", "nginx", "gateway", "gateway-legacy-sse", "gateway-stateless"]
-data = {r: json.load(open(f"{tmp}/{r}.json")) for r in rows}
+
+def mean_report(label):
+    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{tmp}/{label}.*.json"))]
+    out = json.loads(json.dumps(runs[0]))
+    t = out["total"]
+    t["calls_per_sec"] = sum(r["total"]["calls_per_sec"] for r in runs) / len(runs)
+    t["errors"] = sum(r["total"]["errors"] for r in runs)
+    for k in t["latency"]:
+        t["latency"][k] = sum(r["total"]["latency"][k] for r in runs) / len(runs)
+    return out
+
+data = {r: mean_report(r) for r in rows}
 cfg = data["direct"]["config"]
-print(f"mode {cfg['mode']}, {cfg['sessions']} sessions, {cfg['duration_s']}s measured, mix {cfg['mix']}")
+print(f"mode {cfg['mode']}, {cfg['sessions']} sessions, {cfg['duration_s']}s measured x {rounds} rounds (means), mix {cfg['mix']}")
 print(f"{'target':<20} {'calls/s':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
 for r in rows:
     t = data[r]["total"]; l = t["latency"] or {}

@@ -325,6 +325,11 @@ impl ProxyHttp for McpProxy {
         Ctx::default()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No response compression module: MCP bodies are small JSON or SSE,
+        // and SSE must pass through untouched.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let shared = &self.shared;
         Metrics::inc(&shared.metrics.requests);

@@ -101,6 +101,18 @@ def test_https_serves_h2_and_http11_with_the_dev_ca(stack):
         httpx2.get(f"{stack.gw.https}/health")  # not trusted without the CA
 
 
+def test_https_negotiates_http2_for_mcp(stack):
+    import subprocess
+    out = subprocess.run(["curl", "-s", "--http2", "--cacert", str(stack.gw.ca), "-D", "-", "-o", "/dev/null",
+                          "-H", f"accept: {ACCEPT}", "-H", "content-type: application/json",
+                          "-d", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                              "protocolVersion": "2025-06-18", "capabilities": {},
+                              "clientInfo": {"name": "curl", "version": "1"}}}),
+                          f"{stack.gw.https}/mcp"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.startswith("HTTP/2 200"), out.stdout + out.stderr
+    assert "mcp-session-id:" in out.stdout.lower()
+
+
 def test_sessions_spread_and_stick_to_their_backend(stack):
     url = f"{stack.gw.http}/mcp"
     seen = set()

@@ -16,7 +16,8 @@ use serde::Deserialize;
 #[command(
     name = "mcp-gateway",
     version,
-    about = "The public front door for MCP servers"
+    about = "The public front door for MCP servers",
+    after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)"
 )]
 pub struct Cli {
     /// TOML configuration file.

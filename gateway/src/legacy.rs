@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::pool::{BackendState, Pool};
 use crate::proxy::jsonrpc::{self, RpcSummary};
-use crate::proxy::{Metrics, SESSION_HEADER, Shared, edge, respond, rpc_error};
+use crate::proxy::{Metrics, SESSION_HEADER, Shared, client_ip, edge, respond, rpc_error};
 
 const SHARDS: usize = 32;
 const INBOX: usize = 64;
@@ -149,11 +149,7 @@ pub async fn serve_stream(
         )
         .await;
     }
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
+    let client_ip = client_ip(session).unwrap_or_default();
     let worker = tokio::spawn(worker(
         Arc::clone(shared),
         Arc::clone(pool),

@@ -136,7 +136,8 @@ discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
 
 
 class GarbageHandler(BaseHTTPRequestHandler):
-    """A broken backend: healthy, but /mcp answers nonsense or dies mid-stream."""
+    """A broken backend: healthy, but /mcp answers nonsense or dies mid-stream
+    (or, with `x-garbage: echo-headers`, shows the request headers it got)."""
 
     def log_message(self, *args):
         pass
@@ -152,6 +153,14 @@ class GarbageHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", 0))
         self.rfile.read(length)
+        if self.headers.get("x-garbage") == "echo-headers":
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if "close" in self.path or self.headers.get("x-garbage") == "close":
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")

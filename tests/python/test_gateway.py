@@ -94,7 +94,21 @@ def test_client_auto_mode_runs_every_tool(stack, scheme):
     asyncio.run(main())
 
 
-def test_https_serves_h2_and_http11_with_the_dev_ca(stack):
+def test_backends_get_forwarding_headers_and_their_own_host(stack, garbage_backend):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    r = post_raw(f"{stack.gw.http}/garbage/mcp", body, {"x-garbage": "echo-headers", "x-forwarded-for": "10.9.8.7"})
+    seen = r.json()
+    assert seen["x-forwarded-for"] == "10.9.8.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["host"] == garbage_backend
+    with httpx2.Client(verify=stack.gw.ssl_context()) as c:
+        tls = c.post(f"{stack.gw.https}/garbage/mcp", content=body, headers={
+            "accept": ACCEPT, "content-type": "application/json", "x-garbage": "echo-headers"}).json()
+    assert tls["x-forwarded-proto"] == "https"
+    assert tls["x-forwarded-for"] == "127.0.0.1"
+
+
+def test_https_needs_the_dev_ca(stack):
     with httpx2.Client(verify=stack.gw.ssl_context()) as c:
         assert c.get(f"{stack.gw.https}/health").status_code == 200
     with pytest.raises(httpx2.ConnectError):

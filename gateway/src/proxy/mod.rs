@@ -144,6 +144,14 @@ pub async fn rpc_error(
     respond(session, status, jsonrpc::error_body(id, code, message), &[]).await
 }
 
+/// The downstream client's IP address, for X-Forwarded-For.
+pub fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -453,7 +461,7 @@ impl ProxyHttp for McpProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -494,6 +502,14 @@ impl ProxyHttp for McpProxy {
         ] {
             upstream.remove_header(hop);
         }
+        if let Some(client) = client_ip(session) {
+            let forwarded = match header(upstream, "x-forwarded-for") {
+                Some(prior) => format!("{prior}, {client}"),
+                None => client,
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         Ok(())
     }
 

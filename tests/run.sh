@@ -74,9 +74,11 @@ if [ "$(cat "$PEERS/node_modules/.lock.sha256" 2>/dev/null)" != "$wantn" ]; then
   echo "$wantn" > "$PEERS/node_modules/.lock.sha256"
 fi
 
-declare -A results
+declare -A results logs
+suites=()
 run_suite() { # name, log, command...
   local name=$1 logf=$2; shift 2
+  suites+=("$name"); logs[$name]=$logf
   log "$name"
   set +e
   "$@" 2>&1 | tee "$logf"
@@ -101,13 +103,8 @@ echo "summary:"
 tp=$(count "$ROOT/target/cargo-test.log" passed); tf=$(count "$ROOT/target/cargo-test.log" failed)
 printf '  %-28s %s passed, %s failed (exit %s)\n' "rust (cargo test)" "$tp" "$tf" "$rust_status"
 status=$rust_status
-for name in python-mcp-2.3.0 seed-client-mcp1 inspector-cli conformance; do
-  case $name in
-    python-mcp-2.3.0) f="$ROOT/target/pytest.log" ;;
-    seed-client-mcp1) f="$ROOT/target/peer-mcp1.log" ;;
-    inspector-cli) f="$ROOT/target/peer-inspector.log" ;;
-    conformance) f="$ROOT/target/peer-conformance.log" ;;
-  esac
+for name in "${suites[@]}"; do
+  f=${logs[$name]}
   p=$(lastcount "$f" passed); q=$(lastcount "$f" failed)
   printf '  %-28s %s passed, %s failed (exit %s)\n' "$name" "${p:-0}" "${q:-0}" "${results[$name]}"
   tp=$((tp + ${p:-0})); tf=$((tf + ${q:-0}))

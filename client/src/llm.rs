@@ -39,6 +39,26 @@ pub enum Provider {
     },
 }
 
+/// Sends a request to an LLM API and returns its JSON, or its error message.
+async fn call_api(req: reqwest::RequestBuilder, api: &str) -> Result<Value> {
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling the {api}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{api} answered non-JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "{api} {status}: {}",
+            v["error"]["message"].as_str().unwrap_or(&v.to_string())
+        );
+    }
+    Ok(v)
+}
+
 pub struct Conversation {
     provider: Provider,
     tools: Vec<ToolSpec>,
@@ -102,25 +122,12 @@ impl Conversation {
                     .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.schema}))
                     .collect();
                 let body = json!({"model": model, "max_tokens": 4096, "system": self.system, "tools": tools, "messages": self.messages});
-                let resp = http
+                let req = http
                     .post(format!("{}/v1/messages", base_url.trim_end_matches('/')))
                     .header("x-api-key", api_key)
                     .header("anthropic-version", "2023-06-01")
-                    .json(&body)
-                    .send()
-                    .await
-                    .context("calling the Anthropic API")?;
-                let status = resp.status();
-                let v: Value = resp
-                    .json()
-                    .await
-                    .context("Anthropic API answered non-JSON")?;
-                if !status.is_success() {
-                    bail!(
-                        "Anthropic API {status}: {}",
-                        v["error"]["message"].as_str().unwrap_or(&v.to_string())
-                    );
-                }
+                    .json(&body);
+                let v = call_api(req, "Anthropic API").await?;
                 let content = v["content"].as_array().cloned().unwrap_or_default();
                 let mut turn = Turn::default();
                 for block in &content {
@@ -158,21 +165,7 @@ impl Conversation {
                 if let Some(k) = api_key {
                     req = req.bearer_auth(k);
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .context("calling the chat-completions API")?;
-                let status = resp.status();
-                let v: Value = resp
-                    .json()
-                    .await
-                    .context("chat-completions API answered non-JSON")?;
-                if !status.is_success() {
-                    bail!(
-                        "chat-completions API {status}: {}",
-                        v["error"]["message"].as_str().unwrap_or(&v.to_string())
-                    );
-                }
+                let v = call_api(req, "chat-completions API").await?;
                 let msg = v["choices"][0]["message"].clone();
                 let mut turn = Turn {
                     text: msg["content"].as_str().unwrap_or("").to_owned(),

@@ -38,8 +38,11 @@ const OUTBOX: usize = 256;
 /// An SSE event from a backend larger than this is garbage, not a message.
 const MAX_EVENT: usize = 8 * 1024 * 1024;
 
+/// A client message for the worker, with what `accept_message` already read from it.
+type Inbound = (Bytes, RpcSummary);
+
 struct Entry {
-    inbox: mpsc::Sender<Bytes>,
+    inbox: mpsc::Sender<Inbound>,
 }
 
 /// The table of open legacy sessions on this process.
@@ -95,7 +98,7 @@ impl Legacy {
         }
     }
 
-    fn inbox(&self, id: &str) -> Option<mpsc::Sender<Bytes>> {
+    fn inbox(&self, id: &str) -> Option<mpsc::Sender<Inbound>> {
         self.shard(id).lock().ok()?.get(id).map(|e| e.inbox.clone())
     }
 }
@@ -137,7 +140,7 @@ pub async fn serve_stream(
         .await;
     }
     let id = new_id();
-    let (inbox_tx, inbox_rx) = mpsc::channel::<Bytes>(INBOX);
+    let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOX);
     if !shared.legacy.insert(&id, Entry { inbox: inbox_tx }) {
         Metrics::inc(&shared.metrics.rejected_capacity);
@@ -267,7 +270,7 @@ pub async fn accept_message(
     if summary.method.as_deref() == Some("tools/call") {
         Metrics::inc(&shared.metrics.tool_calls);
     }
-    match inbox.try_send(body.freeze()) {
+    match inbox.try_send((body.freeze(), summary)) {
         Ok(()) => {
             let mut resp = ResponseHeader::build(202, Some(2))?;
             resp.insert_header("content-length", "8")?;
@@ -277,7 +280,7 @@ pub async fn accept_message(
                 .await?;
             Ok(true)
         }
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(mpsc::error::TrySendError::Full((_, summary))) => {
             respond(
                 session,
                 503,
@@ -286,7 +289,7 @@ pub async fn accept_message(
             )
             .await
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
+        Err(mpsc::error::TrySendError::Closed((_, summary))) => {
             rpc_error(
                 session,
                 404,
@@ -329,7 +332,7 @@ async fn emit_error(
 async fn worker(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
-    mut inbox: mpsc::Receiver<Bytes>,
+    mut inbox: mpsc::Receiver<Inbound>,
     out: mpsc::Sender<Bytes>,
     client_ip: String,
 ) {
@@ -337,8 +340,7 @@ async fn worker(
     let http = shared.legacy.http.clone();
     let mut upstream: Option<Upstream> = None;
     let mut listener: Option<tokio::task::JoinHandle<()>> = None;
-    while let Some(body) = inbox.recv().await {
-        let summary = jsonrpc::summarize(&body).unwrap_or_default();
+    while let Some((body, summary)) = inbox.recv().await {
         let backend = match &upstream {
             Some(u) => Arc::clone(&u.backend),
             None => match pool.pick() {
@@ -356,7 +358,7 @@ async fn worker(
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("x-forwarded-for", &client_ip)
-            .body(body.clone());
+            .body(body);
         if let Some(u) = &upstream {
             req = req.header(SESSION_HEADER, &u.session);
             if let Some(v) = &u.version {

@@ -328,7 +328,7 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
                                     done_at: done,
                                     measured,
                                 });
-                                n += conns_len(&args);
+                                n += args.sessions as u64;
                             }
                         }));
                     }
@@ -428,10 +428,6 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
         }
     }
     Ok(())
-}
-
-fn conns_len(args: &LoadArgs) -> u64 {
-    args.sessions as u64
 }
 
 fn percentiles(h: &Histogram<u64>) -> Value {

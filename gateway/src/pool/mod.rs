@@ -43,12 +43,11 @@ fn now_ms() -> u64 {
 
 impl BackendState {
     pub fn new(addr: SocketAddr, weight: u32) -> Self {
-        let mut backend = Backend {
+        let backend = Backend {
             addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-            weight: weight as usize,
+            weight: weight.max(1) as usize,
             ext: Default::default(),
         };
-        backend.weight = weight.max(1) as usize;
         Self {
             addr,
             backend,

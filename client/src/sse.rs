@@ -5,47 +5,12 @@
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use futures::channel::mpsc as fmpsc;
+use mcp_sse::{Event, Splitter};
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use tokio_util::sync::CancellationToken;
 
-/// One parsed SSE event.
-#[derive(Debug, Default, PartialEq)]
-pub struct Event {
-    pub event: Option<String>,
-    pub data: String,
-}
-
-/// Incremental SSE parser.
-#[derive(Default)]
-pub struct Parser {
-    buf: Vec<u8>,
-}
-
-impl Parser {
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
-        self.buf
-            .extend(chunk.iter().copied().filter(|b| *b != b'\r'));
-        let mut out = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block);
-            let mut ev = Event::default();
-            let mut data = Vec::new();
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    ev.event = Some(v.trim().to_owned());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-                }
-            }
-            if !data.is_empty() {
-                ev.data = data.join("\n");
-                out.push(ev);
-            }
-        }
-        out
-    }
-}
+/// Largest event the client takes from a server; a larger one ends the stream.
+pub const MAX_EVENT: usize = 16 * 1024 * 1024;
 
 pub type Transport = (
     fmpsc::Sender<ClientJsonRpcMessage>,
@@ -64,18 +29,18 @@ pub async fn connect(http: reqwest::Client, sse_url: &str) -> Result<Transport> 
         bail!("GET {sse_url} answered {}", resp.status());
     }
     let mut body = resp.bytes_stream();
-    let mut parser = Parser::default();
+    let mut parser = Splitter::new(MAX_EVENT);
     let mut pending = Vec::new();
     let endpoint = 'found: loop {
         let chunk = body
             .next()
             .await
             .context("SSE stream ended before the endpoint event")??;
-        let mut events = parser.push(&chunk).into_iter();
+        let mut events = parser.push(&chunk)?.into_iter();
         while let Some(ev) = events.next() {
-            if ev.event.as_deref() == Some("endpoint") {
+            if ev.event_type().as_deref() == Some("endpoint") {
                 pending.extend(events);
-                break 'found ev.data;
+                break 'found ev.data().unwrap_or_default().into_owned();
             }
         }
     };
@@ -88,7 +53,7 @@ pub async fn connect(http: reqwest::Client, sse_url: &str) -> Result<Transport> 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<ServerJsonRpcMessage>(64);
     let reader_stop = stop.clone();
     tokio::spawn(async move {
-        let deliver = |ev: Event| serde_json::from_str::<ServerJsonRpcMessage>(&ev.data).ok();
+        let deliver = |ev: Event| serde_json::from_str::<ServerJsonRpcMessage>(&ev.data()?).ok();
         for ev in pending {
             if let Some(m) = deliver(ev)
                 && in_tx.send(m).await.is_err()
@@ -102,8 +67,14 @@ pub async fn connect(http: reqwest::Client, sse_url: &str) -> Result<Transport> 
                 _ = reader_stop.cancelled() => return,
             };
             let Some(Ok(chunk)) = chunk else { return };
-            for ev in parser.push(&chunk) {
-                if matches!(ev.event.as_deref(), None | Some("message"))
+            let Ok(events) = parser.push(&chunk) else {
+                tracing::warn!(
+                    "legacy SSE: the server sent an event over {MAX_EVENT} bytes; closing"
+                );
+                return;
+            };
+            for ev in events {
+                if matches!(ev.event_type().as_deref(), None | Some("message"))
                     && let Some(m) = deliver(ev)
                     && in_tx.send(m).await.is_err()
                 {
@@ -140,16 +111,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_named_events_across_chunks() {
-        let mut p = Parser::default();
+    fn reads_named_events_across_chunks() {
+        let mut p = Splitter::new(MAX_EVENT);
         assert!(
             p.push(b"event: endpoint\ndata: /messages?sessionId=")
+                .unwrap()
                 .is_empty()
         );
-        let evs = p.push(b"abc\n\n: keepalive\n\nevent: message\ndata: {}\n\n");
-        assert_eq!(evs.len(), 2);
-        assert_eq!(evs[0].event.as_deref(), Some("endpoint"));
-        assert_eq!(evs[0].data, "/messages?sessionId=abc");
-        assert_eq!(evs[1].data, "{}");
+        let evs = p
+            .push(b"abc\n\n: keepalive\n\nevent: message\ndata: {}\n\n")
+            .unwrap();
+        assert_eq!(evs.len(), 3);
+        assert_eq!(evs[0].event_type().as_deref(), Some("endpoint"));
+        assert_eq!(evs[0].data().as_deref(), Some("/messages?sessionId=abc"));
+        assert!(evs[1].is_comment_only());
+        assert_eq!(evs[2].data().as_deref(), Some("{}"));
     }
 }

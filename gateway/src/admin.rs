@@ -12,10 +12,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::proxy::{Shared, edge};
+use crate::app::Gateway;
+use crate::metrics::Reason;
+use crate::policy::edge;
 
 pub struct Admin {
-    pub shared: Arc<Shared>,
+    pub gw: Arc<Gateway>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -38,8 +40,9 @@ fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
 impl Admin {
     fn backends(&self) -> serde_json::Value {
         let pools: Vec<_> = self
-            .shared
-            .pools
+            .gw
+            .sessions
+            .pools()
             .iter()
             .map(|pool| {
                 let members = pool.members.load();
@@ -67,22 +70,13 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
-        let s = &self.shared;
-        let m = &s.metrics;
+        let state = &self.gw.state;
+        let m = &state.metrics;
         let mut out = String::new();
         let counters = [
             ("mcp_gateway_requests_total", &m.requests),
             ("mcp_gateway_sessions_issued_total", &m.sessions_issued),
             ("mcp_gateway_tool_calls_total", &m.tool_calls),
-            ("mcp_gateway_rejected_origin_total", &m.rejected_origin),
-            ("mcp_gateway_rejected_body_total", &m.rejected_body),
-            ("mcp_gateway_rejected_session_total", &m.rejected_session),
-            (
-                "mcp_gateway_rejected_malformed_total",
-                &m.rejected_malformed,
-            ),
-            ("mcp_gateway_rejected_capacity_total", &m.rejected_capacity),
-            ("mcp_gateway_no_backend_total", &m.no_backend),
             ("mcp_gateway_upstream_errors_total", &m.upstream_errors),
         ];
         for (name, c) in counters {
@@ -92,18 +86,32 @@ impl Admin {
                 c.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(out, "# TYPE mcp_gateway_rejected_total counter");
+        for reason in Reason::ALL {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_rejected_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                m.rejected(reason)
+            );
+        }
         let _ = writeln!(
             out,
             "# TYPE mcp_gateway_inflight gauge\nmcp_gateway_inflight {}",
-            s.inflight.load(Ordering::Relaxed)
+            state.inflight()
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_buffered_body_bytes gauge\nmcp_gateway_buffered_body_bytes {}",
+            state.buffered()
         );
         let _ = writeln!(
             out,
             "# TYPE mcp_gateway_legacy_sessions gauge\nmcp_gateway_legacy_sessions {}",
-            s.legacy.open_sessions()
+            self.gw.legacy.table.len()
         );
         let _ = writeln!(out, "# TYPE mcp_gateway_backend_inflight gauge");
-        for pool in &s.pools {
+        for pool in self.gw.sessions.pools() {
             for b in &pool.members.load().list {
                 let _ = writeln!(
                     out,
@@ -115,7 +123,7 @@ impl Admin {
             }
         }
         let _ = writeln!(out, "# TYPE mcp_gateway_backend_requests_total counter");
-        for pool in &s.pools {
+        for pool in self.gw.sessions.pools() {
             for b in &pool.members.load().list {
                 let _ = writeln!(
                     out,
@@ -139,7 +147,7 @@ impl Admin {
             );
         };
         let pool_name = edge::query_param(query, &["pool"]).map(edge::percent_decode);
-        for pool in &self.shared.pools {
+        for pool in self.gw.sessions.pools() {
             if pool_name.as_ref().is_some_and(|n| *n != pool.name) {
                 continue;
             }

@@ -98,7 +98,7 @@ pub struct Sessions {
     /// File holding the session-token secret (or set MCP_GATEWAY_SESSION_KEY).
     pub key_file: Option<PathBuf>,
     /// How long a session id stays valid.
-    #[serde(with = "humantime_secs", default = "day")]
+    #[serde(with = "duration", default = "day")]
     pub max_age: Duration,
     /// Most legacy SSE sessions this process holds at once.
     #[serde(default = "default_legacy_sessions")]
@@ -123,61 +123,58 @@ impl Default for Sessions {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(default = "default_body")]
+    /// Largest request body; larger → 413. Every POST body is read whole
+    /// (up to this) and checked as JSON-RPC before a backend sees it.
     pub max_body_bytes: usize,
+    /// Request bodies held in memory at once, all requests together; beyond → 503.
+    pub max_buffered_bytes: usize,
     /// Requests in flight at once (open SSE streams included); 503 beyond.
-    #[serde(default = "default_inflight")]
     pub max_inflight: usize,
     /// Idle time allowed on a client connection between reads.
-    #[serde(with = "humantime_secs", default = "default_idle")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
-    /// Comment keep-alive interval on SSE streams the gateway originates.
-    #[serde(with = "humantime_secs", default = "default_keepalive")]
+    /// Comment keep-alive interval on every SSE stream the gateway serves.
+    #[serde(with = "duration")]
     pub sse_keepalive: Duration,
-    /// A legacy SSE client that cannot take an event for this long is dropped.
-    #[serde(with = "humantime_secs", default = "default_write_timeout")]
-    pub sse_write_timeout: Duration,
+    /// A client that cannot take a write for this long is dropped.
+    #[serde(with = "duration", alias = "sse_write_timeout")]
+    pub write_timeout: Duration,
+    /// Connecting to a backend.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest silence from a backend (response header, or between bytes of a stream).
+    #[serde(with = "duration")]
+    pub upstream_idle_timeout: Duration,
+    /// Bytes a legacy session may have queued for its backend; beyond → 503.
+    pub legacy_inbox_bytes: usize,
+    /// Backend calls one legacy session runs at once.
+    pub legacy_session_concurrency: usize,
     /// Allowed Origin values ("*" = any; entries may end in ":*" for any port).
     /// Requests without Origin are always allowed (non-browser clients).
-    #[serde(default = "default_origins")]
     pub allowed_origins: Vec<String>,
-}
-
-fn default_body() -> usize {
-    4 * 1024 * 1024
-}
-fn default_inflight() -> usize {
-    10_000
-}
-fn default_idle() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_keepalive() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_write_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_origins() -> Vec<String> {
-    vec![
-        "http://localhost:*".into(),
-        "https://localhost:*".into(),
-        "http://127.0.0.1:*".into(),
-        "https://127.0.0.1:*".into(),
-    ]
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_body_bytes: default_body(),
-            max_inflight: default_inflight(),
-            idle_timeout: default_idle(),
-            sse_keepalive: default_keepalive(),
-            sse_write_timeout: default_write_timeout(),
-            allowed_origins: default_origins(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_inflight: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            sse_keepalive: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            upstream_idle_timeout: Duration::from_secs(300),
+            legacy_inbox_bytes: 8 * 1024 * 1024,
+            legacy_session_concurrency: 8,
+            allowed_origins: vec![
+                "http://localhost:*".into(),
+                "https://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "https://127.0.0.1:*".into(),
+            ],
         }
     }
 }
@@ -192,7 +189,7 @@ pub enum Discovery {
     Dns {
         name: String,
         port: u16,
-        #[serde(with = "humantime_secs", default = "default_dns_interval")]
+        #[serde(with = "duration", default = "default_dns_interval")]
         interval: Duration,
     },
     /// Processes the gateway starts and supervises on 127.0.0.1.
@@ -219,10 +216,10 @@ pub struct PoolConfig {
     pub discovery: Discovery,
     #[serde(default = "default_health_path")]
     pub health_path: String,
-    #[serde(with = "humantime_secs", default = "default_health_interval")]
+    #[serde(with = "duration", default = "default_health_interval")]
     pub health_interval: Duration,
     /// How long a backend that refused a connection is skipped.
-    #[serde(with = "humantime_secs", default = "default_eject")]
+    #[serde(with = "duration", default = "default_eject")]
     pub eject_for: Duration,
 }
 
@@ -262,8 +259,9 @@ pub struct Config {
     pub shutdown_timeout_secs: Option<u64>,
 }
 
-/// Durations in config files: "30s", "500ms", "5m", "24h" or bare seconds.
-mod humantime_secs {
+/// Durations in config files: humantime text ("30s", "500ms", "5m", "1h 30m")
+/// or a bare number of seconds.
+mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -277,28 +275,9 @@ mod humantime_secs {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom),
         }
     }
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 30s"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in '{text}'")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 impl Config {

@@ -1,15 +1,28 @@
 //! `mcp-gateway`: the public front door for MCP servers, on pingora.
 //!
-//! [`proxy`] is the request path (pingora phases); [`legacy`] bridges the
-//! 2024-11-05 HTTP+SSE transport onto Streamable HTTP; [`token`] seals
-//! gateway session ids; [`pool`] holds backend pools, discovery and managed
-//! processes; [`admin`] is the operator's listener; [`config`] and [`tls`]
-//! set it all up. See ARCHITECTURE.md for the invariants.
+//! Floors, each using only those below it (ARCHITECTURE.md has the map):
+//! - top: [`proxy`] (pingora's phases: policy steps, then a transport),
+//!   [`admin`], [`app`] (the parts, assembled once);
+//! - transports: [`streamable`] (`/mcp`) and [`legacy`] (`/sse` + `/messages`);
+//! - sessions: [`session`] (routing, pinning, sealed ids, ejection);
+//! - shared: [`relay`] (writing a response to the client), [`upstream`]
+//!   (the one way to reach a backend), [`policy`] (the steps), [`state`] (budgets);
+//! - ground: [`reject`] (every refusal, typed), [`metrics`], [`pool`], [`token`],
+//!   [`config`], [`tls`].
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod legacy;
+pub mod metrics;
+pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod reject;
+pub mod relay;
+pub mod session;
+pub mod state;
+pub mod streamable;
 pub mod tls;
 pub mod token;
+pub mod upstream;

@@ -2,18 +2,17 @@
 //! it until SIGTERM (graceful shutdown) or SIGQUIT (graceful upgrade).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
+use mcp_gateway::app::Gateway;
 use mcp_gateway::config::{Cli, Config, Discovery, PoolConfig};
-use mcp_gateway::legacy::Legacy;
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::supervisor::Supervisor;
 use mcp_gateway::pool::{MemberTable, Pool};
-use mcp_gateway::proxy::{McpProxy, Metrics, Shared};
+use mcp_gateway::proxy::McpProxy;
 use mcp_gateway::tls::ensure_dev_tls;
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
@@ -140,21 +139,17 @@ fn main() -> Result<()> {
     for (i, pc) in config.pools.iter().enumerate() {
         pools.push(Arc::new(build_pool(&mut server, i as u16, pc)?));
     }
-    pools.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
-
-    let shared = Arc::new(Shared {
+    let gw = Gateway::new(
+        config.limits.clone(),
         pools,
         sealer,
-        limits: config.limits.clone(),
-        inflight: AtomicUsize::new(0),
-        metrics: Metrics::default(),
-        legacy: Legacy::new(config.sessions.max_legacy_sessions)?,
-    });
+        config.sessions.max_legacy_sessions,
+    );
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         McpProxy {
-            shared: Arc::clone(&shared),
+            gw: Arc::clone(&gw),
         },
         "mcp-gateway",
     );
@@ -188,7 +183,7 @@ fn main() -> Result<()> {
     }
     server.add_service(proxy);
     if let Some(addr) = config.listen.admin {
-        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin { shared }));
+        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin { gw }));
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
         banner.push(format!(

@@ -104,7 +104,7 @@ admin = "127.0.0.1:{self.admin_port}"
 dev_dir = "{self.tls_dir}"
 [limits]
 sse_keepalive = "1s"
-sse_write_timeout = "2s"
+write_timeout = "2s"
 {limits}
 [[pools]]
 name = "registry"
@@ -136,8 +136,14 @@ discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
 
 
 class GarbageHandler(BaseHTTPRequestHandler):
-    """A broken backend: healthy, but /mcp answers nonsense or dies mid-stream
-    (or, with `x-garbage: echo-headers`, shows the request headers it got)."""
+    """A broken backend: healthy, but /mcp answers nonsense or dies mid-stream.
+    The `x-garbage` request header picks the misbehaviour:
+    - `echo-headers`: answers with the request headers it got;
+    - `close`: starts an SSE answer, sends half an event, closes;
+    - `cut-after-event`: sends one whole event (a progress notification), then
+      half an event, then closes;
+    - `flood`: an SSE answer of 64 KiB events until the reader stops reading;
+    - none: a 200 whose body is not JSON at all."""
 
     def log_message(self, *args):
         pass
@@ -161,7 +167,32 @@ class GarbageHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        if "close" in self.path or self.headers.get("x-garbage") == "close":
+        mode = self.headers.get("x-garbage")
+        if mode == "cut-after-event":
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\n\n')
+            self.wfile.flush()
+            # let the gateway relay that event before the rest arrives
+            time.sleep(0.3)
+            self.wfile.write(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"res")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if mode == "flood":
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            event = b"data: " + json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                                            "params": {"data": "x" * 65536}}).encode() + b"\n\n"
+            try:
+                while True:
+                    self.wfile.write(event)
+                    self.wfile.flush()
+            except OSError:
+                return
+        if "close" in self.path or mode == "close":
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.send_header("mcp-session-id", "garbage-session")
@@ -176,6 +207,66 @@ class GarbageHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class SlowHandler(BaseHTTPRequestHandler):
+    """A backend that takes 0.5 s per request and reports the most requests
+    it ever had at once (GET /stats): it measures a client's concurrency."""
+
+    lock = threading.Lock()
+    current = 0
+    most = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, status, obj, headers=()):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/stats":
+            return self._json(200, {"most": SlowHandler.most})
+        if self.path == "/mcp":
+            return self._json(405, {"error": "no server stream"})
+        return self._json(200, {"status": "healthy"})
+
+    def do_DELETE(self):
+        self._json(200, {})
+
+    def do_POST(self):
+        msg = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        if msg.get("method") == "initialize":
+            return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "slow", "version": "1"}}},
+                headers=[("mcp-session-id", "slow-session")])
+        if "id" not in msg:
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        cls = SlowHandler
+        with cls.lock:
+            cls.current += 1
+            cls.most = max(cls.most, cls.current)
+        time.sleep(0.5)
+        with cls.lock:
+            cls.current -= 1
+        self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+
+
+@pytest.fixture(scope="session")
+def slow_backend():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 @pytest.fixture(scope="session")

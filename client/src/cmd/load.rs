@@ -29,7 +29,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 8)]
     pub sessions: usize,
     /// How long to run (after warm-up), e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Stop after this many measured calls instead (whichever comes first).
     #[arg(long)]
@@ -44,7 +44,7 @@ pub struct LoadArgs {
     )]
     pub mix: String,
     /// Calls before this much time are not measured.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// Transports for the sessions, round-robin, e.g. streamable,sse,stateless (default: --transport).
     #[arg(long, value_delimiter = ',')]
@@ -56,29 +56,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub html: Option<std::path::PathBuf>,
     /// Per-call timeout.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Most calls outstanding at once in open loop (beyond: counted as "client_saturated").
     #[arg(long, default_value_t = 10_000)]
     pub max_outstanding: u64,
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let v: f64 = n
-        .parse()
-        .map_err(|_| format!("'{t}' is not a duration like 10s"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1000.0,
-        "m" => v * 60.0,
-        _ => return Err(format!("unknown unit in '{t}'")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// A weighted choice of tools.

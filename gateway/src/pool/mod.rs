@@ -99,13 +99,8 @@ impl BackendState {
     }
 }
 
+/// Counts one outstanding request on a backend until dropped.
 pub struct LoadGuard(Arc<BackendState>);
-
-impl LoadGuard {
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
-    }
-}
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {

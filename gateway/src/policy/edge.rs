@@ -1,6 +1,8 @@
 //! Small request policies at the edge, each a pure function tested alone:
-//! which paths are MCP endpoints, whether an Origin is allowed, whether a
-//! client accepts an event stream.
+//! which paths are MCP endpoints, whether an Origin is allowed, which HTTP
+//! methods an endpoint takes, whether a client accepts an event stream.
+
+use crate::reject::Reject;
 
 /// The MCP endpoints a pool serves under its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,43 @@ pub fn endpoint(rest: &str) -> Option<Endpoint> {
         "/sse" => Some(Endpoint::Sse),
         "/messages" | "/message" => Some(Endpoint::Messages),
         _ => None,
+    }
+}
+
+/// The Origin step: browsers' requests from other sites are refused
+/// (DNS-rebinding protection); requests without Origin are not from a browser.
+pub fn check_origin(origin: Option<&str>, allowed: &[String]) -> Result<(), Reject> {
+    match origin {
+        Some(o) if !origin_allowed(o, allowed) => Err(Reject::Origin),
+        _ => Ok(()),
+    }
+}
+
+/// The method step: what each endpoint takes, before any body is read.
+pub fn check_method(
+    endpoint: Endpoint,
+    method: &http::Method,
+    accept: Option<&str>,
+    has_session: bool,
+) -> Result<(), Reject> {
+    use http::Method as M;
+    match (endpoint, method) {
+        (Endpoint::Mcp, &M::POST) | (Endpoint::Messages, &M::POST) => Ok(()),
+        (Endpoint::Mcp, &M::GET) if !accepts_event_stream(accept) => Err(Reject::NotAcceptable(
+            "GET /mcp needs Accept: text/event-stream",
+        )),
+        (Endpoint::Mcp, &M::GET) if !has_session => Err(Reject::BadRequest(
+            "GET /mcp needs an Mcp-Session-Id (stateless clients have no server stream)",
+        )),
+        (Endpoint::Mcp, &M::DELETE) if !has_session => {
+            Err(Reject::BadRequest("DELETE /mcp needs an Mcp-Session-Id"))
+        }
+        (Endpoint::Mcp, &M::GET) | (Endpoint::Mcp, &M::DELETE) | (Endpoint::Sse, &M::GET) => Ok(()),
+        (Endpoint::Mcp, _) => Err(Reject::Method {
+            allow: "GET, POST, DELETE",
+        }),
+        (Endpoint::Sse, _) => Err(Reject::Method { allow: "GET" }),
+        (Endpoint::Messages, _) => Err(Reject::Method { allow: "POST" }),
     }
 }
 
@@ -115,6 +154,52 @@ mod tests {
         assert!(!origin_allowed("http://localhost:3000@evil", &allowed));
         assert!(!origin_allowed("https://evil.example", &allowed));
         assert!(origin_allowed("https://anything", &["*".to_string()]));
+    }
+
+    #[test]
+    fn endpoints_take_their_methods() {
+        use http::Method as M;
+        let sse = Some("text/event-stream");
+        assert!(check_method(Endpoint::Mcp, &M::POST, None, false).is_ok());
+        assert!(check_method(Endpoint::Mcp, &M::GET, sse, true).is_ok());
+        assert_eq!(
+            check_method(Endpoint::Mcp, &M::GET, Some("application/json"), true)
+                .unwrap_err()
+                .status(),
+            406
+        );
+        assert_eq!(
+            check_method(Endpoint::Mcp, &M::GET, sse, false)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_method(Endpoint::Mcp, &M::DELETE, None, false)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_method(Endpoint::Mcp, &M::PUT, None, true)
+                .unwrap_err()
+                .allow(),
+            Some("GET, POST, DELETE")
+        );
+        assert_eq!(
+            check_method(Endpoint::Sse, &M::POST, sse, false)
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            check_method(Endpoint::Messages, &M::GET, None, false)
+                .unwrap_err()
+                .allow(),
+            Some("POST")
+        );
+        assert!(check_origin(None, &[]).is_ok());
+        assert_eq!(check_origin(Some("https://evil"), &[]), Err(Reject::Origin));
     }
 
     #[test]

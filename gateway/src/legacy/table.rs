@@ -1,0 +1,172 @@
+//! The legacy sessions this process holds: a concurrent map (sharded, so no
+//! lock is shared by all requests) capped at `max_legacy_sessions`. An entry
+//! lives exactly as long as its client's SSE stream; it leaves the table
+//! when the stream ends, whoever ends it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use crate::policy::jsonrpc::Rpc;
+
+/// A client message for the session's worker, as `accept_message` read it.
+pub struct Inbound {
+    pub body: Bytes,
+    pub rpc: Rpc,
+    /// Returns the message's bytes to the inbox budget once the worker took it.
+    pub _queued: Queued,
+}
+
+/// Bytes counted against a session's inbox budget until dropped.
+pub struct Queued {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// One open legacy session: where its messages go.
+#[derive(Clone)]
+pub struct Entry {
+    inbox: mpsc::Sender<Inbound>,
+    /// Bytes waiting in the inbox (bounded by the table's `inbox_bytes`).
+    queued: Arc<AtomicUsize>,
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The inbox is full (messages or bytes): the client should retry.
+    Full,
+    /// The session's worker is gone.
+    Closed,
+}
+
+impl Entry {
+    pub fn new(inbox: mpsc::Sender<Inbound>) -> Self {
+        Self {
+            inbox,
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Queues a message unless that would pass `max_bytes` waiting or the
+    /// inbox's message bound.
+    pub fn queue(&self, body: Bytes, rpc: Rpc, max_bytes: usize) -> Result<(), QueueError> {
+        let bytes = body.len();
+        let before = self.queued.fetch_add(bytes, Ordering::AcqRel);
+        let queued = Queued {
+            counter: Arc::clone(&self.queued),
+            bytes,
+        };
+        if before + bytes > max_bytes && before > 0 {
+            return Err(QueueError::Full);
+        }
+        match self.inbox.try_send(Inbound {
+            body,
+            rpc,
+            _queued: queued,
+        }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
+        }
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Table {
+    map: DashMap<String, Entry>,
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl Table {
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a session unless the table is full.
+    pub fn insert(&self, id: &str, entry: Entry) -> bool {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.map.insert(id.to_owned(), entry);
+        true
+    }
+
+    pub fn remove(&self, id: &str) {
+        if self.map.remove(id).is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.map.get(id).map(|e| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::jsonrpc;
+
+    fn rpc() -> Rpc {
+        jsonrpc::parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap()
+    }
+
+    #[test]
+    fn the_table_is_capped_and_entries_leave() {
+        let t = Table::new(1);
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(t.insert("a", Entry::new(tx.clone())));
+        assert!(!t.insert("b", Entry::new(tx.clone())), "over the cap");
+        t.remove("a");
+        assert!(t.is_empty());
+        assert!(t.insert("b", Entry::new(tx)));
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_in_bytes_and_frees_what_the_worker_took() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let e = Entry::new(tx);
+        assert_eq!(e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100), Ok(()));
+        assert_eq!(
+            e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100),
+            Err(QueueError::Full)
+        );
+        assert_eq!(e.queued_bytes(), 60, "the refused message is not counted");
+        drop(rx.try_recv().unwrap());
+        assert_eq!(e.queued_bytes(), 0);
+        // one message larger than the budget still passes when nothing waits
+        assert_eq!(e.queue(Bytes::from(vec![b'x'; 150]), rpc(), 100), Ok(()));
+        drop(rx);
+        assert_eq!(
+            e.queue(Bytes::from_static(b"x"), rpc(), 1000),
+            Err(QueueError::Closed)
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! A JSON-RPC body, read once. [`parse`] checks that the body is one
+//! JSON-RPC 2.0 message (or a batch of them) and keeps what the gateway acts
+//! on: the method as a [`Method`], the request id (as raw JSON, so an error
+//! answer echoes it exactly) and, for `tools/call`, the tool's name. It
+//! deserializes into borrowed fields and skips everything else, so no JSON
+//! tree is built. [`check_headers`] holds the 2026-07-28 `Mcp-Method` /
+//! `Mcp-Name` headers to the body.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::reject::Reject;
+
+/// What a message asks for. Methods the gateway treats specially have their
+/// own variant; the rest keep their name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Initialize,
+    Initialized,
+    Ping,
+    ToolsList,
+    ToolsCall {
+        name: String,
+    },
+    ResourcesList,
+    ResourcesRead {
+        uri: String,
+    },
+    ResourceTemplatesList,
+    PromptsList,
+    PromptsGet {
+        name: String,
+    },
+    ServerDiscover,
+    Cancelled,
+    /// Another request.
+    Other(String),
+    /// Another notification.
+    Notification(String),
+    /// A client's response (to a server→client request).
+    Response,
+}
+
+impl Method {
+    fn from_wire(method: &str, params: Option<&RawValue>, is_request: bool) -> Method {
+        #[derive(Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow, default)]
+            name: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            uri: Option<Cow<'a, str>>,
+        }
+        let named = || {
+            params
+                .and_then(|p| serde_json::from_str::<Named>(p.get()).ok())
+                .unwrap_or(Named {
+                    name: None,
+                    uri: None,
+                })
+        };
+        match method {
+            "initialize" => Method::Initialize,
+            "notifications/initialized" => Method::Initialized,
+            "notifications/cancelled" => Method::Cancelled,
+            "ping" => Method::Ping,
+            "tools/list" => Method::ToolsList,
+            "tools/call" => Method::ToolsCall {
+                name: named().name.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "resources/list" => Method::ResourcesList,
+            "resources/read" => Method::ResourcesRead {
+                uri: named().uri.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "resources/templates/list" => Method::ResourceTemplatesList,
+            "prompts/list" => Method::PromptsList,
+            "prompts/get" => Method::PromptsGet {
+                name: named().name.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "server/discover" => Method::ServerDiscover,
+            other if is_request => Method::Other(other.to_owned()),
+            other => Method::Notification(other.to_owned()),
+        }
+    }
+
+    /// The method's wire name (`None` for a response).
+    pub fn as_str(&self) -> Option<&str> {
+        Some(match self {
+            Method::Initialize => "initialize",
+            Method::Initialized => "notifications/initialized",
+            Method::Cancelled => "notifications/cancelled",
+            Method::Ping => "ping",
+            Method::ToolsList => "tools/list",
+            Method::ToolsCall { .. } => "tools/call",
+            Method::ResourcesList => "resources/list",
+            Method::ResourcesRead { .. } => "resources/read",
+            Method::ResourceTemplatesList => "resources/templates/list",
+            Method::PromptsList => "prompts/list",
+            Method::PromptsGet { .. } => "prompts/get",
+            Method::ServerDiscover => "server/discover",
+            Method::Other(m) | Method::Notification(m) => m,
+            Method::Response => return None,
+        })
+    }
+
+    /// The name the 2026-07-28 `Mcp-Name` header must carry, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Method::ToolsCall { name } | Method::PromptsGet { name } => Some(name),
+            Method::ResourcesRead { uri } => Some(uri),
+            _ => None,
+        }
+    }
+}
+
+/// What the gateway knows of a body after [`parse`].
+#[derive(Debug, Clone)]
+pub struct Rpc {
+    /// The method of the (first) message.
+    pub method: Method,
+    /// The request id as raw JSON; `None` for notifications and responses.
+    pub id: Option<Box<RawValue>>,
+    /// The body is a batch (2025-03-26 allowed them).
+    pub batch: bool,
+}
+
+impl Rpc {
+    pub fn is_initialize(&self) -> bool {
+        self.method == Method::Initialize
+    }
+
+    /// The request id as JSON text (`None` for notifications and responses).
+    pub fn id_text(&self) -> Option<&str> {
+        self.id.as_deref().map(RawValue::get)
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+fn invalid(msg: &str) -> Reject {
+    Reject::Invalid(msg.to_owned())
+}
+
+fn check(raw: &RawValue) -> Result<Rpc, Reject> {
+    if !raw.get().starts_with('{') {
+        return Err(invalid("a JSON-RPC message must be an object"));
+    }
+    let wire: Wire = serde_json::from_str(raw.get())
+        .map_err(|e| Reject::Invalid(format!("not a JSON-RPC message: {e}")))?;
+    if wire.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+    }
+    let id = wire.id.filter(|v| v.get() != "null");
+    match wire.method {
+        Some(m) => {
+            let name: Cow<str> = serde_json::from_str(m.get())
+                .map_err(|_| invalid("\"method\" must be a non-empty string"))?;
+            if name.is_empty() {
+                return Err(invalid("\"method\" must be a non-empty string"));
+            }
+            Ok(Rpc {
+                method: Method::from_wire(&name, wire.params, id.is_some()),
+                id: id.map(RawValue::to_owned),
+                batch: false,
+            })
+        }
+        None if wire.id.is_some() && (wire.result.is_some() || wire.error.is_some()) => Ok(Rpc {
+            method: Method::Response,
+            id: None,
+            batch: false,
+        }),
+        None => Err(invalid(
+            "a message needs \"method\" (request/notification) or \"result\"/\"error\" (response)",
+        )),
+    }
+}
+
+/// Checks a body and reads what the gateway needs from it.
+pub fn parse(body: &[u8]) -> Result<Rpc, Reject> {
+    let raw: &RawValue =
+        serde_json::from_slice(body).map_err(|e| Reject::Parse(format!("invalid JSON: {e}")))?;
+    if raw.get().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+            .map_err(|e| Reject::Parse(format!("invalid JSON: {e}")))?;
+        let mut first = None;
+        for item in &items {
+            let rpc = check(item)?;
+            first.get_or_insert(rpc);
+        }
+        let mut rpc = first.ok_or_else(|| invalid("an empty batch"))?;
+        rpc.batch = true;
+        return Ok(rpc);
+    }
+    check(raw)
+}
+
+/// The 2026-07-28 headers, when present, must say what the body says.
+pub fn check_headers(rpc: &Rpc, method: Option<&str>, name: Option<&str>) -> Result<(), Reject> {
+    if let (Some(h), Some(m)) = (method, rpc.method.as_str())
+        && h != m
+    {
+        return Err(Reject::Invalid(format!(
+            "Mcp-Method header '{h}' does not match body method '{m}'"
+        )));
+    }
+    if let (Some(h), Some(n)) = (name, rpc.method.name())
+        && h != n
+    {
+        return Err(Reject::Invalid(format!(
+            "Mcp-Name header '{h}' does not match body name '{n}'"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `data` (one message from a backend) is the response to the
+/// request whose id is `id` (its JSON text). Reads only the top-level keys.
+pub fn answers(data: &str, id: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        method: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        error: Option<&'a RawValue>,
+    }
+    if !data.contains(id) {
+        return false;
+    }
+    serde_json::from_str::<Reply>(data).is_ok_and(|r| {
+        r.method.is_none()
+            && (r.result.is_some() || r.error.is_some())
+            && r.id.is_some_and(|v| v.get() == id)
+    })
+}
+
+/// A JSON-RPC error response body.
+pub fn error_body(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        code: i64,
+        message: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        jsonrpc: &'static str,
+        id: Option<&'a RawValue>,
+        error: Error<'a>,
+    }
+    serde_json::to_vec(&Body {
+        jsonrpc: "2.0",
+        id,
+        error: Error { code, message },
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_requests_tool_calls_notifications_and_responses() {
+        let s = parse(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_agent","arguments":{}}}"#).unwrap();
+        assert_eq!(
+            s.method,
+            Method::ToolsCall {
+                name: "get_agent".into()
+            }
+        );
+        assert_eq!(s.id.as_deref().map(RawValue::get), Some("7"));
+        let n = parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(n.method, Method::Initialized);
+        assert!(n.id.is_none());
+        let r = parse(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
+        assert_eq!(r.method, Method::Response);
+        let b = parse(
+            br#"[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"x/y"}]"#,
+        )
+        .unwrap();
+        assert!(b.batch);
+        assert_eq!(b.method, Method::Ping);
+        assert_eq!(b.id.as_deref().map(RawValue::get), Some("\"a\""));
+        let other = parse(br#"{"jsonrpc":"2.0","id":2,"method":"sampling/whatever"}"#).unwrap();
+        assert_eq!(other.method, Method::Other("sampling/whatever".into()));
+    }
+
+    #[test]
+    fn rejects_malformed_messages_with_the_right_code() {
+        assert_eq!(parse(b"{not json").unwrap_err().code(), -32700);
+        assert_eq!(parse(b"{} trailing").unwrap_err().code(), -32700);
+        for bad in [
+            r#"{"id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"1.0","method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":""}"#,
+            "[]",
+            "42",
+            r#"[{"jsonrpc":"2.0","method":"ok"}, 3]"#,
+        ] {
+            assert_eq!(parse(bad.as_bytes()).unwrap_err().code(), -32600, "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_must_match_the_body() {
+        let rpc = parse(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_agent"}}"#,
+        )
+        .unwrap();
+        assert!(check_headers(&rpc, Some("tools/call"), Some("get_agent")).is_ok());
+        assert!(check_headers(&rpc, None, None).is_ok());
+        assert!(check_headers(&rpc, Some("tools/list"), None).is_err());
+        assert!(check_headers(&rpc, Some("tools/call"), Some("delete_agent")).is_err());
+    }
+
+    #[test]
+    fn finds_the_response_to_a_request() {
+        assert!(answers(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#, "7"));
+        assert!(answers(
+            r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#,
+            "\"a\""
+        ));
+        assert!(!answers(r#"{"jsonrpc":"2.0","id":70,"result":{}}"#, "7"));
+        assert!(!answers(
+            r#"{"jsonrpc":"2.0","id":7,"method":"sampling/createMessage"}"#,
+            "7"
+        ));
+        assert!(!answers(
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":7}}"#,
+            "7"
+        ));
+        assert!(!answers("not json 7", "7"));
+    }
+
+    #[test]
+    fn error_bodies_echo_the_id_exactly() {
+        let id = RawValue::from_string("\"req-1\"".into()).unwrap();
+        let body = error_body(Some(&id), -32600, "bad");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], "req-1");
+        assert_eq!(v["error"]["code"], -32600);
+        let v: serde_json::Value = serde_json::from_slice(&error_body(None, 1, "x")).unwrap();
+        assert!(v["id"].is_null());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Any bytes: an answer, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&body);
+        }
+
+        /// JSON-looking input (objects and arrays of near-valid messages) never panics,
+        /// and whatever parses has a method or is a response.
+        #[test]
+        fn near_valid_messages_never_panic(
+            method in proptest::option::of("[a-z/]{0,12}"),
+            id in proptest::option::of(prop_oneof![Just("1".to_string()), Just("\"x\"".to_string()), Just("null".to_string()), Just("{}".to_string())]),
+            version in prop_oneof![Just("\"2.0\""), Just("\"1.0\""), Just("2")],
+            batch in any::<bool>(),
+        ) {
+            let mut msg = format!("{{\"jsonrpc\":{version}");
+            if let Some(m) = &method { msg.push_str(&format!(",\"method\":\"{m}\"")); }
+            if let Some(i) = &id { msg.push_str(&format!(",\"id\":{i}")); }
+            msg.push('}');
+            let body = if batch { format!("[{msg}]") } else { msg };
+            if let Ok(rpc) = parse(body.as_bytes()) {
+                prop_assert!(rpc.method.as_str().is_some() || rpc.method == Method::Response);
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Every way the gateway refuses a request, as one type. A policy step
+//! returns `Err(Reject)`; [`Reject::status`], [`Reject::code`],
+//! [`Reject::retry_after`] and [`Reject::reason`] say how it is answered and
+//! counted, and `proxy::render` writes it — the only place that does.
+
+use crate::metrics::Reason;
+
+/// JSON-RPC code for "session not found / gone" (the MCP SDKs use -32001).
+pub const SESSION_NOT_FOUND: i64 = -32001;
+/// JSON-RPC code for gateway-side server errors (capacity, no backend).
+pub const SERVER_ERROR: i64 = -32000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("gateway at capacity; retry shortly")]
+    Capacity,
+    #[error("not an MCP endpoint; use /mcp (Streamable HTTP) or /sse (legacy)")]
+    NoRoute,
+    #[error("Origin not allowed")]
+    Origin,
+    #[error("method not allowed; use {allow}")]
+    Method { allow: &'static str },
+    #[error("{0}")]
+    NotAcceptable(&'static str),
+    /// A well-formed HTTP request the endpoint cannot take (missing session id, …).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// Not JSON (-32700).
+    #[error("{0}")]
+    Parse(String),
+    /// JSON, but not an acceptable JSON-RPC message (-32600).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Session not found ({0}); start a new session")]
+    UnknownSession(String),
+    #[error("Session not found; open a new /sse stream")]
+    UnknownLegacySession,
+    #[error("too many legacy SSE sessions; retry later")]
+    LegacyCapacity,
+    #[error("session is busy; retry")]
+    SessionBusy,
+    #[error("no healthy backend; retry shortly")]
+    NoBackend,
+    #[error("backend failed to answer")]
+    BadGateway,
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
+                503
+            }
+            Reject::NoRoute | Reject::UnknownSession(_) | Reject::UnknownLegacySession => 404,
+            Reject::Origin => 403,
+            Reject::Method { .. } => 405,
+            Reject::NotAcceptable(_) => 406,
+            Reject::BodyTooLarge => 413,
+            Reject::BadRequest(_) | Reject::Parse(_) | Reject::Invalid(_) => 400,
+            Reject::BadGateway => 502,
+        }
+    }
+
+    pub fn code(&self) -> i64 {
+        match self {
+            Reject::Parse(_) => -32700,
+            Reject::UnknownSession(_) | Reject::UnknownLegacySession => SESSION_NOT_FOUND,
+            Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
+                SERVER_ERROR
+            }
+            Reject::BadGateway => -32603,
+            _ => -32600,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Reject::Capacity | Reject::SessionBusy | Reject::NoBackend => Some("1"),
+            Reject::LegacyCapacity => Some("5"),
+            _ => None,
+        }
+    }
+
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            Reject::Method { allow } => Some(allow),
+            _ => None,
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            Reject::Capacity | Reject::LegacyCapacity => Reason::Capacity,
+            Reject::NoRoute => Reason::Route,
+            Reject::Origin => Reason::Origin,
+            Reject::Method { .. } | Reject::NotAcceptable(_) | Reject::BadRequest(_) => {
+                Reason::Method
+            }
+            Reject::BodyTooLarge => Reason::Body,
+            Reject::Parse(_) | Reject::Invalid(_) => Reason::Malformed,
+            Reject::UnknownSession(_) | Reject::UnknownLegacySession => Reason::Session,
+            Reject::SessionBusy => Reason::Busy,
+            Reject::NoBackend => Reason::NoBackend,
+            Reject::BadGateway => Reason::Upstream,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rejection_knows_its_answer() {
+        assert_eq!(Reject::Parse("x".into()).code(), -32700);
+        assert_eq!(Reject::Invalid("x".into()).status(), 400);
+        assert_eq!(Reject::UnknownSession("gone".into()).status(), 404);
+        assert_eq!(Reject::UnknownSession("gone".into()).code(), -32001);
+        assert_eq!(Reject::Capacity.retry_after(), Some("1"));
+        assert_eq!(Reject::Method { allow: "GET" }.allow(), Some("GET"));
+        assert_eq!(Reject::BodyTooLarge.reason(), Reason::Body);
+        assert!(
+            Reject::UnknownSession("session id expired".into())
+                .to_string()
+                .contains("expired")
+        );
+    }
+}

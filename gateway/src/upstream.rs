@@ -1,0 +1,396 @@
+//! The one way to reach a backend. Both transports (Streamable HTTP and
+//! the legacy bridge) send their requests through [`Upstream::send`]: one
+//! HTTP/1.1 client with a keep-alive pool per backend, the same header rules
+//! both ways, and the same timeouts.
+//!
+//! Why the gateway owns each exchange instead of handing it to pingora's
+//! proxy loop: a proxied exchange is fixed once pingora has the upstream
+//! peer, so the gateway could neither write SSE keep-alives into a quiet
+//! stream, nor notice a cut at an event boundary, nor (with failover) move
+//! a client's open stream to another backend. Here the request path reads
+//! the backend's response itself ([`Frames`]) and writes the client's
+//! (`relay.rs`), so every stream the gateway serves is one it can shape.
+//! The client is hyper's (the stack reqwest is built on): a request's header
+//! and body leave in one write, and a pooled connection is reused as soon
+//! as a response has been read to its end.
+//!
+//! Header rules: hop-by-hop headers and those named in `Connection:` never
+//! cross; `Host` is the backend's; the client's credentials (Authorization,
+//! X-API-Key) never reach a backend (MCP forbids token passthrough);
+//! `X-Forwarded-For` gains the client's address and `X-Forwarded-Proto`
+//! says how the client came in.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Request headers that are the gateway's business, never copied from the client.
+const REQUEST_DROP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "mcp-session-id",
+    "x-forwarded-proto",
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+];
+
+/// Response headers never passed back to the client as they came.
+const RESPONSE_DROP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "mcp-session-id",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connection was never made: the request did not reach the backend.
+    #[error("backend unreachable: {0}")]
+    Connect(String),
+    #[error("backend silent for {0:?}")]
+    Timeout(Duration),
+    #[error("backend exchange failed: {0}")]
+    Failed(String),
+}
+
+impl UpstreamError {
+    /// Whether the request provably never reached the backend (safe to send elsewhere).
+    pub fn never_reached(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// How the client reached the gateway, for `X-Forwarded-*`.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarded {
+    pub client_ip: Option<String>,
+    pub tls: bool,
+}
+
+/// One request to a backend.
+pub struct Outgoing<'a> {
+    pub method: http::Method,
+    /// Path and query as the backend serves them (pool prefix removed).
+    pub path: &'a str,
+    /// The client's headers, filtered by the rules above (the bridge has none).
+    pub client_headers: Option<&'a HeaderMap>,
+    /// The backend's own session id, if the request belongs to a session.
+    pub session: Option<&'a str>,
+    /// Set when the client's headers do not carry it (the legacy bridge).
+    pub protocol_version: Option<&'a str>,
+    pub accept: Option<&'static str>,
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+    pub forwarded: &'a Forwarded,
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    idle: Duration,
+}
+
+impl Upstream {
+    /// `idle`: longest silence allowed from a backend, for the response
+    /// header and between body bytes.
+    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self { client, idle }
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Sends one request; returns the response header and a reader for its body.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        out: Outgoing<'_>,
+    ) -> Result<(http::response::Parts, Frames), UpstreamError> {
+        let req = build_request(addr, out)?;
+        let resp = match tokio::time::timeout(self.idle, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout(self.idle)),
+            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
+            Ok(Err(e)) => return Err(UpstreamError::Failed(e.to_string())),
+            Ok(Ok(resp)) => resp,
+        };
+        let (parts, body) = resp.into_parts();
+        Ok((parts, Frames::new(body, self.idle)))
+    }
+}
+
+fn build_request(
+    addr: SocketAddr,
+    out: Outgoing<'_>,
+) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+    let uri = format!("http://{addr}{}", out.path);
+    let mut req = http::Request::builder()
+        .method(out.method)
+        .uri(uri)
+        .body(Full::new(out.body))
+        .map_err(|e| UpstreamError::Failed(format!("building the request: {e}")))?;
+    let headers = req.headers_mut();
+    let mut prior_xff = None;
+    if let Some(client) = out.client_headers {
+        let named = connection_named(client);
+        for (name, value) in client {
+            if REQUEST_DROP.contains(&name.as_str()) || named.contains(name) {
+                continue;
+            }
+            if name == "x-forwarded-for" {
+                prior_xff = Some(value);
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(ip) = &out.forwarded.client_ip {
+        let value = match prior_xff.and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if out.forwarded.tls { "https" } else { "http" }),
+    );
+    if let Some(sid) = out.session {
+        let v = HeaderValue::from_str(sid)
+            .map_err(|_| UpstreamError::Failed("unusable backend session id".into()))?;
+        headers.insert(SESSION_HEADER, v);
+    }
+    if let Some(v) = out
+        .protocol_version
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert("mcp-protocol-version", v);
+    }
+    if let Some(a) = out.accept {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static(a));
+    }
+    if let Some(c) = out.content_type {
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(c));
+    }
+    Ok(req)
+}
+
+/// Header names a `Connection:` header lists (they are hop-by-hop too).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The backend's response headers the client may see, by the same rules.
+pub fn response_headers(from: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    let named = connection_named(from);
+    from.iter()
+        .filter(move |(n, _)| !RESPONSE_DROP.contains(&n.as_str()) && !named.contains(n))
+}
+
+/// Whether a response is an event stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"))
+}
+
+/// A backend response body, read frame by frame with an idle deadline that
+/// moves on every byte received (so a quiet but alive stream lives, a hung
+/// backend does not hold the request forever).
+pub struct Frames {
+    body: Incoming,
+    idle: Duration,
+    deadline: Instant,
+}
+
+impl Frames {
+    fn new(body: Incoming, idle: Duration) -> Self {
+        Self {
+            body,
+            idle,
+            deadline: Instant::now() + idle,
+        }
+    }
+
+    /// The declared length of the body, if the backend gave one.
+    pub fn exact_len(&self) -> Option<u64> {
+        hyper::body::Body::size_hint(&self.body).exact()
+    }
+
+    fn take(&mut self, frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>) -> Step {
+        match frame {
+            None => Step::End,
+            Some(Err(e)) => Step::Failed(UpstreamError::Failed(e.to_string())),
+            Some(Ok(frame)) => {
+                self.deadline = Instant::now() + self.idle;
+                match frame.into_data() {
+                    Ok(data) => Step::Data(data),
+                    Err(_) => Step::Empty, // trailers: nothing to relay
+                }
+            }
+        }
+    }
+
+    /// The next bytes; `Ok(None)` at the end. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame())
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.idle))?;
+            match self.take(frame) {
+                Step::Data(d) => return Ok(Some(d)),
+                Step::End => return Ok(None),
+                Step::Failed(e) => return Err(e),
+                Step::Empty => continue,
+            }
+        }
+    }
+
+    /// What is already here without waiting: `None` if the next frame has not arrived.
+    pub fn next_ready(&mut self) -> Option<Result<Option<Bytes>, UpstreamError>> {
+        loop {
+            let frame = self.body.frame().now_or_never()?;
+            match self.take(frame) {
+                Step::Data(d) => return Some(Ok(Some(d))),
+                Step::End => return Some(Ok(None)),
+                Step::Failed(e) => return Some(Err(e)),
+                Step::Empty => continue,
+            }
+        }
+    }
+
+    /// Reads the whole body, refusing more than `cap` bytes.
+    pub async fn read_all(&mut self, cap: usize) -> Result<Bytes, UpstreamError> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self.next().await? {
+            if buf.len() + chunk.len() > cap {
+                return Err(UpstreamError::Failed(format!(
+                    "backend response over {cap} bytes"
+                )));
+            }
+            if buf.is_empty() && self.exact_len() == Some(0) {
+                return Ok(chunk); // the whole body came in one frame
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    Empty,
+    End,
+    Failed(UpstreamError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_forwarding_headers_and_no_hop_by_hop_or_credentials() {
+        let mut client = HeaderMap::new();
+        client.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        client.insert("x-secret-hop", HeaderValue::from_static("1"));
+        client.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        client.insert("x-api-key", HeaderValue::from_static("k"));
+        client.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        client.insert("host", HeaderValue::from_static("gateway.example"));
+        client.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("2025-06-18"),
+        );
+        client.insert("mcp-session-id", HeaderValue::from_static("client-token"));
+        let fwd = Forwarded {
+            client_ip: Some("127.0.0.9".into()),
+            tls: true,
+        };
+        let req = build_request(
+            "127.0.0.1:9000".parse().unwrap(),
+            Outgoing {
+                method: http::Method::POST,
+                path: "/mcp?x=1",
+                client_headers: Some(&client),
+                session: Some("backend-sid"),
+                protocol_version: None,
+                accept: None,
+                content_type: None,
+                body: Bytes::new(),
+                forwarded: &fwd,
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        assert_eq!(req.uri(), "http://127.0.0.1:9000/mcp?x=1");
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("x-api-key").is_none());
+        assert!(
+            h.get("host").is_none(),
+            "hyper sets Host from the backend's address"
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["mcp-session-id"], "backend-sid");
+        assert_eq!(h["mcp-protocol-version"], "2025-06-18");
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_and_connection_named_headers() {
+        let mut from = HeaderMap::new();
+        from.insert("connection", HeaderValue::from_static("x-internal"));
+        from.insert("x-internal", HeaderValue::from_static("1"));
+        from.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        from.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let kept: Vec<_> = response_headers(&from).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kept, vec!["content-type"]);
+        assert!(is_event_stream(&from));
+    }
+}

@@ -98,13 +98,74 @@ fn client_info() -> ClientConfig {
     info
 }
 
+/// Whether an error chain is a TLS certificate the client does not trust.
+fn is_untrusted_certificate(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}").to_ascii_lowercase();
+    text.contains("certificate")
+        && (text.contains("unknownissuer")
+            || text.contains("unknown issuer")
+            || text.contains("not trusted")
+            || text.contains("invalid peer certificate")
+            || text.contains("self-signed")
+            || text.contains("self signed"))
+}
+
 fn unreachable_hint(args: &ConnectArgs, err: &anyhow::Error) -> anyhow::Error {
+    if is_untrusted_certificate(err) {
+        return anyhow::anyhow!(
+            "the gateway at {} answered, but its TLS certificate is not trusted ({err:#}).\n\
+             For the local stack pass its development CA:  --ca .run/tls/ca.pem  (or set MCP_CA_FILE).",
+            args.url
+        );
+    }
     anyhow::anyhow!(
         "cannot reach the MCP gateway at {} ({err:#}).\n\
          Start the local stack with:  deploy/local/run.sh\n\
          or point --url / MCP_GATEWAY_URL at a running gateway.",
         args.url
     )
+}
+
+/// What a gateway status means to someone at a shell, if it means something special.
+pub fn status_hint(status: u16, retry_after: Option<&str>) -> Option<String> {
+    let retry = retry_after
+        .map(|s| format!(" Retry after {s} s."))
+        .unwrap_or_default();
+    Some(match status {
+        401 => "the gateway refused the credentials (HTTP 401): pass --api-key KEY or --token JWT (or MCP_API_KEY / MCP_TOKEN).".into(),
+        403 => "the gateway says these credentials may not do this (HTTP 403).".into(),
+        429 => format!("the gateway is rate-limiting this client (HTTP 429).{retry}"),
+        503 => format!("the gateway cannot take this now (HTTP 503: at capacity, or no healthy backend).{retry}"),
+        _ => return None,
+    })
+}
+
+/// After a failed connect: ask the gateway plainly, to say why in words.
+async fn diagnose(args: &ConnectArgs, err: anyhow::Error) -> anyhow::Error {
+    let Ok(client) = args.http_client() else {
+        return err;
+    };
+    let probe = client
+        .post(args.mcp_url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "ping"}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match probe {
+        Ok(r) => {
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match status_hint(r.status().as_u16(), retry.as_deref()) {
+                Some(hint) => anyhow::anyhow!("{hint}"),
+                None => err,
+            }
+        }
+        Err(e) => unreachable_hint(args, &anyhow::Error::from(e)),
+    }
 }
 
 async fn streamable(args: &ConnectArgs, mode: ClientLifecycleMode) -> Result<Service> {
@@ -136,6 +197,13 @@ pub async fn connect(args: &ConnectArgs) -> Result<Connection> {
     if let Err(e) = reachable(args).await {
         return Err(unreachable_hint(args, &e));
     }
+    match connect_transport(args).await {
+        Ok(c) => Ok(c),
+        Err(e) => Err(diagnose(args, e).await),
+    }
+}
+
+async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
     let forced = if args.url.trim_end_matches('/').ends_with("/sse")
         && args.transport == TransportChoice::Auto
     {

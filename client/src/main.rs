@@ -61,9 +61,17 @@ enum A2aAction {
 
 #[tokio::main]
 async fn main() {
+    // `mcp-client … | head`: a closed pipe ends the program quietly, as for
+    // any Unix tool, instead of a panic on the next print.
+    // SAFETY: restoring the default disposition of one signal at start-up.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // TLS and HTTP internals log their own failures; ours say them in words.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rustls=off,hyper_util=off,reqwest=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -52,6 +52,7 @@ impl Admin {
                     .map(|b| {
                         json!({
                             "addr": b.addr.to_string(),
+                            "instance": b.instance().map(|i| i.to_string()),
                             "healthy": pool.lb.backends().ready(&b.backend),
                             "accepts_new_sessions": pool.accepts_new(b),
                             "disabled": b.is_disabled(),

@@ -227,7 +227,7 @@ fn default_route() -> String {
     "/".into()
 }
 fn default_health_path() -> String {
-    "/health".into()
+    "/readyz".into()
 }
 fn default_health_interval() -> Duration {
     Duration::from_secs(2)

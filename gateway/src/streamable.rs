@@ -107,6 +107,13 @@ impl Streamable {
             .map(|s| Arc::clone(&s.backend))
             .ok_or(Reject::BadGateway)?;
 
+        if let Some(name) = parts
+            .headers
+            .get(upstream::INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            backend.note_instance(name);
+        }
         let mut status = parts.status.as_u16();
         // rmcp answers a session DELETE with 202; clients expect 200/204.
         if method == http::Method::DELETE && status == 202 {

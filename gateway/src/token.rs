@@ -250,4 +250,43 @@ mod tests {
         let t = a.issue(1, "10.0.0.5:80".parse().unwrap(), "sess").unwrap();
         assert_eq!(b.open(&t).unwrap().backend_session, "sess");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Whatever a client sends as a session id: an error or a session, never a panic.
+        #[test]
+        fn arbitrary_session_ids_never_panic(raw in "\\PC{0,600}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let s = sealer();
+            let _ = s.open(&raw);
+            let _ = s.open(&URL_SAFE_NO_PAD.encode(&bytes));
+            let mut versioned = vec![VERSION];
+            versioned.extend_from_slice(&bytes);
+            proptest::prop_assert!(s.open(&URL_SAFE_NO_PAD.encode(&versioned)).is_err(), "forged bytes never open");
+        }
+
+        /// Seal → open gives back exactly what was sealed, for any backend
+        /// session id up to the bound and any address.
+        #[test]
+        fn seal_then_open_round_trips(
+            sid in "\\PC{0,80}",
+            pool in proptest::prelude::any::<u16>(),
+            v6 in proptest::prelude::any::<bool>(),
+            ip in proptest::prelude::any::<[u8; 16]>(),
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            let s = sealer();
+            let addr: SocketAddr = if v6 {
+                SocketAddr::new(IpAddr::from(ip), port)
+            } else {
+                SocketAddr::new(IpAddr::from([ip[0], ip[1], ip[2], ip[3]]), port)
+            };
+            let token = s.issue(pool, addr, &sid).unwrap();
+            proptest::prop_assert!(token.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            let opened = s.open(&token).unwrap();
+            proptest::prop_assert_eq!(opened.backend_session, sid);
+            proptest::prop_assert_eq!(opened.backend, addr);
+            proptest::prop_assert_eq!(opened.pool, pool);
+        }
+    }
 }

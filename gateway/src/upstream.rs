@@ -53,8 +53,15 @@ const REQUEST_DROP: &[&str] = &[
     "x-api-key",
 ];
 
-/// Response headers never passed back to the client as they came.
+/// The header a registry backend names itself in (kept for the admin API).
+pub const INSTANCE_HEADER: &str = "x-registry-instance";
+
+/// Response headers never passed back to the client as they came (hop-by-hop,
+/// the session id the gateway rewrites, and what identifies a backend).
 const RESPONSE_DROP: &[&str] = &[
+    "x-registry-instance",
+    "server",
+    "x-powered-by",
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -51,6 +51,17 @@ pub struct Config {
     #[arg(long, env = "MONGODB_DATABASE", default_value = crate::store::mongo::DEFAULT_DATABASE)]
     pub mongodb_database: String,
 
+    /// Multi-document transactions for MongoDB writes: auto (when the
+    /// deployment has them: replica sets, sharded clusters, Atlas), on, or off
+    /// (ordered writes with a compensating undo).
+    #[arg(long, env = "MONGODB_TRANSACTIONS", value_enum, default_value = "auto")]
+    pub mongodb_transactions: crate::store::mongo::Transactions,
+
+    /// An MCP session idle this long is ended (its next request gets 404 and
+    /// the client initializes again). Default: the gateway's session id lifetime.
+    #[arg(long, env = "REGISTRY_SESSION_IDLE_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_idle_timeout: Duration,
+
     /// How long a SIGTERM waits for in-flight requests before exiting (e.g. 30s, 500ms).
     #[arg(long, env = "REGISTRY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

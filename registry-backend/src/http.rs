@@ -1,7 +1,13 @@
-//! The HTTP server: `/mcp` (rmcp's Streamable HTTP service), `/health`, and
+//! The HTTP server: `/mcp` (rmcp's Streamable HTTP service), the probes, and
 //! the drain state that SIGTERM switches on.
 //!
-//! Invariants: while draining, `/health` answers 503 and a request that would
+//! Probes: `/livez` says the process serves (200 whenever it answers at all,
+//! whatever the store is doing: a store outage must not get healthy
+//! processes restarted); `/readyz` says it should get traffic (store
+//! reachable, not draining: else 503); `/health` is `/readyz` under the
+//! seed's name.
+//!
+//! Invariants: while draining, `/readyz` answers 503 and a request that would
 //! open a session (a POST without `Mcp-Session-Id`) gets 503, so a load
 //! balancer or the gateway moves new work elsewhere; requests already in
 //! flight (every POST and DELETE until its response body is finished) are
@@ -123,6 +129,8 @@ struct AppState {
 pub struct McpOptions {
     pub allowed_hosts: Option<Vec<String>>,
     pub max_body_bytes: usize,
+    /// An idle MCP session ends after this long.
+    pub session_idle_timeout: Duration,
     pub cancel: CancellationToken,
 }
 
@@ -135,10 +143,12 @@ pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions
         None => config.disable_allowed_hosts(),
     };
     let for_sessions = Arc::clone(&registry);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(options.session_idle_timeout);
     let mcp: StreamableHttpService<RegistryServer, LocalSessionManager> =
         StreamableHttpService::new(
             move || Ok(RegistryServer::new(Arc::clone(&for_sessions))),
-            Default::default(),
+            Arc::new(sessions),
             config,
         );
     let instance = HeaderValue::from_str(&registry.instance)
@@ -152,12 +162,25 @@ pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(state.clone(), track_mcp));
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(ready))
+        .route("/readyz", get(ready))
+        .route("/livez", get(live))
         .with_state(state)
         .merge(mcp_routes)
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+/// Liveness: answers without touching the store.
+async fn live(State(state): State<AppState>) -> Response {
+    let body = json!({
+        "status": "alive",
+        "instance": state.registry.instance,
+        "draining": state.life.is_draining(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Readiness: the store answers and the process is not draining.
+async fn ready(State(state): State<AppState>) -> Response {
     let mut report = crate::tools::health_check::run(&state.registry).await;
     report["inflight"] = json!(state.life.inflight());
     if state.life.is_draining() {

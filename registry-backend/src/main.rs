@@ -26,7 +26,7 @@ fn init_logging(format: LogFormat) {
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AgentStore>> {
     Ok(match config.mongodb_uri() {
         Some(uri) => Arc::new(
-            MongoStore::connect(&uri, &config.mongodb_database)
+            MongoStore::connect(&uri, &config.mongodb_database, config.mongodb_transactions)
                 .await
                 .context("connecting to MongoDB")?,
         ),
@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         McpOptions {
             allowed_hosts: (!config.allow_any_host).then(|| config.allowed_hosts.clone()),
             max_body_bytes: config.max_body_bytes,
+            session_idle_timeout: config.session_idle_timeout,
             cancel: cancel.clone(),
         },
     );

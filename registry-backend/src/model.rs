@@ -248,4 +248,20 @@ mod tests {
     fn facts_username_replaces_dashes() {
         assert_eq!(facts_username("my-cool-agent"), "my_cool_agent");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Every id round-trips through a cursor.
+        #[test]
+        fn any_id_round_trips_through_a_cursor(id in "\\PC{0,200}") {
+            proptest::prop_assert_eq!(Cursor::decode(&Cursor::encode(&id)), Some(id));
+        }
+
+        /// A cursor we did not issue is refused or decodes to some id; never a panic.
+        #[test]
+        fn arbitrary_cursors_never_panic(raw in "\\PC{0,300}") {
+            let _ = Cursor::decode(&raw);
+        }
+    }
 }

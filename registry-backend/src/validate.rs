@@ -148,4 +148,30 @@ mod tests {
         assert!(list("capabilities", &many[..64]).is_ok());
         assert!(list("capabilities", &["".to_owned()]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Any text: an answer naming the field, never a panic; what is
+        /// accepted really keeps the rules.
+        #[test]
+        fn validators_never_panic_and_keep_their_rules(v in "\\PC{0,300}", n in proptest::prelude::any::<i64>()) {
+            if agent_id("agent_id", &v).is_ok() {
+                proptest::prop_assert!(!v.is_empty() && v.len() <= MAX_ID_LEN);
+                proptest::prop_assert!(v.chars().all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c)));
+            } else {
+                proptest::prop_assert_eq!(agent_id("agent_id", &v).unwrap_err().field, "agent_id");
+            }
+            if url("agent_url", &v).is_ok() {
+                let l = v.to_ascii_lowercase();
+                proptest::prop_assert!(l.starts_with("http://") || l.starts_with("https://"));
+                proptest::prop_assert!(!v.chars().any(char::is_whitespace));
+            }
+            let _ = (text("t", &v), non_empty_text("t", &v), list("l", std::slice::from_ref(&v)));
+            match limit(Some(n)) {
+                Ok(k) => proptest::prop_assert!((1..=MAX_LIMIT).contains(&k)),
+                Err(e) => proptest::prop_assert_eq!(e.field, "limit"),
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use registry_backend::model::{
     Agent, AgentFilter, AgentPatch, Cursor, FactsInput, PageRequest, build_facts, facts_url,
 };
+use registry_backend::store::mongo::Transactions;
 use registry_backend::store::{AgentStore, MongoStore, SqliteStore, StoreError};
 
 fn agent(id: &str, caps: &[&str], domain: &str, description: &str) -> Agent {
@@ -248,8 +249,14 @@ async fn sqlite_store_passes_the_suite() {
 #[tokio::test]
 async fn mongodb_store_passes_the_suite() {
     let mongo = e2e::Mongo::start().expect("SecantusDB must be installed (README test command)");
-    let store = MongoStore::connect(&mongo.uri, "suite_test").await.unwrap();
+    let store = MongoStore::connect(&mongo.uri, "suite_test", Transactions::Auto)
+        .await
+        .unwrap();
     suite(Arc::new(store)).await;
+    let compensated = MongoStore::connect(&mongo.uri, "suite_test_plain", Transactions::Off)
+        .await
+        .unwrap();
+    suite(Arc::new(compensated)).await;
 }
 
 #[tokio::test]
@@ -275,4 +282,200 @@ async fn sqlite_ping_fails_when_the_file_is_gone() {
         store.ping().await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+// ---- the promises of store/mod.rs, on every store ---------------------------
+
+/// Every store under test: SQLite, MongoDB with transactions, MongoDB with
+/// ordered, compensated writes (the same SecantusDB server, one database each).
+async fn every_store(
+    tag: &str,
+    dir: &tempfile::TempDir,
+    mongo: &e2e::Mongo,
+) -> Vec<(&'static str, Arc<dyn AgentStore>)> {
+    let txn = MongoStore::connect(&mongo.uri, &format!("{tag}_txn"), Transactions::On)
+        .await
+        .expect("SecantusDB runs transactions");
+    assert!(txn.uses_transactions());
+    let plain = MongoStore::connect(&mongo.uri, &format!("{tag}_plain"), Transactions::Off)
+        .await
+        .unwrap();
+    assert!(!plain.uses_transactions());
+    vec![
+        (
+            "sqlite",
+            Arc::new(SqliteStore::open(dir.path().join(format!("{tag}.db"))).unwrap()),
+        ),
+        ("mongodb+transactions", Arc::new(txn)),
+        ("mongodb+compensation", Arc::new(plain)),
+    ]
+}
+
+fn mongo() -> e2e::Mongo {
+    e2e::Mongo::start().expect("SecantusDB must be installed (README test command)")
+}
+
+#[tokio::test]
+async fn a_look_alike_id_cannot_take_another_agents_facts() {
+    let (dir, mongo) = (tempfile::tempdir().unwrap(), mongo());
+    for (name, store) in every_store("clash", &dir, &mongo).await {
+        let s = store.as_ref();
+        insert(s, agent("agent-1", &["chat"], "a", "the first agent")).await;
+        let twin = agent("agent_1", &["chat"], "b", "the look-alike");
+        match s.insert(&twin, &facts(&twin)).await {
+            Err(e @ StoreError::FactsNameTaken { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("agent_1") && msg.contains("agent-1"),
+                    "{name}: {msg}"
+                );
+            }
+            other => panic!("{name}: expected a facts clash, got {other:?}"),
+        }
+        assert!(
+            s.get("agent_1").await.unwrap().is_none(),
+            "{name}: nothing written"
+        );
+        let f = s.facts("agent_1").await.unwrap().expect("facts");
+        assert_eq!(
+            f["agent_name"], "agent-1",
+            "{name}: facts still the first agent's"
+        );
+        assert_eq!(f["endpoints"]["static"][0], "http://127.0.0.1:7000/agent-1");
+        // and the id itself resolves to its own facts, never the other's
+        assert_eq!(
+            s.facts("agent-1").await.unwrap().unwrap()["agent_name"],
+            "agent-1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_updates_of_different_fields_both_survive() {
+    let (dir, mongo) = (tempfile::tempdir().unwrap(), mongo());
+    for (name, store) in every_store("lost", &dir, &mongo).await {
+        insert(store.as_ref(), agent("busy", &["chat"], "orig", "orig")).await;
+        for round in 0..25 {
+            let (a, b) = (Arc::clone(&store), Arc::clone(&store));
+            let desc = AgentPatch {
+                description: Some(format!("d{round}")),
+                ..Default::default()
+            };
+            let domain = AgentPatch {
+                domain: Some(format!("m{round}")),
+                ..Default::default()
+            };
+            let (x, y) = tokio::join!(
+                tokio::spawn(async move { a.update("busy", &desc, "t").await }),
+                tokio::spawn(async move { b.update("busy", &domain, "t").await })
+            );
+            x.unwrap().unwrap().expect("updated");
+            y.unwrap().unwrap().expect("updated");
+            let now = store.get("busy").await.unwrap().unwrap();
+            assert_eq!(
+                now.description,
+                format!("d{round}"),
+                "{name}: round {round} lost the description"
+            );
+            assert_eq!(
+                now.domain,
+                format!("m{round}"),
+                "{name}: round {round} lost the domain"
+            );
+            let f = store.facts("busy").await.unwrap().unwrap();
+            assert_eq!(
+                f["description"],
+                format!("d{round}"),
+                "{name}: facts follow the last update"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_update_racing_a_delete_leaves_no_orphan_facts() {
+    let (dir, mongo) = (tempfile::tempdir().unwrap(), mongo());
+    for (name, store) in every_store("race", &dir, &mongo).await {
+        for i in 0..30 {
+            let id = format!("doomed-{i}");
+            insert(store.as_ref(), agent(&id, &["chat"], "x", "x")).await;
+            let (a, b, id2) = (Arc::clone(&store), Arc::clone(&store), id.clone());
+            let patch = AgentPatch {
+                description: Some("changed".into()),
+                ..Default::default()
+            };
+            let (u, d) = tokio::join!(
+                tokio::spawn(async move { a.update(&id2, &patch, "t").await }),
+                tokio::spawn(async move { b.delete(&id).await })
+            );
+            u.unwrap().unwrap();
+            assert!(d.unwrap().unwrap(), "{name}: the delete found the agent");
+            let id = format!("doomed-{i}");
+            assert!(
+                store.get(&id).await.unwrap().is_none(),
+                "{name}: deleted stays deleted"
+            );
+            assert!(
+                store.facts(&id).await.unwrap().is_none(),
+                "{name}: no orphan facts for {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failure_between_two_writes_leaves_nothing_half_written() {
+    let (dir, mongo) = (tempfile::tempdir().unwrap(), mongo());
+    for (name, store) in every_store("fault", &dir, &mongo).await {
+        let s = store.as_ref();
+        // insert: neither the agent nor its facts
+        let a = agent("faulty", &["chat"], "x", "before");
+        s.faults().arm();
+        assert!(
+            s.insert(&a, &facts(&a)).await.is_err(),
+            "{name}: insert failed"
+        );
+        assert!(s.get("faulty").await.unwrap().is_none(), "{name}: no agent");
+        assert!(
+            s.facts("faulty").await.unwrap().is_none(),
+            "{name}: no facts"
+        );
+        insert(s, a).await;
+        // update: agent and facts as they were
+        s.faults().arm();
+        let patch = AgentPatch {
+            description: Some("after".into()),
+            ..Default::default()
+        };
+        assert!(
+            s.update("faulty", &patch, "t").await.is_err(),
+            "{name}: update failed"
+        );
+        assert_eq!(
+            s.get("faulty").await.unwrap().unwrap().description,
+            "before",
+            "{name}"
+        );
+        assert_eq!(
+            s.facts("faulty").await.unwrap().unwrap()["description"],
+            "before",
+            "{name}"
+        );
+        // and a later update still works (no stale revision left behind)
+        let done = s.update("faulty", &patch, "t").await.unwrap().unwrap();
+        assert_eq!(done.description, "after", "{name}");
+        // delete: both still there
+        s.faults().arm();
+        assert!(s.delete("faulty").await.is_err(), "{name}: delete failed");
+        assert!(
+            s.get("faulty").await.unwrap().is_some(),
+            "{name}: agent kept"
+        );
+        assert!(
+            s.facts("faulty").await.unwrap().is_some(),
+            "{name}: facts kept"
+        );
+        assert!(s.delete("faulty").await.unwrap(), "{name}");
+        assert!(s.facts("faulty").await.unwrap().is_none(), "{name}");
+    }
 }

@@ -313,7 +313,16 @@ def initialize(client: httpx2.Client, url: str, headers=None):
     n = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
                     json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     assert n.status_code == 202, n.text
-    return sid, r.headers.get("x-registry-instance")
+    return sid, instance_of(client, url, sid)
+
+
+def instance_of(client: httpx2.Client, url: str, sid: str) -> str:
+    """Which registry instance serves a session (its health_check says; the
+    gateway hides the backend's own header)."""
+    r = rpc(client, url, sid, "tools/call", {"name": "health_check", "arguments": {}}, id_=77)
+    assert r.status_code == 200, r.text
+    msgs = sse_messages(r.text) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+    return json.loads(msgs[-1]["result"]["content"][0]["text"])["instance"]
 
 
 def rpc(client: httpx2.Client, url: str, sid: str, method: str, params=None, id_=2):

@@ -54,6 +54,31 @@ def test_call_over_tls_with_the_dev_ca(stack):
     assert json.loads(out.stdout)["status"] == "healthy"
     untrusted = run("--url", stack.gw.https, "call", "health_check")
     assert untrusted.returncode != 0
+    assert "not trusted" in untrusted.stderr and "--ca .run/tls/ca.pem" in untrusted.stderr, untrusted.stderr
+    assert "deploy/local/run.sh" not in untrusted.stderr, "the stack is running: do not say to start it"
+    assert " ERROR " not in untrusted.stderr, "no raw log lines"
+
+
+def test_a_gateway_without_a_healthy_backend_gets_its_own_message(tmp_path):
+    from conftest import Gateway
+    gw = Gateway(tmp_path, "no-backend", ["127.0.0.1:9"], expect_backends=0)
+    try:
+        out = run("--url", gw.http, "--transport", "streamable", "tools")
+        assert out.returncode != 0
+        assert "HTTP 503" in out.stderr and "Retry after 1 s" in out.stderr, out.stderr
+        assert "cannot reach" not in out.stderr
+    finally:
+        gw.proc.stop()
+
+
+def test_a_closed_pipe_ends_the_client_quietly(stack):
+    # like `mcp-client tools | head`, with a reader that is gone before the first write
+    out = subprocess.run(["bash", "-c", f"'{CLIENT}' --url {stack.gw.http} tools -o json | true; "
+                                        "echo \"status=${PIPESTATUS[0]}\" >&2"],
+                         capture_output=True, text=True, timeout=60)
+    assert "panicked" not in out.stderr and "Broken pipe" not in out.stderr, out.stderr
+    status = int(re.search(r"status=(\d+)", out.stderr).group(1))
+    assert status == 141, f"a closed pipe ends the client by SIGPIPE (status 141), got {status}"
 
 
 def test_unreachable_gateway_says_how_to_start_the_stack():

@@ -14,7 +14,7 @@ from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ACCEPT, initialize, rpc, sse_messages, wait_until
+from conftest import ACCEPT, initialize, instance_of, rpc, sse_messages, wait_until
 
 SEED_TOOLS = {"register_agent", "list_agents", "search_agents", "get_agent", "update_agent",
               "delete_agent", "get_agent_facts", "health_check"}
@@ -108,6 +108,18 @@ def test_backends_get_forwarding_headers_and_their_own_host(stack, garbage_backe
     assert tls["x-forwarded-for"] == "127.0.0.1"
 
 
+def test_backend_identity_stays_in_the_gateway_logs_and_admin_api(stack):
+    with httpx2.Client(timeout=10) as c:
+        r = c.post(f"{stack.gw.http}/mcp", headers={"accept": ACCEPT}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        assert r.status_code == 200
+        for h in ("x-registry-instance", "server", "x-powered-by"):
+            assert h not in r.headers, h
+    seen = {b["instance"] for b in stack.gw.backends() if b.get("instance")}
+    assert seen and seen <= set(stack.addr_of), seen
+
+
 def test_https_needs_the_dev_ca(stack):
     with httpx2.Client(verify=stack.gw.ssl_context()) as c:
         assert c.get(f"{stack.gw.https}/health").status_code == 200
@@ -140,8 +152,9 @@ def test_sessions_spread_and_stick_to_their_backend(stack):
             for i in range(3):
                 r = rpc(c, url, sid, "tools/list", id_=10 + i)
                 assert r.status_code == 200
-                assert r.headers["x-registry-instance"] == instance
+                assert "x-registry-instance" not in r.headers, "backend identity stays inside"
                 assert not any(addr in str(r.headers) for addr in stack.addr_of.values())
+                assert instance_of(c, url, sid) == instance
     assert len(seen) >= 2, f"all 12 sessions went to {seen}"
     opened = [b["sessions_opened"] for b in stack.gw.backends()]
     assert sum(1 for n in opened if n > 0) >= 2
@@ -153,7 +166,6 @@ def test_a_session_routes_through_a_second_gateway_sharing_the_key(stack):
         r = rpc(c, f"{stack.gw2.http}/mcp", sid, "tools/call",
                 {"name": "health_check", "arguments": {}})
         assert r.status_code == 200, r.text
-        assert r.headers["x-registry-instance"] == instance
         msgs = sse_messages(r.text) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
         assert json.loads(msgs[-1]["result"]["content"][0]["text"])["instance"] == instance
 

@@ -469,16 +469,25 @@ async fn mongodb_backend_serves_the_tools() -> Result<()> {
             .status(),
         200
     );
-    // the database goes away: /health says so
+    // the database goes away: readiness (and /health) say so, liveness does not
     drop(mongo);
-    let r = http
-        .get(format!("{}/health", backend.base))
-        .timeout(Duration::from_secs(30))
+    for probe in ["health", "readyz"] {
+        let r = http
+            .get(format!("{}/{probe}", backend.base))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 503, "/{probe}");
+        let body: Value = r.json().await?;
+        assert_eq!(body["status"], "unhealthy", "/{probe}");
+    }
+    let live = http
+        .get(format!("{}/livez", backend.base))
+        .timeout(Duration::from_secs(2))
         .send()
         .await?;
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await?;
-    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(live.status(), 200, "a store outage must not fail liveness");
+    assert_eq!(live.json::<Value>().await?["status"], "alive");
     Ok(())
 }
 
@@ -629,6 +638,11 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(saw_draining, "/health never reported draining");
+    let ready = http.get(format!("{}/readyz", backend.base)).send().await?;
+    assert_eq!(ready.status(), 503, "draining is not ready");
+    let live = http.get(format!("{}/livez", backend.base)).send().await?;
+    assert_eq!(live.status(), 200, "a draining process is still alive");
+    assert_eq!(live.json::<Value>().await?["draining"], true);
     let refused = http
         .post(&backend.url)
         .header("Accept", ACCEPT)

@@ -311,6 +311,13 @@ impl Bridge {
                 }
             }
         };
+        if let Some(name) = parts
+            .headers
+            .get(upstream::INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            backend.note_instance(name);
+        }
         let session = parts
             .headers
             .get(SESSION_HEADER)

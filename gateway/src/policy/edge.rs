@@ -223,4 +223,30 @@ mod tests {
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%é%"), "%é%");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+
+        /// Header and query text from clients: an answer, never a panic.
+        #[test]
+        fn edge_parsers_never_panic(text in "\\PC{0,200}", allowed in proptest::collection::vec("\\PC{0,40}", 0..4)) {
+            let _ = origin_allowed(&text, &allowed);
+            let _ = accepts_event_stream(Some(&text));
+            let _ = query_param(Some(&text), &["sessionId", "session_id"]);
+            let _ = percent_decode(&text);
+            let _ = endpoint(&text);
+            proptest::prop_assert!(origin_allowed(&text, &["*".to_string()]));
+        }
+
+        /// An Origin with another host never passes a host's port wildcard.
+        #[test]
+        fn port_wildcards_match_only_their_host(host in "[a-z]{1,12}", port in 0u32..70000, suffix in "[a-z.@:]{1,10}") {
+            let allowed = vec![format!("http://{host}:*")];
+            let same = format!("http://{host}:{port}");
+            let other = format!("http://{host}{suffix}");
+            proptest::prop_assert!(origin_allowed(&same, &allowed));
+            let bare = format!("http://{}", host);
+            proptest::prop_assert!(!origin_allowed(&other, &allowed) || other == bare);
+        }
+    }
 }

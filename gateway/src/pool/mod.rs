@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 
@@ -32,6 +32,8 @@ pub struct BackendState {
     requests: AtomicU64,
     ejected_until_ms: AtomicU64,
     disabled: AtomicBool,
+    /// The name the backend gives itself (for operators; never sent to clients).
+    instance: ArcSwapOption<String>,
 }
 
 fn now_ms() -> u64 {
@@ -57,6 +59,7 @@ impl BackendState {
             requests: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
+            instance: ArcSwapOption::empty(),
         }
     }
 
@@ -72,6 +75,17 @@ impl BackendState {
     pub fn session_opened(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
     }
+    /// Records the backend's own name when it differs from the last one seen.
+    pub fn note_instance(&self, name: &str) {
+        if self.instance.load().as_deref().map(String::as_str) != Some(name) {
+            self.instance.store(Some(Arc::new(name.to_owned())));
+        }
+    }
+
+    pub fn instance(&self) -> Option<Arc<String>> {
+        self.instance.load_full()
+    }
+
     pub fn is_disabled(&self) -> bool {
         self.disabled.load(Ordering::Relaxed)
     }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::{AgentStore, StoreError, StoreResult};
+use super::{AgentStore, FaultHook, StoreError, StoreResult};
 use crate::model::{
     Agent, AgentFilter, AgentPatch, Page, PageRequest, facts_username, refresh_facts,
 };
@@ -50,6 +50,7 @@ pub struct SqliteStore {
     path: PathBuf,
     pool: Vec<Arc<Mutex<Connection>>>,
     next: AtomicUsize,
+    faults: Arc<FaultHook>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -109,6 +110,7 @@ impl SqliteStore {
             path,
             pool,
             next: AtomicUsize::new(0),
+            faults: Arc::default(),
         })
     }
 
@@ -188,14 +190,29 @@ impl AgentStore for SqliteStore {
     async fn insert(&self, agent: &Agent, facts: &Value) -> StoreResult<()> {
         let agent = agent.clone();
         let facts = serde_json::to_string(facts).map_err(json_err)?;
+        let faults = Arc::clone(&self.faults);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             write_agent(&tx, &agent, false)?;
+            faults.check()?;
+            let username = facts_username(&agent.agent_id);
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT agent_name FROM agent_facts WHERE username = ?1",
+                    params![username],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some(owner) = owner {
+                // Dropping the transaction undoes the agent row.
+                return Err(StoreError::FactsNameTaken { username, owner });
+            }
             tx.execute(
-                "INSERT OR REPLACE INTO agent_facts (username, agent_name, doc) VALUES (?1, ?2, ?3)",
-                params![facts_username(&agent.agent_id), agent.agent_id, facts],
+                "INSERT INTO agent_facts (username, agent_name, doc) VALUES (?1, ?2, ?3)",
+                params![username, agent.agent_id, facts],
             )
             .map_err(db_err)?;
             tx.commit().map_err(db_err)
@@ -270,6 +287,7 @@ impl AgentStore for SqliteStore {
         let id = agent_id.to_owned();
         let patch = patch.clone();
         let now = now.to_owned();
+        let faults = Arc::clone(&self.faults);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -288,6 +306,7 @@ impl AgentStore for SqliteStore {
             let mut agent = read_agent(doc)?;
             agent.apply(&patch, &now);
             write_agent(&tx, &agent, true)?;
+            faults.check()?;
             let facts: Option<String> = tx
                 .query_row(
                     "SELECT doc FROM agent_facts WHERE agent_name = ?1",
@@ -313,6 +332,7 @@ impl AgentStore for SqliteStore {
 
     async fn delete(&self, agent_id: &str) -> StoreResult<bool> {
         let id = agent_id.to_owned();
+        let faults = Arc::clone(&self.faults);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -320,6 +340,7 @@ impl AgentStore for SqliteStore {
             let n = tx
                 .execute("DELETE FROM agents WHERE agent_id = ?1", params![id])
                 .map_err(db_err)?;
+            faults.check()?;
             tx.execute(
                 "DELETE FROM agent_capabilities WHERE agent_id = ?1",
                 params![id],
@@ -338,7 +359,8 @@ impl AgentStore for SqliteStore {
         self.with_conn(move |conn| {
             let doc: Option<String> = conn
                 .prepare_cached(
-                    "SELECT doc FROM agent_facts WHERE username = ?1 OR agent_name = ?1 LIMIT 1",
+                    "SELECT doc FROM agent_facts WHERE username = ?1 \
+                     UNION ALL SELECT doc FROM agent_facts WHERE agent_name = ?1 LIMIT 1",
                 )
                 .map_err(db_err)?
                 .query_row(params![name], |row| row.get(0))
@@ -370,5 +392,9 @@ impl AgentStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    fn faults(&self) -> &FaultHook {
+        &self.faults
     }
 }

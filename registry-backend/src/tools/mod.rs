@@ -35,6 +35,9 @@ pub enum ToolError {
     Invalid(#[from] InvalidArgument),
     #[error("Agent ID already exists")]
     AlreadyExists,
+    /// The agent's facts username belongs to another agent.
+    #[error("{0}")]
+    FactsNameTaken(String),
     #[error("Agent not found")]
     NotFound,
     #[error("Agent facts not found")]
@@ -49,6 +52,7 @@ impl From<StoreError> for ToolError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists => ToolError::AlreadyExists,
+            e @ StoreError::FactsNameTaken { .. } => ToolError::FactsNameTaken(e.to_string()),
             StoreError::Unavailable(m) => ToolError::Unavailable(m),
             StoreError::Internal(m) => ToolError::Internal(m),
         }

@@ -69,8 +69,12 @@ def test_manifests_parse_and_hang_together():
         assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
         for c in d["spec"]["template"]["spec"]["containers"]:
             ports = {p["name"] for p in c["ports"]}
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert c[probe]["httpGet"]["path"] == "/health"
+            # the registry: liveness must not depend on the store, readiness must;
+            # the gateway: its admin listener's /health
+            want = ({"readinessProbe": "/readyz", "livenessProbe": "/livez"} if d["metadata"]["name"] == "registry-backend"
+                    else {"readinessProbe": "/health", "livenessProbe": "/health"})
+            for probe, path in want.items():
+                assert c[probe]["httpGet"]["path"] == path, (d["metadata"]["name"], probe)
                 assert c[probe]["httpGet"]["port"] in ports
             svc = services[d["metadata"]["name"]]
             assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports

@@ -50,7 +50,7 @@ cargo build --release --workspace --bins
 export E2E_BIN_DIR="$ROOT/target/release"
 log "cargo test --release"
 set +e
-cargo test --release --workspace 2>&1 | tee "$ROOT/target/cargo-test.log"
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$ROOT/target/cargo-test.log"
 rust_status=${PIPESTATUS[0]}
 set -e
 
@@ -74,42 +74,26 @@ if [ "$(cat "$PEERS/node_modules/.lock.sha256" 2>/dev/null)" != "$wantn" ]; then
   echo "$wantn" > "$PEERS/node_modules/.lock.sha256"
 fi
 
-declare -A results logs
-suites=()
-run_suite() { # name, log, command...
-  local name=$1 logf=$2; shift 2
-  suites+=("$name"); logs[$name]=$logf
+suites=("rust (cargo test)=cargo:$ROOT/target/cargo-test.log:$rust_status")
+run_suite() { # name, kind, result file, log, command...
+  local name=$1 kind=$2 result=$3 logf=$4; shift 4
   log "$name"
   set +e
   "$@" 2>&1 | tee "$logf"
   local status=${PIPESTATUS[0]}
   set -e
-  results[$name]=$status
-  return 0
+  suites+=("$name=$kind:$result:$status")
 }
-run_suite "python-mcp-2.3.0" "$ROOT/target/pytest.log" \
-  bash -c "cd '$ROOT/tests/python' && '$VENV/bin/pytest' -q --timeout 300 -p no:cacheprovider"
-run_suite "seed-client-mcp1" "$ROOT/target/peer-mcp1.log" "$VENV1/bin/python" "$PEERS/seed_client_mcp1.py"
-run_suite "inspector-cli" "$ROOT/target/peer-inspector.log" "$VENV/bin/python" "$PEERS/inspector.py"
-run_suite "conformance" "$ROOT/target/peer-conformance.log" "$VENV/bin/python" "$PEERS/conformance.py"
+rm -f "$ROOT/target/pytest.xml"
+run_suite "python-mcp-2.3.0" junit "$ROOT/target/pytest.xml" "$ROOT/target/pytest.log" \
+  bash -c "cd '$ROOT/tests/python' && '$VENV/bin/pytest' -q --timeout 300 -p no:cacheprovider --junitxml='$ROOT/target/pytest.xml'"
+run_suite "seed-client-mcp1" peer "$ROOT/target/peer-mcp1.log" "$ROOT/target/peer-mcp1.log" \
+  "$VENV1/bin/python" "$PEERS/seed_client_mcp1.py"
+run_suite "inspector-cli" peer "$ROOT/target/peer-inspector.log" "$ROOT/target/peer-inspector.log" \
+  "$VENV/bin/python" "$PEERS/inspector.py"
+run_suite "conformance" peer "$ROOT/target/peer-conformance.log" "$ROOT/target/peer-conformance.log" \
+  "$VENV/bin/python" "$PEERS/conformance.py"
 
-# --- summary ------------------------------------------------------------------
-# (grep finding nothing is not an error here: pipefail must not end the run)
-count() { { grep -Eo "[0-9]+ $2" "$1" || true; } | awk '{s+=$1} END {print s+0}'; }
-# the closing line of a runner: pytest's "N passed[, N failed] in …" or our "name: N passed, N failed"
-lastcount() { { grep -E "(^| )[0-9]+ (passed|failed)" "$1" || true; } | tail -1 | { grep -Eo "[0-9]+ $2" || true; } | head -1 | awk '{print $1+0}'; }
+# --- summary: counted from each harness's own result lines --------------------
 echo
-echo "summary:"
-tp=$(count "$ROOT/target/cargo-test.log" passed); tf=$(count "$ROOT/target/cargo-test.log" failed)
-printf '  %-28s %s passed, %s failed (exit %s)\n' "rust (cargo test)" "$tp" "$tf" "$rust_status"
-status=$rust_status
-for name in "${suites[@]}"; do
-  f=${logs[$name]}
-  p=$(lastcount "$f" passed); q=$(lastcount "$f" failed)
-  printf '  %-28s %s passed, %s failed (exit %s)\n' "$name" "${p:-0}" "${q:-0}" "${results[$name]}"
-  tp=$((tp + ${p:-0})); tf=$((tf + ${q:-0}))
-  [ "${results[$name]}" = 0 ] || status=1
-done
-[ "$status" = 0 ] || [ "$tf" -gt 0 ] || tf=1
-echo "all: $tp passed, $tf failed"
-exit "$status"
+exec python3 "$ROOT/tests/summary.py" "${suites[@]}"

@@ -1,6 +1,6 @@
 """Peer: the TypeScript MCP SDK, through @modelcontextprotocol/inspector-cli
-on Node 20: tools/list and tools/call over Streamable HTTP and legacy SSE,
-with an auth header, against the gateway."""
+on the machine's Node (its version is printed): tools/list and tools/call
+over Streamable HTTP and legacy SSE, against the gateway."""
 
 import json
 import shutil
@@ -17,7 +17,7 @@ CLI = HERE / "node_modules" / "@modelcontextprotocol" / "inspector-cli" / "build
 
 def inspector(url, transport, *args):
     node = shutil.which("node") or "node"
-    cmd = [node, str(CLI), url, "--transport", transport, "--header", "Authorization: Bearer peer-test-key", *args]
+    cmd = [node, str(CLI), url, "--transport", transport, *args]
     # run from a directory whose parent has a package.json (the CLI looks for one)
     out = subprocess.run(cmd, cwd=HERE / "work", capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
@@ -25,14 +25,20 @@ def inspector(url, transport, *args):
     return json.loads(out.stdout), ""
 
 
+SEED_TOOLS = ["delete_agent", "get_agent", "get_agent_facts", "health_check", "list_agents",
+              "register_agent", "search_agents", "update_agent"]
+
+
 def main():
+    node = shutil.which("node") or "node"
+    print("node", subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip())
     checks = Checks("inspector-cli")
     with Stack() as stack:
         for transport, path in [("http", "/mcp"), ("sse", "/sse")]:
             url = f"{stack.http}{path}"
             tools, err = inspector(url, transport, "--method", "tools/list")
             names = sorted(t["name"] for t in (tools or {}).get("tools", []))
-            checks.check(f"{transport}: tools/list shows 8 tools", len(names) == 8, err or names)
+            checks.check(f"{transport}: tools/list shows the eight seed tools", names == SEED_TOOLS, err or names)
             agent = f"ts-{transport}"
             reg, err = inspector(url, transport, "--method", "tools/call", "--tool-name", "register_agent",
                                  "--tool-arg", f"agent_id={agent}", "agent_url=http://127.0.0.1:7/a2a")

@@ -25,6 +25,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+def listens_on(pid, port):
+    """Whether process `pid` itself listens on 127.0.0.1:`port` (not someone
+    who won the race for the port)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return False
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].split(":")[1], 16) == port and parts[9] in inodes:
+                return True
+    return False
+
+
 def wait_until(pred, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,9 +87,10 @@ class Stack:
                            "--instance", f"peer-{i}"], r"listening on http://([0-9.:]+)/mcp")
             self.procs.append(p)
             addrs.append(m.group(1))
-        self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
-        conf = tmp / "gateway.toml"
-        conf.write_text(f"""
+        for _ in range(4):
+            self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
+            conf = tmp / "gateway.toml"
+            conf.write_text(f"""
 [listen]
 http = "127.0.0.1:{self.http_port}"
 https = "127.0.0.1:{self.https_port}"
@@ -82,8 +102,15 @@ name = "registry"
 health_interval = "300ms"
 discovery = {{ static = {{ backends = {json.dumps(addrs)} }} }}
 """)
-        p, _ = _start([str(BIN / "mcp-gateway"), "--config", str(conf)], r"mcp-gateway ready",
-                      env={"MCP_GATEWAY_SESSION_KEY": "peer-stack-session-key-0123456789"})
+            p, _ = _start([str(BIN / "mcp-gateway"), "--config", str(conf)], r"mcp-gateway ready",
+                          env={"MCP_GATEWAY_SESSION_KEY": "peer-stack-session-key-0123456789"})
+            ports = (self.http_port, self.https_port, self.admin_port)
+            wait_until(lambda: p.poll() is not None or all(listens_on(p.pid, q) for q in ports), 60,
+                       "the gateway to hold its ports")
+            if p.poll() is None:
+                break
+        else:
+            raise SystemExit("the gateway lost the race for its ports 4 times")
         self.procs.append(p)
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.https = f"https://127.0.0.1:{self.https_port}"

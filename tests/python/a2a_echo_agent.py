@@ -1,7 +1,9 @@
 """A small A2A echo agent on the real a2a-sdk: replies "echo: <text>".
 --card v1   serves an A2A 1.0 card (supportedInterfaces, SendMessage)
 --card v0.3 serves a 0.3 card (url + protocolVersion, message/send)
-Every text it receives is appended to --log, so tests can see it arrived."""
+Every text it receives is appended to --log, so tests can see it arrived;
+every JSON-RPC request is recorded in --wire-log as "METHOD a2a-version=HEADER",
+so tests can see which protocol version was spoken on the wire."""
 
 import argparse
 
@@ -22,6 +24,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, required=True)
 p.add_argument("--card", choices=["v1", "v0.3"], default="v1")
 p.add_argument("--log", required=True)
+p.add_argument("--wire-log", required=True)
 args = p.parse_args()
 url = f"http://127.0.0.1:{args.port}/a2a"
 
@@ -52,4 +55,32 @@ else:
            "defaultInputModes": ["text"], "defaultOutputModes": ["text"],
            "skills": [{"id": "echo", "name": "echo", "description": "Echo text", "tags": ["echo"]}]}
     routes.append(Route("/.well-known/agent-card.json", lambda _req: JSONResponse(v03)))
-uvicorn.run(Starlette(routes=routes), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def record_wire(app):
+    """ASGI wrapper: notes each POST's JSON-RPC method and A2A-Version header."""
+    import json as _json
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        chunks = []
+
+        async def recording():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                chunks.append(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    try:
+                        method = _json.loads(b"".join(chunks)).get("method")
+                    except ValueError:
+                        method = "?"
+                    with open(args.wire_log, "a") as f:
+                        f.write(f"{method} a2a-version={headers.get('a2a-version', '-')}\n")
+            return msg
+        return await app(scope, recording, send)
+    return wrapped
+
+
+uvicorn.run(record_wire(Starlette(routes=routes)), host="127.0.0.1", port=args.port, log_level="warning")

@@ -22,9 +22,32 @@ ACCEPT = "application/json, text/event-stream"
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Servers that cannot bind port 0 and
+    say where they listen are started with retries (see `listens_on`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a listening socket on 127.0.0.1:`port`
+    (so a lost race for the port, where someone else answers, is not mistaken
+    for our server)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return False
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            local, state, inode = parts[1], parts[3], parts[9]
+            if state == "0A" and int(local.split(":")[1], 16) == port and inode in inodes:
+                return True
+    return False
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
@@ -81,42 +104,55 @@ class Proc:
 
 
 class Backend:
-    def __init__(self, db: Path, instance: str):
+    def __init__(self, db: Path, instance: str, listen="127.0.0.1:0", extra=()):
         self.instance = instance
-        self.proc = Proc([str(BIN / "registry-backend"), "--listen", "127.0.0.1:0", "--db", str(db),
-                          "--instance", instance], env={"RUST_LOG": "warn"}, name=instance)
+        self.proc = Proc([str(BIN / "registry-backend"), "--listen", listen, "--db", str(db),
+                          "--instance", instance, *extra], env={"RUST_LOG": "warn"}, name=instance)
         m = self.proc.read_line_matching(r"listening on http://([0-9.:]+)/mcp")
         self.addr = m.group(1)
 
 
 class Gateway:
     def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY,
-                 pool=None, expect_backends=None):
-        self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
+                 pool=None, expect_backends=None, sessions="", pool_options='health_interval = "300ms"'):
         self.tls_dir = tmp / "tls"
         backend_list = ", ".join(f'"{b}"' for b in backends)
-        config = f"""
+        for attempt in range(4):
+            self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
+            config = f"""
 [listen]
 http = "127.0.0.1:{self.http_port}"
 https = "127.0.0.1:{self.https_port}"
 admin = "127.0.0.1:{self.admin_port}"
 [tls]
 dev_dir = "{self.tls_dir}"
+[sessions]
+{sessions}
 [limits]
 sse_keepalive = "1s"
 write_timeout = "2s"
 {limits}
 [[pools]]
 name = "registry"
-health_interval = "300ms"
+{pool_options}
 discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
 {extra_pools}
 """
-        path = tmp / f"{name}.toml"
-        path.write_text(config)
-        self.proc = Proc([str(BIN / "mcp-gateway"), "--config", str(path)],
-                         env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn"}, name=name)
-        self.proc.read_line_matching(r"mcp-gateway ready")
+            path = tmp / f"{name}.toml"
+            path.write_text(config)
+            self.proc = Proc([str(BIN / "mcp-gateway"), "--config", str(path)],
+                             env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn"}, name=name)
+            self.proc.read_line_matching(r"mcp-gateway ready")
+            ports = (self.http_port, self.https_port, self.admin_port)
+            pid = self.proc.p.pid
+            # pingora retries a busy port for a while, then exits: wait for either
+            wait_until(lambda: self.proc.p.poll() is not None or all(listens_on(pid, p) for p in ports),
+                       60, f"{name} to hold its ports")
+            if self.proc.p.poll() is None:
+                break
+            self.proc.stop()
+        else:
+            raise AssertionError(f"{name} lost the race for its ports {attempt + 1} times")
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.https = f"https://127.0.0.1:{self.https_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -216,6 +252,7 @@ class SlowHandler(BaseHTTPRequestHandler):
     lock = threading.Lock()
     current = 0
     most = 0
+    calls = 0
 
     def log_message(self, *args):
         pass
@@ -253,12 +290,51 @@ class SlowHandler(BaseHTTPRequestHandler):
             return
         cls = SlowHandler
         with cls.lock:
+            cls.calls += 1
             cls.current += 1
             cls.most = max(cls.most, cls.current)
         time.sleep(0.5)
         with cls.lock:
             cls.current -= 1
         self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+
+
+class FlakyHandler(BaseHTTPRequestHandler):
+    """A backend whose readiness the test switches (`FlakyHandler.ready`);
+    it answers every JSON-RPC request at once."""
+
+    ready = True
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, status, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._json(200 if FlakyHandler.ready else 503, {"ready": FlakyHandler.ready})
+
+    def do_POST(self):
+        msg = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        self._json(200, {"jsonrpc": "2.0", "id": msg.get("id"), "result": {"from": "flaky"}})
+
+
+def serve(handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def flaky_backend():
+    server = serve(FlakyHandler)
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,11 @@ def agents(stack, tmp_path_factory):
     out = {}
     procs = []
     for version in ["v1", "v0.3"]:
-        port, log = free_port(), tmp / f"{version}.log"
+        port, log, wire = free_port(), tmp / f"{version}.log", tmp / f"{version}.wire"
         log.write_text("")
+        wire.write_text("")
         procs.append(subprocess.Popen([sys.executable, str(HERE / "a2a_echo_agent.py"), "--port", str(port),
-                                       "--card", version, "--log", str(log)]))
+                                       "--card", version, "--log", str(log), "--wire-log", str(wire)]))
         wait_until(lambda: httpx2.get(f"http://127.0.0.1:{port}/.well-known/agent-card.json", timeout=2).status_code == 200,
                    30, f"echo agent {version}")
         agent_id = f"echo-{version.replace('.', '')}"
@@ -37,7 +38,7 @@ def agents(stack, tmp_path_factory):
                             f"agent_url=http://127.0.0.1:{port}", "capabilities=[\"echo\"]",
                             f"description=echo agent speaking A2A {version}"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        out[version] = (agent_id, log)
+        out[version] = (agent_id, log, wire)
     yield out
     for p in procs:
         p.terminate()
@@ -46,7 +47,7 @@ def agents(stack, tmp_path_factory):
 
 @pytest.mark.parametrize("version", ["v1", "v0.3"])
 def test_a2a_send_reaches_the_agent_in_its_protocol_version(stack, agents, version):
-    agent_id, log = agents[version]
+    agent_id, log, wire = agents[version]
     r = subprocess.run([CLIENT, "--url", stack.gw.http, "-o", "json", "a2a", "send", agent_id, f"hello {version}"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -58,6 +59,9 @@ def test_a2a_send_reaches_the_agent_in_its_protocol_version(stack, agents, versi
     again = subprocess.run([CLIENT, "--url", stack.gw.http, "-o", "json", "a2a", "send", agent_id, "again",
                             "--context-id", reply["context_id"]], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
+    spoken = wire.read_text().splitlines()
+    want = "SendMessage a2a-version=1.0" if version == "v1" else "message/send a2a-version=-"
+    assert spoken and all(line == want for line in spoken), spoken
     assert json.loads(again.stdout)["context_id"] == reply["context_id"]
 
 
@@ -75,7 +79,7 @@ def tool_calls(gw):
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_chat_uses_registry_tools_and_talks_to_an_agent(stack, agents, provider):
-    agent_id, log = agents["v1"]
+    agent_id, log, _ = agents["v1"]
     greeting = f"greetings from {provider} chat"
     llm = FakeLLM(greeting=greeting, agent_query=agent_id)
     before = tool_calls(stack.gw)

@@ -5,6 +5,7 @@ really start a gateway that serves MCP (paths and addresses rewritten to
 this machine)."""
 
 import configparser
+import os
 import re
 import shlex
 import subprocess
@@ -114,19 +115,37 @@ def test_shipped_gateway_configs_really_serve_mcp(stack, tmp_path, source):
         text = next(d for d in k8s_docs() if d["kind"] == "ConfigMap")["data"]["gateway.toml"]
     else:
         text = (DEPLOY / "systemd" / "gateway.toml.example").read_text()
+    from conftest import SESSION_KEY, listens_on
+    # Kubernetes: the key comes from the config's key_file only; systemd: from
+    # the unit's environment file. Either way it is the test stack gateway's
+    # key, so a session opened here must route there — proof it was read.
     key_file = tmp_path / "session.key"
-    key_file.write_text("deploy-test-session-key-0123456789")
-    ports = [free_port(), free_port(), free_port()]
-    conf = tmp_path / "gateway.toml"
-    conf.write_text(rewritten_config(text, tmp_path, stack.backends[0].addr, stack.gw.tls_dir, key_file, ports))
-    proc = Proc([str(BIN / "mcp-gateway"), "--config", str(conf)], env={"RUST_LOG": "warn", "MCP_GATEWAY_SESSION_KEY": "deploy-test-session-key-0123456789"}, name=f"gateway-{source}")
-    try:
+    key_file.write_text(SESSION_KEY + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "MCP_GATEWAY_SESSION_KEY"}
+    if source == "systemd":
+        env["MCP_GATEWAY_SESSION_KEY"] = SESSION_KEY
+    for _ in range(4):
+        ports = [free_port(), free_port(), free_port()]
+        conf = tmp_path / "gateway.toml"
+        conf.write_text(rewritten_config(text, tmp_path, stack.backends[0].addr, stack.gw.tls_dir, key_file, ports))
+        proc = Proc([str(BIN / "mcp-gateway"), "--config", str(conf)], env={**env, "RUST_LOG": "warn"},
+                    name=f"gateway-{source}")
         proc.read_line_matching("mcp-gateway ready")
+        wait_until(lambda: proc.p.poll() is not None or all(listens_on(proc.p.pid, p) for p in ports
+                                                             if f":{p}" in conf.read_text()), 60, "ports")
+        if proc.p.poll() is None:
+            break
+    try:
         admin = f"http://127.0.0.1:{ports[2]}"
         wait_until(lambda: any(b["healthy"] for b in httpx2.get(f"{admin}/backends", timeout=2).json()["pools"][0]["backends"]),
                    30, "the shipped config's pool to become healthy")
-        with httpx2.Client(timeout=10) as c:
-            sid, _ = initialize(c, f"http://127.0.0.1:{ports[0]}/mcp")
-            assert rpc(c, f"http://127.0.0.1:{ports[0]}/mcp", sid, "tools/list").status_code == 200
+        https = f'https = "127.0.0.1:{ports[1]}"' in conf.read_text()
+        assert https or source == "systemd", "the Kubernetes config serves HTTPS"
+        url = f"https://127.0.0.1:{ports[1]}/mcp" if https else f"http://127.0.0.1:{ports[0]}/mcp"
+        with httpx2.Client(timeout=10, verify=stack.gw.ssl_context()) as c:
+            sid, _ = initialize(c, url)
+            assert rpc(c, url, sid, "tools/list").status_code == 200
+            # the stack's gateway has the same key (from its environment): it routes this session
+            assert rpc(c, f"{stack.gw.http}/mcp", sid, "tools/list").status_code == 200
     finally:
         proc.stop()

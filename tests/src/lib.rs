@@ -184,26 +184,88 @@ pub fn secantusd() -> Result<PathBuf> {
 }
 
 impl Mongo {
+    /// Starts SecantusDB on a free port and waits until it answers a real
+    /// `hello` over the wire protocol. A lost race for the port (another
+    /// process took it first: ours exits, or someone else answers wrongly)
+    /// starts again on another port.
     pub fn start() -> Result<Self> {
-        let port = free_port();
-        let child = Command::new(secantusd()?)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning secantusd-py")?;
-        let proc = Proc {
-            child,
-            name: "secantusd".into(),
-        };
-        wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(60))?;
-        Ok(Self {
-            proc,
-            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-        })
+        let mut last = anyhow!("not started");
+        for _ in 0..4 {
+            let port = free_port();
+            let child = Command::new(secantusd()?)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("spawning secantusd-py")?;
+            let mut proc = Proc {
+                child,
+                name: "secantusd".into(),
+            };
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = proc.child.try_wait()? {
+                    last = anyhow!("secantusd exited with {status} (port {port} taken?)");
+                    break;
+                }
+                match mongo_hello(addr) {
+                    Ok(true) => {
+                        return Ok(Self {
+                            proc,
+                            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+                        });
+                    }
+                    Ok(false) => {
+                        last = anyhow!("something else answers on {addr}");
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+                if Instant::now() > deadline {
+                    bail!("secantusd did not answer on {addr}: {last}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = proc.wait_exit(Duration::from_millis(1));
+        }
+        Err(last)
     }
+}
+
+/// One `hello` over the MongoDB wire protocol (OP_MSG): `Ok(true)` when a
+/// MongoDB server answers `ok: 1`, `Ok(false)` when something else answers,
+/// `Err` when nothing does yet.
+pub fn mongo_hello(addr: SocketAddr) -> Result<bool> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let body = bson::to_vec(&bson::doc! { "hello": 1, "$db": "admin" })?;
+    const OP_MSG: i32 = 2013;
+    let len = (16 + 4 + 1 + body.len()) as i32;
+    let mut msg = Vec::with_capacity(len as usize);
+    for v in [len, 1, 0, OP_MSG] {
+        msg.extend_from_slice(&v.to_le_bytes());
+    }
+    msg.extend_from_slice(&0u32.to_le_bytes()); // flag bits
+    msg.push(0); // section kind 0: the body document
+    msg.extend_from_slice(&body);
+    stream.write_all(&msg)?;
+    let mut header = [0u8; 16];
+    if stream.read_exact(&mut header).is_err() {
+        return Ok(false);
+    }
+    let total = i32::from_le_bytes(header[0..4].try_into()?) as usize;
+    let op = i32::from_le_bytes(header[12..16].try_into()?);
+    if op != OP_MSG || !(21..16 * 1024 * 1024).contains(&total) {
+        return Ok(false);
+    }
+    let mut rest = vec![0u8; total - 16];
+    stream.read_exact(&mut rest)?;
+    let reply = bson::from_slice::<bson::Document>(&rest[5..]).map_err(|e| anyhow!("{e}"))?;
+    Ok(reply.get_f64("ok") == Ok(1.0) || reply.get_i32("ok") == Ok(1))
 }
 
 /// An MCP client session over Streamable HTTP (rmcp's own client).

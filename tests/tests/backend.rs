@@ -338,14 +338,22 @@ async fn bad_arguments_get_clear_tool_errors_and_write_nothing() -> Result<()> {
                 .with_arguments(json!({"agent_id": 42}).as_object().unwrap().clone()),
         )
         .await;
-    match bad_type {
-        Err(_) => {}
-        Ok(r) => assert_eq!(
-            r.is_error,
-            Some(true),
-            "a numeric agent_id must be rejected"
-        ),
-    }
+    // A tool error saying what is wrong with the argument; a transport
+    // failure or a success would both be wrong.
+    let r = bad_type.expect("a tool result, not a transport failure");
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "a numeric agent_id must be rejected"
+    );
+    let text = r.content[0]
+        .as_text()
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    assert!(
+        text.contains("invalid type: integer `42`, expected a string"),
+        "{text}"
+    );
     // the session still works afterwards
     assert_eq!(
         mcp.ok("get_agent", json!({"agent_id": "taken"})).await?["agent_id"],

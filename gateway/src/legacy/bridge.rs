@@ -9,7 +9,6 @@ use mcp_sse::Splitter;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -28,6 +27,12 @@ use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstrea
 const INBOX: usize = 64;
 /// Events queued for a client's stream before the worker waits.
 const OUTBOX: usize = 32;
+/// Bytes of events queued for a client's stream before the worker waits
+/// (one larger event may still pass alone).
+const OUTBOX_BYTES: usize = 2 * 1024 * 1024;
+
+/// An event for the client's stream, holding its share of the outbox bytes.
+type OutEvent = (Bytes, tokio::sync::OwnedSemaphorePermit);
 
 pub struct Bridge {
     pub state: Arc<State>,
@@ -54,19 +59,25 @@ struct Link {
     version: Option<String>,
 }
 
-/// Where a worker sends events for its client.
+/// Where a worker sends events for its client: bounded in events and bytes.
 #[derive(Clone)]
 struct Out {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<OutEvent>,
+    bytes: Arc<Semaphore>,
     timeout: Duration,
 }
 
 impl Out {
     /// Queues an event; false if the client is gone or stuck.
     async fn send(&self, event: Bytes) -> bool {
+        let n = event.len().clamp(1, OUTBOX_BYTES) as u32;
+        let queued = async {
+            let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok()?;
+            self.tx.send((event, permit)).await.ok()
+        };
         matches!(
-            tokio::time::timeout(self.timeout, self.tx.send(event)).await,
-            Ok(Ok(()))
+            tokio::time::timeout(self.timeout, queued).await,
+            Ok(Some(()))
         )
     }
 
@@ -108,12 +119,13 @@ impl Bridge {
     ) -> Result<(), Failure> {
         let id = new_id();
         let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
-        let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTBOX);
+        let (out_tx, mut out_rx) = mpsc::channel::<OutEvent>(OUTBOX);
         if !self.table.insert(&id, Entry::new(inbox_tx)) {
             return Err(Reject::LegacyCapacity.into());
         }
         let out = Out {
             tx: out_tx,
+            bytes: Arc::new(Semaphore::new(OUTBOX_BYTES)),
             timeout: self.state.limits.write_timeout,
         };
         // The worker ends once its inbox closes (the entry leaves the table
@@ -130,7 +142,7 @@ impl Bridge {
         session: &mut Session,
         pool: &Pool,
         id: &str,
-        out_rx: &mut mpsc::Receiver<Bytes>,
+        out_rx: &mut mpsc::Receiver<OutEvent>,
     ) -> Result<(), Failure> {
         let limits = &self.state.limits;
         let mut head = ResponseHeader::build(200, Some(4)).map_err(Failure::Abort)?;
@@ -155,13 +167,14 @@ impl Bridge {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
         loop {
-            let chunk = tokio::select! {
+            // The event's outbox bytes are returned once it is written.
+            let (chunk, _permit) = tokio::select! {
                 ev = out_rx.recv() => match ev {
-                    Some(ev) => ev,
+                    Some((ev, permit)) => (ev, Some(permit)),
                     // The worker gave up on the session: end the stream cleanly.
                     None => return down.finish().await,
                 },
-                _ = keepalive.tick() => Bytes::from_static(mcp_sse::KEEPALIVE),
+                _ = keepalive.tick() => (Bytes::from_static(mcp_sse::KEEPALIVE), None),
             };
             if let Err(e) = down.send(chunk).await {
                 tracing::info!(legacy_session = %&id[..8], "legacy SSE client went away or stopped reading");
@@ -330,14 +343,7 @@ impl Bridge {
             frames,
             out,
             Some(rpc),
-            &mut |msg| {
-                if let Some(v) = msg
-                    .pointer("/result/protocolVersion")
-                    .and_then(Value::as_str)
-                {
-                    version = Some(v.to_owned());
-                }
-            },
+            Some(&mut version),
         )
         .await;
         if !keep {
@@ -367,15 +373,8 @@ impl Bridge {
             .await;
         match sent {
             Ok((parts, frames)) => {
-                let keep = forward(
-                    parts.status,
-                    &parts.headers,
-                    frames,
-                    out,
-                    Some(rpc),
-                    &mut |_| {},
-                )
-                .await;
+                let keep =
+                    forward(parts.status, &parts.headers, frames, out, Some(rpc), None).await;
                 if keep
                     && matches!(rpc.method, Method::ToolsCall { .. })
                     && parts.status.is_success()
@@ -419,7 +418,7 @@ impl Bridge {
         if let Ok((parts, frames)) = sent
             && parts.status.is_success()
         {
-            forward(parts.status, &parts.headers, frames, out, None, &mut |_| {}).await;
+            forward(parts.status, &parts.headers, frames, out, None, None).await;
         }
     }
 }
@@ -443,6 +442,35 @@ fn post<'a>(
     }
 }
 
+/// What the bridge reads of a backend message: that it is JSON, and an
+/// `initialize` result's protocol version. Borrowed, so nothing else of a
+/// (possibly large) message is copied.
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> Reply<'a> {
+    fn read(data: &'a str) -> Option<Self> {
+        serde_json::from_str(data).ok()
+    }
+
+    fn protocol_version(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct InitResult {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        let result = self.result?;
+        serde_json::from_str::<InitResult>(result.get())
+            .ok()?
+            .protocol_version
+    }
+}
+
 /// Relays a backend answer (JSON or SSE) as `event: message` events.
 /// Returns false if the client can no longer take events.
 async fn forward(
@@ -451,7 +479,7 @@ async fn forward(
     mut frames: Frames,
     out: &Out,
     rpc: Option<&Rpc>,
-    inspect: &mut (dyn FnMut(&Value) + Send),
+    mut version: Option<&mut Option<String>>,
 ) -> bool {
     if !upstream::is_event_stream(headers) {
         let text = match frames.read_all(MAX_WHOLE_BODY).await {
@@ -469,10 +497,13 @@ async fn forward(
             }
             return true;
         }
-        return match serde_json::from_slice::<Value>(&text) {
-            Ok(v) if v.get("jsonrpc").is_some() => {
-                inspect(&v);
-                out.send(message(&String::from_utf8_lossy(&text))).await
+        let text = String::from_utf8_lossy(&text);
+        return match Reply::read(&text) {
+            Some(reply) if reply.jsonrpc.is_some() => {
+                if let Some(v) = version.as_deref_mut() {
+                    *v = reply.protocol_version();
+                }
+                out.send(message(&text)).await
             }
             _ => {
                 tracing::warn!(%status, "backend answered with something that is not JSON-RPC");
@@ -511,12 +542,12 @@ async fn forward(
             if data.trim().is_empty() {
                 continue; // priming events carry only an id
             }
-            match serde_json::from_str::<Value>(&data) {
-                Ok(v) => inspect(&v),
-                Err(_) => {
-                    tracing::warn!("backend sent a non-JSON SSE event; skipped");
-                    continue;
-                }
+            let Some(reply) = Reply::read(&data) else {
+                tracing::warn!("backend sent a non-JSON SSE event; skipped");
+                continue;
+            };
+            if let (Some(v), Some(found)) = (version.as_deref_mut(), reply.protocol_version()) {
+                *v = Some(found);
             }
             if !out.send(message(&data)).await {
                 return false;

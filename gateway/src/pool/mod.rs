@@ -206,8 +206,10 @@ impl Pool {
             1 => return list.first().filter(|s| self.accepts_new(s)).cloned(),
             _ => {}
         }
-        let a = &list[random_below(list.len())];
-        let b = &list[random_below(list.len())];
+        // Two distinct candidates (with two members that is both: plain least-loaded).
+        let i = random_below(list.len());
+        let j = (i + 1 + random_below(list.len() - 1)) % list.len();
+        let (a, b) = (&list[i], &list[j]);
         let choice = match (self.accepts_new(a), self.accepts_new(b)) {
             (true, true) => Some(if b.load() < a.load() { b } else { a }),
             (true, false) => Some(a),

@@ -79,6 +79,8 @@ impl Admin {
             ("mcp_gateway_sessions_issued_total", &m.sessions_issued),
             ("mcp_gateway_tool_calls_total", &m.tool_calls),
             ("mcp_gateway_upstream_errors_total", &m.upstream_errors),
+            ("mcp_gateway_failovers_total", &m.failovers),
+            ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
         ];
         for (name, c) in counters {
             let _ = writeln!(
@@ -138,9 +140,36 @@ impl Admin {
         out
     }
 
+    /// `POST /pools/NAME/rollout` starts a rolling restart of a managed pool
+    /// (or returns the one under way); `GET …?from=N` reads its progress.
+    fn rollout(&self, method: &str, name: &str, from: usize) -> Response<Vec<u8>> {
+        let Some(pool) = self.gw.sessions.pools().iter().find(|p| p.name == name) else {
+            return json_reply(404, json!({"error": format!("no pool {name}")}));
+        };
+        let Some(supervisor) = &pool.supervisor else {
+            return json_reply(
+                409,
+                json!({"error": format!("pool {name} is not managed by this gateway: roll its backends out with their orchestrator; sessions move as members leave or drain")}),
+            );
+        };
+        let rollout = match method {
+            "POST" => supervisor.rollout(),
+            "GET" => match supervisor.last_rollout() {
+                Some(r) => r,
+                None => return json_reply(404, json!({"error": "no rollout yet"})),
+            },
+            _ => return json_reply(405, json!({"error": "POST to start, GET to follow"})),
+        };
+        let (lines, done, ok) = rollout.progress(from);
+        json_reply(
+            if method == "POST" { 202 } else { 200 },
+            json!({"pool": name, "lines": lines, "done": done, "ok": ok}),
+        )
+    }
+
     fn set_disabled(&self, query: Option<&str>, disabled: bool) -> Response<Vec<u8>> {
-        let Some(addr) =
-            edge::query_param(query, &["addr"]).and_then(|a| edge::percent_decode(a).parse().ok())
+        let Some(addr) = edge::query_param(query, &["addr"])
+            .and_then(|a| edge::percent_decode(a).parse::<std::net::SocketAddr>().ok())
         else {
             return json_reply(
                 400,
@@ -152,7 +181,7 @@ impl Admin {
             if pool_name.as_ref().is_some_and(|n| *n != pool.name) {
                 continue;
             }
-            if let Some(b) = pool.member(&addr) {
+            if let Some(b) = pool.member_at(&addr) {
                 b.set_disabled(disabled);
                 tracing::info!(pool = %pool.name, %addr, disabled, "backend switched by operator");
                 return json_reply(
@@ -181,9 +210,16 @@ impl ServeHttp for Admin {
             ("GET", "/backends") => json_reply(200, self.backends()),
             ("POST", "/backends/disable") => self.set_disabled(query.as_deref(), true),
             ("POST", "/backends/enable") => self.set_disabled(query.as_deref(), false),
+            (method, p) if p.starts_with("/pools/") && p.ends_with("/rollout") => {
+                let name = &p["/pools/".len()..p.len() - "/rollout".len()];
+                let from = edge::query_param(query.as_deref(), &["from"])
+                    .and_then(|f| f.parse().ok())
+                    .unwrap_or(0);
+                self.rollout(method, name, from)
+            }
             _ => json_reply(
                 404,
-                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…"}),
+                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…; POST/GET /pools/NAME/rollout"}),
             ),
         }
     }

@@ -25,6 +25,7 @@ impl Gateway {
         pools: Vec<Arc<Pool>>,
         sealer: TokenSealer,
         max_legacy_sessions: usize,
+        advertise: Option<String>,
     ) -> Arc<Self> {
         let upstream = Arc::new(Upstream::new(
             limits.connect_timeout,
@@ -42,6 +43,7 @@ impl Gateway {
             Arc::clone(&sessions),
             upstream,
             max_legacy_sessions,
+            advertise,
         ));
         Arc::new(Self {
             state,

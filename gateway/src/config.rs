@@ -20,6 +20,13 @@ use serde::Deserialize;
     after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Take over the listening sockets of a running gateway (pingora's
+    /// graceful upgrade): start the new binary with --upgrade, then send the
+    /// old one SIGQUIT. Needs the same `upgrade_sock` in both configs.
+    #[arg(long)]
+    pub upgrade: bool,
     /// TOML configuration file.
     #[arg(long, short, env = "MCP_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -56,6 +63,21 @@ pub struct Cli {
     /// Worker threads for the proxy.
     #[arg(long, env = "MCP_GATEWAY_THREADS")]
     pub threads: Option<usize>,
+}
+
+/// Operator commands that talk to a running gateway's admin listener.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Restart a managed pool's backends one at a time (start the replacement,
+    /// wait until it is ready, drain and stop the old one), printing progress.
+    Rollout {
+        /// The running gateway's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090", env = "MCP_GATEWAY_ADMIN")]
+        admin: SocketAddr,
+        /// The pool to roll out ("default" for --managed N).
+        #[arg(long, default_value = "default")]
+        pool: String,
+    },
 }
 
 fn default_admin() -> Option<SocketAddr> {
@@ -198,7 +220,15 @@ pub enum Discovery {
         count: usize,
         #[serde(default)]
         args: Vec<String>,
+        /// How long a stopping backend may drain before it is killed; longer
+        /// than the backend's own drain timeout (the registry's is 30 s).
+        #[serde(with = "duration", default = "default_stop_timeout")]
+        stop_timeout: Duration,
     },
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(40)
 }
 
 fn default_dns_interval() -> Duration {
@@ -236,11 +266,24 @@ fn default_eject() -> Duration {
     Duration::from_secs(10)
 }
 
+/// Several gateway replicas in front of the same pools.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// This replica's MCP listener as the other replicas reach it
+    /// ("10.0.0.5:8080"). Set it on every replica (with one shared session
+    /// key) and a legacy SSE message that reaches the wrong replica is
+    /// relayed to the one holding the client's stream.
+    pub advertise: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub listen: Listen,
+    #[serde(default)]
+    pub cluster: Cluster,
     #[serde(default)]
     pub tls: Tls,
     #[serde(default)]
@@ -257,6 +300,10 @@ pub struct Config {
     pub shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Unix socket a new gateway (started with --upgrade) takes the listening
+    /// sockets from; one per gateway on a host.
+    #[serde(default)]
+    pub upgrade_sock: Option<PathBuf>,
 }
 
 /// Durations in config files: humantime text ("30s", "500ms", "5m", "1h 30m")
@@ -333,6 +380,7 @@ impl Config {
                     command,
                     count,
                     args: cli.backend_args.clone(),
+                    stop_timeout: default_stop_timeout(),
                 },
             ));
         }

@@ -2,7 +2,7 @@
 //!
 //! Floors, each using only those below it (ARCHITECTURE.md has the map):
 //! - top: [`proxy`] (pingora's phases: policy steps, then a transport),
-//!   [`admin`], [`app`] (the parts, assembled once);
+//!   [`admin`], [`ctl`] (operator commands), [`app`] (the parts, assembled once);
 //! - transports: [`streamable`] (`/mcp`) and [`legacy`] (`/sse` + `/messages`);
 //! - sessions: [`session`] (routing, pinning, sealed ids, ejection);
 //! - shared: [`relay`] (writing a response to the client), [`upstream`]
@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod ctl;
 pub mod legacy;
 pub mod metrics;
 pub mod policy;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
-use mcp_gateway::config::{Cli, Config, Discovery, PoolConfig};
+use mcp_gateway::config::{Cli, Command, Config, Discovery, PoolConfig};
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::supervisor::Supervisor;
 use mcp_gateway::pool::{MemberTable, Pool};
@@ -50,7 +50,7 @@ fn session_secret(config: &Config) -> Result<Vec<u8>> {
     Ok(TokenSealer::random_secret().to_vec())
 }
 
-fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Pool> {
+fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Pool>> {
     let members = Arc::new(MemberTable::default());
     let (source, update) = match &pc.discovery {
         Discovery::Static { backends } => (
@@ -72,6 +72,7 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Pool> 
             command,
             count,
             args,
+            stop_timeout,
         } => {
             if !command.exists() {
                 bail!(
@@ -82,12 +83,22 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Pool> 
             }
             let svc = background_service(
                 &format!("supervisor {}", pc.name),
-                Supervisor::new(&pc.name, command.clone(), args.clone(), *count),
+                Supervisor::new(
+                    &pc.name,
+                    command.clone(),
+                    args.clone(),
+                    *count,
+                    *stop_timeout,
+                ),
             );
             let supervisor = svc.task();
             server.add_service(svc);
             (Source::Managed(supervisor), Duration::from_millis(500))
         }
+    };
+    let supervisor = match &source {
+        Source::Managed(s) => Some(Arc::clone(s)),
+        _ => None,
     };
     let discovery = PoolDiscovery {
         source,
@@ -105,18 +116,35 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Pool> 
     let svc = background_service(&format!("pool {}", pc.name), lb);
     let lb = svc.task();
     server.add_service(svc);
-    Ok(Pool {
+    let pool = Arc::new(Pool {
         index,
         name: pc.name.clone(),
         prefix: pc.route.trim_end_matches('/').to_owned(),
         lb,
         members,
         eject_for: pc.eject_for,
-    })
+        supervisor: supervisor.clone(),
+    });
+    if let Some(s) = supervisor {
+        // A rollout waits for the pool's own health checks to see the replacement.
+        let weak = Arc::downgrade(&pool);
+        s.set_ready_check(Arc::new(move |addr| {
+            weak.upgrade().is_some_and(|p| {
+                p.member_at(&addr)
+                    .is_some_and(|b| p.lb.backends().ready(&b.backend))
+            })
+        }));
+    }
+    Ok(pool)
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Rollout { admin, pool }) = &cli.command {
+        let rt = tokio::runtime::Runtime::new()?;
+        let ok = rt.block_on(mcp_gateway::ctl::rollout(*admin, pool))?;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -132,18 +160,26 @@ fn main() -> Result<()> {
     conf.grace_period_seconds = Some(config.shutdown_grace_secs.unwrap_or(1));
     conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_timeout_secs.unwrap_or(10));
     conf.max_retries = 3;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    if let Some(sock) = &config.upgrade_sock {
+        conf.upgrade_sock = sock.to_string_lossy().into_owned();
+    }
+    let opt = pingora::server::configuration::Opt {
+        upgrade: cli.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut pools = Vec::new();
     for (i, pc) in config.pools.iter().enumerate() {
-        pools.push(Arc::new(build_pool(&mut server, i as u16, pc)?));
+        pools.push(build_pool(&mut server, i as u16, pc)?);
     }
     let gw = Gateway::new(
         config.limits.clone(),
         pools,
         sealer,
         config.sessions.max_legacy_sessions,
+        config.cluster.advertise.clone(),
     );
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub tool_calls: AtomicU64,
     /// Backend exchanges that failed after the request was sent.
     pub upstream_errors: AtomicU64,
+    /// Sessions moved to another backend because theirs was gone.
+    pub failovers: AtomicU64,
+    /// Requests answered "outcome unknown" (not safe to repeat after a backend loss).
+    pub outcome_unknown: AtomicU64,
     rejected: [AtomicU64; Reason::ALL.len()],
 }
 

@@ -21,6 +21,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::app::Gateway;
+use crate::legacy::bridge::Located;
 use crate::metrics::Metrics;
 use crate::policy::body;
 use crate::policy::edge::{self, Endpoint};
@@ -52,7 +53,7 @@ enum Route {
         pool: Arc<Pool>,
         endpoint: Endpoint,
         body: Option<body::Body>,
-        pinned: Option<Pinned>,
+        pinned: Option<Box<Pinned>>,
     },
 }
 
@@ -81,14 +82,9 @@ async fn respond(session: &mut Session, status: u16, body: Vec<u8>, extra: &[(&s
         for (k, v) in extra {
             resp.insert_header(k.to_string(), *v)?;
         }
-        session
-            .write_response_header(Box::new(resp), body.is_empty())
-            .await?;
-        if !body.is_empty() {
-            session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await?;
-        }
+        session.write_response_header(Box::new(resp), false).await?;
+        let body = (!body.is_empty()).then(|| Bytes::from(body));
+        session.write_response_body(body, true).await?;
         Ok::<_, Box<Error>>(())
     };
     if let Err(e) = written.await {
@@ -142,7 +138,7 @@ impl McpProxy {
             None
         };
         let pinned = match (endpoint, header(session.req_header(), SESSION_HEADER)) {
-            (Endpoint::Mcp, Some(token)) => Some(gw.sessions.open(&pool, token)?),
+            (Endpoint::Mcp, Some(token)) => Some(Box::new(gw.sessions.open(&pool, token, "")?)),
             _ => None,
         };
         Ok(Route::Endpoint {
@@ -182,22 +178,34 @@ impl McpProxy {
             }
             Endpoint::Messages => {
                 let rpc = ctx.rpc.clone().ok_or(Reject::BadRequest("no message"))?;
-                let query = session.req_header().uri.query().map(str::to_owned);
-                gw.legacy.accept_message(query.as_deref(), body, rpc)?;
+                let req = session.req_header();
+                let query = req.uri.query().map(str::to_owned);
+                match gw.legacy.locate(query.as_deref())? {
+                    Located::Here(id) => gw.legacy.accept_message(&id, body, rpc)?,
+                    Located::Elsewhere { owner } => {
+                        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                        let pq = pq.to_owned();
+                        let headers = req.headers.clone();
+                        gw.legacy
+                            .relay_to_owner(&owner, &pq, &headers, body)
+                            .await?;
+                    }
+                }
                 respond(session, 202, Vec::new(), &[]).await;
                 Ok(())
             }
             Endpoint::Mcp => {
-                let admitted = Admitted {
+                let mut admitted = Admitted {
                     pool,
                     rpc: ctx.rpc.take(),
                     body,
-                    pinned,
+                    pinned: pinned.map(|p| *p),
                     forwarded: forwarded(session),
+                    principal: String::new(),
                 };
                 let result = gw
                     .streamable
-                    .serve(session, &admitted, &mut ctx.served)
+                    .serve(session, &mut admitted, &mut ctx.served)
                     .await;
                 ctx.rpc = admitted.rpc;
                 result
@@ -234,6 +242,14 @@ impl ProxyHttp for McpProxy {
             }
             // The response is under way: pingora closes the connection.
             Err(Failure::Abort(e)) => Err(e),
+            Err(Failure::BackendLost { open: false }) => {
+                render(session, &self.gw, &Reject::BadGateway, ctx.rpc.as_ref()).await;
+                Ok(true)
+            }
+            Err(Failure::BackendLost { open: true }) => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "backend lost mid-stream",
+            )),
         }
     }
 

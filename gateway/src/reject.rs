@@ -9,6 +9,10 @@ use crate::metrics::Reason;
 pub const SESSION_NOT_FOUND: i64 = -32001;
 /// JSON-RPC code for gateway-side server errors (capacity, no backend).
 pub const SERVER_ERROR: i64 = -32000;
+/// JSON-RPC code for "the backend went away while it had this request; it
+/// may or may not have run it". Outside -32020…-32099, which 2026-07-28
+/// reserves for codes the spec defines.
+pub const OUTCOME_UNKNOWN: i64 = -32003;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
@@ -45,6 +49,10 @@ pub enum Reject {
     NoBackend,
     #[error("backend failed to answer")]
     BadGateway,
+    #[error(
+        "the backend handling this request went away before answering; it may or may not have run, and it is not safe to repeat automatically"
+    )]
+    OutcomeUnknown,
 }
 
 impl Reject {
@@ -60,6 +68,8 @@ impl Reject {
             Reject::BodyTooLarge => 413,
             Reject::BadRequest(_) | Reject::Parse(_) | Reject::Invalid(_) => 400,
             Reject::BadGateway => 502,
+            // An answer, not a refusal: the JSON-RPC error says what happened.
+            Reject::OutcomeUnknown => 200,
         }
     }
 
@@ -71,6 +81,7 @@ impl Reject {
                 SERVER_ERROR
             }
             Reject::BadGateway => -32603,
+            Reject::OutcomeUnknown => OUTCOME_UNKNOWN,
             _ => -32600,
         }
     }
@@ -103,7 +114,7 @@ impl Reject {
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => Reason::Session,
             Reject::SessionBusy => Reason::Busy,
             Reject::NoBackend => Reason::NoBackend,
-            Reject::BadGateway => Reason::Upstream,
+            Reject::BadGateway | Reject::OutcomeUnknown => Reason::Upstream,
         }
     }
 }

@@ -13,9 +13,10 @@
 //! - Otherwise the header goes out and each batch of ready events follows as
 //!   it arrives, with the end marker in the same call when the backend has
 //!   finished.
-//! - A failure before anything was sent is a [`Reject`] (a complete error
-//!   answer); after, the client's stream is ended as broken ([`Failure::Abort`])
-//!   — never with a JSON body appended to a live response.
+//! - A backend failure is reported as [`Failure::BackendLost`], saying
+//!   whether the client's event stream is already open; the caller moves the
+//!   session and continues, answers with a complete error, or ends the
+//!   stream — never with a JSON body appended to a live response.
 //! - Every write has `write_timeout`: a client that stops reading is dropped.
 
 use std::time::Duration;
@@ -39,8 +40,13 @@ pub const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
 pub enum Failure {
     /// Nothing was written to the client: answer with this.
     Reject(Reject),
-    /// The response is under way: end the client's stream as broken.
+    /// The client's side failed, or the response must be cut: end the
+    /// client's stream as broken.
     Abort(Box<pingora::Error>),
+    /// The backend failed before the answer was complete. `open`: the
+    /// client's event stream is open (its header went out) and is at an
+    /// event boundary, so the caller may continue it from another backend.
+    BackendLost { open: bool },
 }
 
 impl From<Reject> for Failure {
@@ -63,7 +69,29 @@ pub struct Downstream<'a> {
     pub keepalive: Duration,
 }
 
-impl Downstream<'_> {
+impl<'a> Downstream<'a> {
+    pub fn new(session: &'a mut Session, state: &crate::state::State) -> Self {
+        Self {
+            session,
+            write_timeout: state.limits.write_timeout,
+            keepalive: state.limits.sse_keepalive,
+        }
+    }
+
+    /// A JSON answer read whole, sent as one event into an open stream, which then ends.
+    pub async fn event_then_end(&mut self, mut frames: Frames) -> Result<(), Failure> {
+        let body = frames
+            .read_all(MAX_WHOLE_BODY)
+            .await
+            .map_err(|e| lost(e, true))?;
+        let text = String::from_utf8_lossy(&body);
+        if !text.trim().is_empty() {
+            self.send(mcp_sse::format(Some("message"), None, text.trim()))
+                .await?;
+        }
+        self.finish().await
+    }
+
     async fn write_head(&mut self, head: ResponseHeader, end: bool) -> Result<(), Failure> {
         match tokio::time::timeout(
             self.write_timeout,
@@ -110,24 +138,24 @@ impl Downstream<'_> {
     pub async fn whole(&mut self, mut head: ResponseHeader, body: Bytes) -> Result<(), Failure> {
         head.insert_header("content-length", body.len().to_string())
             .map_err(Failure::Abort)?;
-        if body.is_empty() {
-            return self.write_head(head, true).await;
-        }
         self.write_head(head, false).await?;
-        self.write(Some(body), true).await
+        let body = (!body.is_empty()).then_some(body);
+        self.write(body, true).await
     }
 }
 
-fn upstream_failed(e: UpstreamError) -> Reject {
+fn lost(e: UpstreamError, open: bool) -> Failure {
     tracing::warn!(error = %e, "backend failed mid-response");
-    Reject::BadGateway
+    Failure::BackendLost { open }
 }
 
-/// Relays a non-SSE body: whole when it fits, else streamed as it comes.
+/// Relays a non-SSE body: whole when it fits (`inspect` sees it), else
+/// streamed as it comes.
 pub async fn relay_plain(
     down: &mut Downstream<'_>,
     head: ResponseHeader,
     mut frames: Frames,
+    inspect: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<(), Failure> {
     if frames
         .exact_len()
@@ -136,10 +164,11 @@ pub async fn relay_plain(
         let body = frames
             .read_all(MAX_WHOLE_BODY)
             .await
-            .map_err(upstream_failed)?;
+            .map_err(|e| lost(e, false))?;
+        inspect(&body);
         return down.whole(head, body).await;
     }
-    let first = frames.next().await.map_err(upstream_failed)?;
+    let first = frames.next().await.map_err(|e| lost(e, false))?;
     let Some(first) = first else {
         return down.whole(head, Bytes::new()).await;
     };
@@ -237,9 +266,12 @@ impl Downstream<'_> {
 /// ends as soon as the response has gone by (MCP servers end a POST's stream
 /// there); the backend's rest is returned for [`drain`]. Without
 /// `answer_to` (a `GET` stream) the header goes out at once.
+///
+/// `head` is `None` when the client's stream is already open (continuing it
+/// from another backend after a failover).
 pub async fn relay_events(
     down: &mut Downstream<'_>,
-    head: ResponseHeader,
+    head: Option<ResponseHeader>,
     mut frames: Frames,
     answer_to: Option<&str>,
     inspect: &mut (dyn FnMut(&Event) + Send),
@@ -248,7 +280,7 @@ pub async fn relay_events(
     let mut seen = Seen::default();
     let mut out = BytesMut::new();
     // The response header, until it is sent.
-    let mut head = Some(head);
+    let mut head = head;
     if answer_to.is_none()
         && let Some(h) = head.take()
     {
@@ -306,15 +338,19 @@ pub async fn relay_events(
                     continue;
                 }
                 Err(e) => {
-                    if head.is_some() {
-                        return Err(Failure::Reject(upstream_failed(e)));
+                    if let Some(h) = head.take() {
+                        if seen.messages == 0 {
+                            return Err(lost(e, false));
+                        }
+                        // Messages arrived before the failure: they go out first.
+                        down.open_stream(h).await?;
                     }
-                    // Send the events that did arrive, then break the stream.
+                    // Send the whole events that did arrive; the stream stays
+                    // open at an event boundary for the caller to continue or end.
                     if !out.is_empty() {
                         down.write(Some(out.split().freeze()), false).await?;
                     }
-                    tracing::warn!(error = %e, "backend failed mid-stream; ending the client's stream");
-                    return Err(abort(&e.to_string()));
+                    return Err(lost(e, true));
                 }
             }
             match frames.next_ready() {
@@ -323,6 +359,17 @@ pub async fn relay_events(
             }
         };
         if ended {
+            if !seen.answered && answer_to.is_some() {
+                // The backend closed a POST's stream without its answer.
+                let why = UpstreamError::Failed("stream ended without the answer".into());
+                if head.is_some() {
+                    return Err(lost(why, false));
+                }
+                if !out.is_empty() {
+                    down.write(Some(out.split().freeze()), false).await?;
+                }
+                return Err(lost(why, true));
+            }
             if seen.answered {
                 seen.rest = Some(frames);
             }

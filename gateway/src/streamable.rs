@@ -2,25 +2,36 @@
 //! 2026-07-28 requests): one exchange with a backend per client request,
 //! through the session layer and the one upstream client.
 //!
-//! A request with a session id goes to its pinned backend. One without goes
-//! to the least-loaded healthy backend; if that backend refuses the
-//! connection (the request provably never reached it), it is ejected and the
-//! request goes to another, up to `session::ATTEMPTS` backends.
+//! A request with a session id goes to the backend its session lives on;
+//! one without goes to the least-loaded healthy backend. When the backend
+//! is lost, what happens depends on what it may have done (`session::replay`):
+//!
+//! - it never got the request (connection refused; it answered 404 for a
+//!   session it no longer knows; 503 while draining): the session moves to
+//!   another backend (`session::failover`) and the request is sent there;
+//! - it may have got it (reset, timeout, a stream cut before the answer):
+//!   the request is sent again on the moved session only if that is safe,
+//!   else the client gets an "outcome unknown" JSON-RPC error.
+//!
+//! A client stream that is already open (a `GET /mcp` stream, or a POST's
+//! SSE answer under way) stays open across the move: the gateway continues
+//! it from the new backend, at an event boundary.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::metrics::Metrics;
-use crate::policy::jsonrpc::{Method, Rpc};
+use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, LoadGuard, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Downstream, Failure};
-use crate::session::{ATTEMPTS, Pinned, Sessions};
+use crate::session::{ATTEMPTS, Pinned, Sessions, failover, replay};
 use crate::state::State;
-use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
+use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
 
 /// A request the policy steps let through.
 pub struct Admitted {
@@ -29,6 +40,8 @@ pub struct Admitted {
     pub body: Bytes,
     pub pinned: Option<Pinned>,
     pub forwarded: Forwarded,
+    /// Who the client is ("" when anonymous); sealed into new session ids.
+    pub principal: String,
 }
 
 pub struct Streamable {
@@ -43,38 +56,122 @@ pub struct Served {
     _load: LoadGuard,
 }
 
+/// Set on an answer whose session moved to another backend on the way.
+pub const MOVED_HEADER: &str = "x-mcp-gateway-moved";
+
+/// A `GET /mcp` stream that lived this long has earned fresh attempts.
+const STREAM_SETTLED: Duration = Duration::from_secs(5);
+
+/// What one attempt came to.
+enum Step {
+    Done,
+    /// Try again (the session may have moved).
+    Again,
+}
+
+/// One client request's walk through backends.
+struct Exchange<'a> {
+    t: &'a Streamable,
+    req: &'a mut Admitted,
+    method: http::Method,
+    path: String,
+    /// Safe to send again after it may have reached a backend.
+    repeatable: bool,
+    /// The client's event stream is open (its header went out).
+    open: bool,
+    /// The backend that last failed this request (a sessionless request goes
+    /// elsewhere next), and whether the request was lost on it.
+    failed: Option<String>,
+    lost: bool,
+    /// The session moved to another backend while serving this request.
+    moved: bool,
+}
+
 impl Streamable {
-    /// Sends the request to its backend and relays the answer.
+    /// Sends the request to its backend and relays the answer, moving the
+    /// session when its backend is lost.
     pub async fn serve(
         &self,
         session: &mut Session,
-        req: &Admitted,
+        req: &mut Admitted,
         served: &mut Option<Served>,
     ) -> Result<(), Failure> {
-        let path = backend_path(&req.pool, session.req_header());
         let method = session.req_header().method.clone();
-        let mut attempt = 0;
-        let (parts, frames) = loop {
-            attempt += 1;
-            let backend = match &req.pinned {
-                Some(p) => Arc::clone(&p.backend),
-                None => self.sessions.pick(&req.pool)?,
+        let path = backend_path(&req.pool, session.req_header());
+        let repeatable = match &req.rpc {
+            Some(r) => {
+                !r.batch && replay::safe_to_repeat(&r.method, self.sessions.hints(&req.pool))
+            }
+            None => true, // a GET stream or a DELETE
+        };
+        let mut x = Exchange {
+            t: self,
+            req,
+            method,
+            path,
+            repeatable,
+            open: false,
+            failed: None,
+            lost: false,
+            moved: false,
+        };
+        let result = x.run(session, served).await;
+        match result {
+            // Never a whole response into an open stream: the error becomes an event.
+            Err(Failure::Reject(r)) if x.open => x.end_with_error(session, &r).await,
+            other => other,
+        }
+    }
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &mut self,
+        session: &mut Session,
+        served: &mut Option<Served>,
+    ) -> Result<(), Failure> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > 2 * ATTEMPTS {
+                // Backends answered but failed it: a gateway error, not "none available".
+                return Err(if self.lost {
+                    Reject::BadGateway
+                } else {
+                    Reject::NoBackend
+                }
+                .into());
+            }
+            let backend = match self.req.pinned.as_ref() {
+                Some(Pinned {
+                    backend: Some(b), ..
+                }) => Arc::clone(b),
+                Some(_) => {
+                    self.move_session().await?;
+                    continue;
+                }
+                None => self
+                    .req
+                    .pool
+                    .pick_except(self.failed.as_deref())
+                    .ok_or(Reject::NoBackend)?,
             };
             let load = backend.start_request();
             let sent = self
+                .t
                 .upstream
                 .send(
                     backend.addr,
                     Outgoing {
-                        method: method.clone(),
-                        path: &path,
+                        method: self.method.clone(),
+                        path: &self.path,
                         client_headers: Some(&session.req_header().headers),
-                        session: req.pinned.as_ref().map(|p| p.backend_session.as_str()),
+                        session: self.req.pinned.as_ref().map(|p| p.backend_session.as_str()),
                         protocol_version: None,
                         accept: None,
                         content_type: None,
-                        body: req.body.clone(),
-                        forwarded: &req.forwarded,
+                        body: self.req.body.clone(),
+                        forwarded: &self.req.forwarded,
                     },
                 )
                 .await;
@@ -82,31 +179,41 @@ impl Streamable {
                 backend: Arc::clone(&backend),
                 _load: load,
             });
-            match sent {
-                Ok(answer) => break answer,
+            let (parts, frames) = match sent {
+                Ok(answer) => answer,
                 Err(e) if e.never_reached() => {
-                    self.sessions.eject(&req.pool, &backend);
-                    if req.pinned.is_some() {
-                        return Err(
-                            Reject::UnknownSession("its backend is unavailable".into()).into()
-                        );
+                    self.failed = Some(backend.id.clone());
+                    self.t.sessions.eject(&self.req.pool, &backend);
+                    if self.req.pinned.is_some() {
+                        self.move_session().await?;
                     }
-                    if attempt >= ATTEMPTS {
-                        return Err(Reject::NoBackend.into());
-                    }
+                    continue;
                 }
                 Err(e) => {
-                    Metrics::inc(&self.state.metrics.upstream_errors);
-                    tracing::warn!(backend = %backend.addr, error = %e, "backend exchange failed");
-                    return Err(Reject::BadGateway.into());
+                    Metrics::inc(&self.t.state.metrics.upstream_errors);
+                    tracing::warn!(backend = %backend.id, error = %e, "backend exchange failed");
+                    self.failed = Some(backend.id.clone());
+                    self.after_loss().await?;
+                    continue;
                 }
+            };
+            let started = Instant::now();
+            match self.answer(session, &backend, parts, frames).await? {
+                Step::Done => return Ok(()),
+                Step::Again if started.elapsed() > STREAM_SETTLED => tries = 0,
+                Step::Again => {}
             }
-        };
-        let backend = served
-            .as_ref()
-            .map(|s| Arc::clone(&s.backend))
-            .ok_or(Reject::BadGateway)?;
+        }
+    }
 
+    /// Handles one backend answer: relays it, or says to try again.
+    async fn answer(
+        &mut self,
+        session: &mut Session,
+        backend: &Arc<BackendState>,
+        parts: http::response::Parts,
+        frames: Frames,
+    ) -> Result<Step, Failure> {
         if let Some(name) = parts
             .headers
             .get(upstream::INSTANCE_HEADER)
@@ -114,60 +221,205 @@ impl Streamable {
         {
             backend.note_instance(name);
         }
+        let status = parts.status.as_u16();
+        // Answers that say the request was not run: move (or go elsewhere) and send it again.
+        if status == 404 && self.req.pinned.is_some() {
+            failover::read_messages(&parts.headers, frames).await;
+            if self.method == http::Method::DELETE {
+                // The session is already gone there; so be it.
+                if let Some(p) = &self.req.pinned {
+                    self.t.sessions.forget(p);
+                }
+                Downstream::new(session, &self.t.state)
+                    .whole(
+                        ResponseHeader::build(200, None).map_err(Failure::Abort)?,
+                        Bytes::new(),
+                    )
+                    .await?;
+                return Ok(Step::Done);
+            }
+            self.move_session().await?;
+            return Ok(Step::Again);
+        }
+        if status == 503 && !self.open {
+            failover::read_messages(&parts.headers, frames).await;
+            if self.req.pinned.is_some() {
+                self.move_session().await?;
+            } else {
+                // Draining or overloaded: new work goes elsewhere for a moment.
+                backend.eject(Duration::from_secs(2));
+            }
+            return Ok(Step::Again);
+        }
+        let head = if self.open {
+            None
+        } else {
+            Some(self.head(backend, &parts)?)
+        };
+        let mut down = Downstream::new(session, &self.t.state);
+        let learn = matches!(
+            self.req.rpc,
+            Some(Rpc {
+                method: Method::ToolsList,
+                ..
+            })
+        );
+        let hints = self.t.sessions.hints(&self.req.pool);
+        let relayed = if upstream::is_event_stream(&parts.headers) {
+            let answer_to = self
+                .req
+                .rpc
+                .as_ref()
+                .filter(|r| !r.batch)
+                .and_then(Rpc::id_text);
+            let mut inspect = |ev: &mcp_sse::Event| {
+                if learn && let Some(d) = ev.data() {
+                    hints.learn(&d);
+                }
+            };
+            relay::relay_events(&mut down, head, frames, answer_to, &mut inspect)
+                .await
+                .map(|seen| {
+                    if let Some(rest) = seen.rest {
+                        relay::drain(rest);
+                    }
+                })
+        } else {
+            match head {
+                Some(head) => {
+                    relay::relay_plain(&mut down, head, frames, &mut |body| {
+                        if learn {
+                            hints.learn(&String::from_utf8_lossy(body));
+                        }
+                    })
+                    .await
+                }
+                // A JSON answer from the new backend into a stream already open.
+                None => down.event_then_end(frames).await,
+            }
+        };
+        match relayed {
+            Ok(()) if self.method == http::Method::GET => {
+                // The backend ended the client's server stream: open it again.
+                self.open = true;
+                Ok(Step::Again)
+            }
+            Ok(()) => {
+                if let Some(Rpc {
+                    method: Method::ToolsCall { .. },
+                    ..
+                }) = &self.req.rpc
+                {
+                    Metrics::inc(&self.t.state.metrics.tool_calls);
+                }
+                Ok(Step::Done)
+            }
+            Err(Failure::BackendLost { open }) => {
+                self.open |= open;
+                self.failed = Some(backend.id.clone());
+                Metrics::inc(&self.t.state.metrics.upstream_errors);
+                self.after_loss().await?;
+                Ok(Step::Again)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The backend may have had the request: move on if repeating is safe.
+    async fn after_loss(&mut self) -> Result<(), Failure> {
+        self.lost = true;
+        if !self.repeatable {
+            Metrics::inc(&self.t.state.metrics.outcome_unknown);
+            return Err(Reject::OutcomeUnknown.into());
+        }
+        if self.req.pinned.is_some() {
+            self.move_session().await?;
+        }
+        Ok(())
+    }
+
+    async fn move_session(&mut self) -> Result<(), Failure> {
+        let Some(pinned) = self.req.pinned.as_mut() else {
+            return Ok(());
+        };
+        self.t
+            .sessions
+            .fail_over(
+                &self.t.upstream,
+                &self.req.pool,
+                pinned,
+                &self.req.forwarded,
+            )
+            .await?;
+        self.moved = true;
+        Metrics::inc(&self.t.state.metrics.failovers);
+        Ok(())
+    }
+
+    /// The client's response header, from the backend's.
+    fn head(
+        &self,
+        backend: &BackendState,
+        parts: &http::response::Parts,
+    ) -> Result<ResponseHeader, Failure> {
         let mut status = parts.status.as_u16();
         // rmcp answers a session DELETE with 202; clients expect 200/204.
-        if method == http::Method::DELETE && status == 202 {
+        if self.method == http::Method::DELETE && status == 202 {
             status = 200;
+        }
+        if self.method == http::Method::DELETE
+            && (200..300).contains(&status)
+            && let Some(p) = &self.req.pinned
+        {
+            self.t.sessions.forget(p);
         }
         let mut head = ResponseHeader::build(status, Some(8)).map_err(Failure::Abort)?;
         for (name, value) in upstream::response_headers(&parts.headers) {
             head.append_header(name.clone(), value.clone())
                 .map_err(Failure::Abort)?;
         }
+        if self.moved {
+            // Says only that the session moved (for clients' diagnostics and
+            // benchmarks), never where.
+            head.insert_header(MOVED_HEADER, "1")
+                .map_err(Failure::Abort)?;
+        }
         if let Some(sid) = parts
             .headers
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
+            && self.req.pinned.is_none()
         {
-            let echo = req
-                .pinned
-                .as_ref()
-                .is_some_and(|p| p.backend_session == sid);
-            if !echo {
-                // A new backend session: the client gets a sealed id naming it.
-                let token = self
-                    .sessions
-                    .pin(&req.pool, &backend, sid)
-                    .ok_or(Reject::BadGateway)?;
-                head.insert_header(SESSION_HEADER, token)
-                    .map_err(Failure::Abort)?;
-                Metrics::inc(&self.state.metrics.sessions_issued);
-            }
+            // A new backend session: the client gets a sealed id naming it,
+            // with what is needed to re-create it elsewhere.
+            let init = jsonrpc::params_of(&self.req.body).unwrap_or("");
+            let token = self
+                .t
+                .sessions
+                .pin(&self.req.pool, backend, sid, &self.req.principal, init)
+                .ok_or(Reject::BadGateway)?;
+            head.insert_header(SESSION_HEADER, token)
+                .map_err(Failure::Abort)?;
+            Metrics::inc(&self.t.state.metrics.sessions_issued);
         }
+        Ok(head)
+    }
 
-        let limits = &self.state.limits;
-        let mut down = Downstream {
-            session,
-            write_timeout: limits.write_timeout,
-            keepalive: limits.sse_keepalive,
-        };
-        if upstream::is_event_stream(&parts.headers) {
-            let answer_to = req.rpc.as_ref().filter(|r| !r.batch).and_then(Rpc::id_text);
-            let seen = relay::relay_events(&mut down, head, frames, answer_to, &mut |_| {}).await?;
-            if let Some(rest) = seen.rest {
-                relay::drain(rest);
+    /// Ends an open client stream with a JSON-RPC error for the request.
+    async fn end_with_error(&mut self, session: &mut Session, r: &Reject) -> Result<(), Failure> {
+        self.t.state.metrics.reject(r.reason());
+        let id = self.req.rpc.as_ref().and_then(|r| r.id.as_deref());
+        let mut down = Downstream::new(session, &self.t.state);
+        match id {
+            Some(id) => {
+                let body = jsonrpc::error_body(Some(id), r.code(), &r.to_string());
+                let event = mcp_sse::format(Some("message"), None, &String::from_utf8_lossy(&body));
+                down.send(event).await?;
+                down.finish().await
             }
-        } else {
-            relay::relay_plain(&mut down, head, frames).await?;
+            // A server stream with no request to answer: just end it.
+            None => down.finish().await,
         }
-        if let Some(Rpc {
-            method: Method::ToolsCall { .. },
-            ..
-        }) = &req.rpc
-        {
-            Metrics::inc(&self.state.metrics.tool_calls);
-        }
-        Ok(())
     }
 }
 

@@ -1,5 +1,16 @@
 //! The bridge itself: the client's stream, the message endpoint, and one
 //! worker per session that talks to the backend. See the module above.
+//!
+//! Backends come and go under a legacy session as under a Streamable HTTP
+//! one: the worker keeps the client's `initialize` parameters, and when its
+//! backend session is lost it opens one elsewhere (`Sessions::open_elsewhere`)
+//! and sends the message again if that is safe (`session::replay`), else
+//! answers it "outcome unknown". The client's stream and `sessionId` stay.
+//!
+//! Replicas: with `[cluster] advertise` set, a session id is sealed and names
+//! the replica holding the client's stream; a `POST /messages` that lands on
+//! another replica is relayed there (once), so the seed's client works behind
+//! a round-robin balancer in front of several gateways.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +20,7 @@ use mcp_sse::Splitter;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::table::{Entry, Inbound, QueueError, Table};
@@ -17,9 +28,9 @@ use crate::metrics::Metrics;
 use crate::policy::edge;
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, Pool};
-use crate::reject::Reject;
+use crate::reject::{OUTCOME_UNKNOWN, Reject};
 use crate::relay::{self, Failure, MAX_EVENT, MAX_WHOLE_BODY};
-use crate::session::Sessions;
+use crate::session::{ATTEMPTS, Sessions, failover, replay};
 use crate::state::State;
 use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
 
@@ -30,6 +41,8 @@ const OUTBOX: usize = 32;
 /// Bytes of events queued for a client's stream before the worker waits
 /// (one larger event may still pass alone).
 const OUTBOX_BYTES: usize = 2 * 1024 * 1024;
+/// Marks a `POST /messages` relayed from another replica (never relayed again).
+const RELAYED: &str = "x-mcp-gateway-relayed";
 
 /// An event for the client's stream, holding its share of the outbox bytes.
 type OutEvent = (Bytes, tokio::sync::OwnedSemaphorePermit);
@@ -39,6 +52,8 @@ pub struct Bridge {
     pub sessions: Arc<Sessions>,
     pub upstream: Arc<Upstream>,
     pub table: Table,
+    /// This replica's address as other replicas reach it (`[cluster] advertise`).
+    pub advertise: Option<String>,
 }
 
 fn new_id() -> String {
@@ -51,12 +66,33 @@ fn message(data: &str) -> Bytes {
     mcp_sse::format(Some("message"), None, data)
 }
 
-/// The backend session behind one legacy session.
+/// The backend session behind one legacy session, as of one generation.
 struct Link {
-    pool: Arc<Pool>,
     backend: Arc<BackendState>,
     session: String,
-    version: Option<String>,
+    version: String,
+    generation: u64,
+}
+
+/// The session's current link, shared by its calls and its listener.
+struct Links {
+    pool: Arc<Pool>,
+    /// The client's `initialize` params, to open the session elsewhere.
+    init: String,
+    current: watch::Sender<Arc<Link>>,
+    /// Held while a lost link is being replaced, so it is replaced once.
+    moving: Mutex<()>,
+}
+
+/// How relaying one backend answer ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    /// The answer (or the whole stream) went to the client.
+    Done,
+    /// The client can no longer take events.
+    ClientGone,
+    /// The backend failed before the answer was complete.
+    Lost,
 }
 
 /// Where a worker sends events for its client: bounded in events and bytes.
@@ -101,12 +137,14 @@ impl Bridge {
         sessions: Arc<Sessions>,
         upstream: Arc<Upstream>,
         max_sessions: usize,
+        advertise: Option<String>,
     ) -> Self {
         Self {
             state,
             sessions,
             upstream,
             table: Table::new(max_sessions),
+            advertise,
         }
     }
 
@@ -118,6 +156,15 @@ impl Bridge {
         forwarded: Forwarded,
     ) -> Result<(), Failure> {
         let id = new_id();
+        // The id the client sees: sealed, naming this replica, when replicas share sessions.
+        let public = match &self.advertise {
+            Some(me) => self
+                .sessions
+                .sealer()
+                .issue_legacy(me, &id)
+                .ok_or(Reject::BadGateway)?,
+            None => id.clone(),
+        };
         let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
         let (out_tx, mut out_rx) = mpsc::channel::<OutEvent>(OUTBOX);
         if !self.table.insert(&id, Entry::new(inbox_tx)) {
@@ -131,7 +178,9 @@ impl Bridge {
         // The worker ends once its inbox closes (the entry leaves the table
         // below); it then closes the backend session.
         tokio::spawn(Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, forwarded));
-        let result = self.stream_to_client(session, pool, &id, &mut out_rx).await;
+        let result = self
+            .stream_to_client(session, pool, &id, &public, &mut out_rx)
+            .await;
         self.table.remove(&id);
         tracing::info!(legacy_session = %&id[..8], "legacy SSE session closed");
         result
@@ -142,6 +191,7 @@ impl Bridge {
         session: &mut Session,
         pool: &Pool,
         id: &str,
+        public: &str,
         out_rx: &mut mpsc::Receiver<OutEvent>,
     ) -> Result<(), Failure> {
         let limits = &self.state.limits;
@@ -153,12 +203,8 @@ impl Bridge {
         ] {
             head.insert_header(k, v).map_err(Failure::Abort)?;
         }
-        let mut down = relay::Downstream {
-            session,
-            write_timeout: limits.write_timeout,
-            keepalive: limits.sse_keepalive,
-        };
-        let endpoint = format!("{}/messages?sessionId={id}", pool.prefix);
+        let mut down = relay::Downstream::new(session, &self.state);
+        let endpoint = format!("{}/messages?sessionId={public}", pool.prefix);
         down.open(head, mcp_sse::format(Some("endpoint"), None, &endpoint))
             .await?;
         tracing::info!(legacy_session = %&id[..8], pool = %pool.name, "legacy SSE session opened");
@@ -184,15 +230,85 @@ impl Bridge {
         }
     }
 
-    /// `POST /messages?sessionId=…`: queue the (already checked) message, answer 202.
-    pub fn accept_message(&self, query: Option<&str>, body: Bytes, rpc: Rpc) -> Result<(), Reject> {
-        let id = edge::query_param(query, &["sessionId", "session_id"])
+    /// Where a `POST /messages` goes: this replica's table, or the replica
+    /// that holds the stream.
+    pub fn locate(&self, query: Option<&str>) -> Result<Located, Reject> {
+        let raw = edge::query_param(query, &["sessionId", "session_id"])
             .ok_or(Reject::BadRequest("missing sessionId"))?;
+        if self.advertise.is_none() {
+            return Ok(Located::Here(raw.to_owned()));
+        }
+        let sealed = self
+            .sessions
+            .sealer()
+            .open_legacy(raw)
+            .map_err(|_| Reject::UnknownLegacySession)?;
+        if Some(&sealed.owner) == self.advertise.as_ref() {
+            Ok(Located::Here(sealed.id))
+        } else {
+            Ok(Located::Elsewhere {
+                owner: sealed.owner,
+            })
+        }
+    }
+
+    /// Queues a (checked) message for a session of this replica.
+    pub fn accept_message(&self, id: &str, body: Bytes, rpc: Rpc) -> Result<(), Reject> {
         let entry = self.table.get(id).ok_or(Reject::UnknownLegacySession)?;
         match entry.queue(body, rpc, self.state.limits.legacy_inbox_bytes) {
             Ok(()) => Ok(()),
             Err(QueueError::Full) => Err(Reject::SessionBusy),
             Err(QueueError::Closed) => Err(Reject::UnknownLegacySession),
+        }
+    }
+
+    /// Relays a message to the replica holding its stream; returns that
+    /// replica's status. A replica that cannot be reached means the stream is
+    /// gone with it: the client must open a new one.
+    pub async fn relay_to_owner(
+        &self,
+        owner: &str,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<u16, Reject> {
+        if headers.contains_key(RELAYED) {
+            return Err(Reject::UnknownLegacySession); // relayed once already
+        }
+        let addr = owner.parse().map_err(|_| Reject::UnknownLegacySession)?;
+        let mut relayed = http::HeaderMap::new();
+        relayed.insert(RELAYED, http::HeaderValue::from_static("1"));
+        let sent = self
+            .upstream
+            .send(
+                addr,
+                Outgoing {
+                    method: http::Method::POST,
+                    path: path_and_query,
+                    client_headers: Some(&relayed),
+                    session: None,
+                    protocol_version: None,
+                    accept: Some("application/json"),
+                    content_type: Some("application/json"),
+                    body,
+                    forwarded: &Forwarded::default(),
+                },
+            )
+            .await;
+        match sent {
+            Ok((parts, mut frames)) => {
+                let _ = frames.read_all(64 * 1024).await;
+                match parts.status.as_u16() {
+                    s @ 200..=299 => Ok(s),
+                    404 => Err(Reject::UnknownLegacySession),
+                    503 => Err(Reject::SessionBusy),
+                    _ => Err(Reject::BadGateway),
+                }
+            }
+            Err(e) => {
+                tracing::info!(%owner, error = %e, "the replica holding a legacy stream is gone");
+                Err(Reject::UnknownLegacySession)
+            }
         }
     }
 
@@ -207,7 +323,7 @@ impl Bridge {
             self.state.limits.legacy_session_concurrency.max(1),
         ));
         let forwarded = Arc::new(forwarded);
-        let mut link: Option<Arc<Link>> = None;
+        let mut links: Option<Arc<Links>> = None;
         let mut calls = JoinSet::new();
         let mut listener = None;
         while let Some(Inbound { body, rpc, _queued }) = inbox.recv().await {
@@ -226,14 +342,13 @@ impl Bridge {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 break;
             };
-            match link.clone() {
+            match links.clone() {
                 Some(l) if !rpc.is_initialize() => {
                     let bridge = Arc::clone(&self);
                     let (out, forwarded) = (out.clone(), Arc::clone(&forwarded));
                     calls.spawn(async move {
-                        let keep = bridge.call(&l, &body, &rpc, &out, &forwarded).await;
+                        bridge.call(&l, &body, &rpc, &out, &forwarded).await;
                         drop((permit, slot));
-                        keep
                     });
                 }
                 _ => {
@@ -250,7 +365,7 @@ impl Bridge {
                                         async move { bridge.listen(&l2, &out2).await },
                                     ));
                             }
-                            link = Some(l);
+                            links = Some(l);
                         }
                         Ok(None) => {}
                         Err(()) => break,
@@ -262,17 +377,18 @@ impl Bridge {
         if let Some(l) = listener {
             l.abort();
         }
-        if let Some(l) = link {
+        if let Some(l) = links {
+            let link = Arc::clone(&l.current.borrow());
             let _ = self
                 .upstream
                 .send(
-                    l.backend.addr,
+                    link.backend.addr,
                     Outgoing {
                         method: http::Method::DELETE,
                         path: "/mcp",
                         client_headers: None,
-                        session: Some(&l.session),
-                        protocol_version: l.version.as_deref(),
+                        session: Some(&link.session),
+                        protocol_version: Some(&link.version),
                         accept: None,
                         content_type: None,
                         body: Bytes::new(),
@@ -292,7 +408,7 @@ impl Bridge {
         rpc: &Rpc,
         out: &Out,
         forwarded: &Forwarded,
-    ) -> Result<Option<Arc<Link>>, ()> {
+    ) -> Result<Option<Arc<Links>>, ()> {
         let mut attempt = 0;
         let (backend, _load, parts, frames) = loop {
             attempt += 1;
@@ -310,15 +426,19 @@ impl Bridge {
                 .send(backend.addr, post(body, None, None, forwarded))
                 .await
             {
+                Ok((parts, frames)) if parts.status.as_u16() == 503 && attempt < ATTEMPTS => {
+                    failover::read_messages(&parts.headers, frames).await;
+                    backend.eject(Duration::from_secs(2));
+                }
                 Ok((parts, frames)) => break (backend, load, parts, frames),
-                Err(e) if e.never_reached() && attempt < crate::session::ATTEMPTS => {
+                Err(e) if e.never_reached() && attempt < ATTEMPTS => {
                     self.sessions.eject(pool, &backend);
                 }
                 Err(e) => {
                     if e.never_reached() {
                         self.sessions.eject(pool, &backend);
                     }
-                    tracing::warn!(backend = %backend.addr, error = %e, "legacy bridge: backend request failed");
+                    tracing::warn!(backend = %backend.id, error = %e, "legacy bridge: backend request failed");
                     out.error(Some(rpc), -32603, "backend unavailable").await;
                     return Ok(None);
                 }
@@ -337,90 +457,163 @@ impl Bridge {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut version = None;
-        let keep = forward(
-            parts.status,
-            &parts.headers,
-            frames,
-            out,
-            Some(rpc),
-            Some(&mut version),
-        )
-        .await;
-        if !keep {
+        let relayed = forward(&parts, frames, out, Some(rpc), Some(&mut version), None).await;
+        if relayed == Relayed::ClientGone {
             return Err(());
         }
         Ok(session.map(|session| {
             backend.session_opened();
             Metrics::inc(&self.state.metrics.sessions_issued);
-            Arc::new(Link {
-                pool: Arc::clone(pool),
+            let link = Arc::new(Link {
                 backend,
                 session,
-                version,
+                version: version.unwrap_or_else(|| "2024-11-05".into()),
+                generation: 0,
+            });
+            Arc::new(Links {
+                pool: Arc::clone(pool),
+                init: jsonrpc::params_of(body).unwrap_or("").to_owned(),
+                current: watch::channel(link).0,
+                moving: Mutex::new(()),
             })
         }))
     }
 
-    /// One message on an open backend session. Returns false if the client is gone.
-    async fn call(&self, link: &Link, body: &Bytes, rpc: &Rpc, out: &Out, fwd: &Forwarded) -> bool {
-        let _load = link.backend.start_request();
-        let sent = self
-            .upstream
-            .send(
-                link.backend.addr,
-                post(body, Some(&link.session), link.version.as_deref(), fwd),
-            )
-            .await;
-        match sent {
-            Ok((parts, frames)) => {
-                let keep =
-                    forward(parts.status, &parts.headers, frames, out, Some(rpc), None).await;
-                if keep
-                    && matches!(rpc.method, Method::ToolsCall { .. })
-                    && parts.status.is_success()
-                {
-                    Metrics::inc(&self.state.metrics.tool_calls);
-                }
-                keep
-            }
-            Err(e) => {
-                if e.never_reached() {
-                    self.sessions.eject(&link.pool, &link.backend);
-                }
-                Metrics::inc(&self.state.metrics.upstream_errors);
-                tracing::warn!(backend = %link.backend.addr, error = %e, "legacy bridge: backend request failed");
-                out.error(Some(rpc), -32603, "backend unavailable").await;
-                true
-            }
+    /// Replaces a lost link (once, however many calls noticed the loss).
+    async fn move_link(&self, links: &Links, lost: &Link, fwd: &Forwarded) -> Result<(), Reject> {
+        let _moving = links.moving.lock().await;
+        if links.current.borrow().generation != lost.generation {
+            return Ok(()); // another call moved it already
         }
+        let (backend, session, version) = self
+            .sessions
+            .open_elsewhere(
+                &self.upstream,
+                &links.pool,
+                &links.init,
+                Some(&lost.backend.id),
+                fwd,
+            )
+            .await?;
+        tracing::info!(from = %lost.backend.id, to = %backend.id, "legacy session moved");
+        Metrics::inc(&self.state.metrics.failovers);
+        links.current.send_replace(Arc::new(Link {
+            backend,
+            session,
+            version,
+            generation: lost.generation + 1,
+        }));
+        Ok(())
     }
 
-    /// The backend's server-to-client stream (GET /mcp), if it offers one.
-    async fn listen(&self, link: &Link, out: &Out) {
+    /// One message on the session's backend, moving the session when that
+    /// backend is lost.
+    async fn call(&self, links: &Links, body: &Bytes, rpc: &Rpc, out: &Out, fwd: &Forwarded) {
+        let repeatable = replay::safe_to_repeat(&rpc.method, self.sessions.hints(&links.pool));
+        let learn = rpc.method == Method::ToolsList;
+        for _ in 0..2 * ATTEMPTS {
+            let link = Arc::clone(&links.current.borrow());
+            let _load = link.backend.start_request();
+            let sent = self
+                .upstream
+                .send(
+                    link.backend.addr,
+                    post(body, Some(&link.session), Some(&link.version), fwd),
+                )
+                .await;
+            let may_have_run = match sent {
+                // The backend does not know the session, or is draining: not run.
+                Ok((parts, frames)) if matches!(parts.status.as_u16(), 404 | 503) => {
+                    failover::read_messages(&parts.headers, frames).await;
+                    false
+                }
+                Ok((parts, frames)) => {
+                    let hints = learn.then(|| self.sessions.hints(&links.pool));
+                    match forward(&parts, frames, out, Some(rpc), None, hints).await {
+                        Relayed::Done => {
+                            if matches!(rpc.method, Method::ToolsCall { .. })
+                                && parts.status.is_success()
+                            {
+                                Metrics::inc(&self.state.metrics.tool_calls);
+                            }
+                            return;
+                        }
+                        Relayed::ClientGone => return,
+                        Relayed::Lost => true,
+                    }
+                }
+                Err(e) if e.never_reached() => {
+                    self.sessions.eject(&links.pool, &link.backend);
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %link.backend.id, error = %e, "legacy bridge: backend request failed");
+                    true
+                }
+            };
+            if may_have_run {
+                Metrics::inc(&self.state.metrics.upstream_errors);
+                if !repeatable {
+                    Metrics::inc(&self.state.metrics.outcome_unknown);
+                    out.reject(rpc, &Reject::OutcomeUnknown).await;
+                    return;
+                }
+            }
+            if let Err(r) = self.move_link(links, &link, fwd).await {
+                let code = if may_have_run {
+                    OUTCOME_UNKNOWN
+                } else {
+                    r.code()
+                };
+                out.error(Some(rpc), code, &r.to_string()).await;
+                return;
+            }
+        }
+        out.reject(rpc, &Reject::NoBackend).await;
+    }
+
+    /// The backend's server-to-client stream (GET /mcp), if it offers one,
+    /// opened again on the session's new backend when the session moves.
+    async fn listen(&self, links: &Links, out: &Out) {
+        let mut changes = links.current.subscribe();
         let fwd = Forwarded::default();
-        let sent = self
-            .upstream
-            .send(
-                link.backend.addr,
-                Outgoing {
-                    method: http::Method::GET,
-                    path: "/mcp",
-                    client_headers: None,
-                    session: Some(&link.session),
-                    protocol_version: link.version.as_deref(),
-                    accept: Some("text/event-stream"),
-                    content_type: None,
-                    body: Bytes::new(),
-                    forwarded: &fwd,
-                },
-            )
-            .await;
-        if let Ok((parts, frames)) = sent
-            && parts.status.is_success()
-        {
-            forward(parts.status, &parts.headers, frames, out, None, None).await;
+        loop {
+            let link = Arc::clone(&changes.borrow_and_update());
+            let sent = self
+                .upstream
+                .send(
+                    link.backend.addr,
+                    Outgoing {
+                        method: http::Method::GET,
+                        path: "/mcp",
+                        client_headers: None,
+                        session: Some(&link.session),
+                        protocol_version: Some(&link.version),
+                        accept: Some("text/event-stream"),
+                        content_type: None,
+                        body: Bytes::new(),
+                        forwarded: &fwd,
+                    },
+                )
+                .await;
+            if let Ok((parts, frames)) = sent
+                && parts.status.is_success()
+                && forward(&parts, frames, out, None, None, None).await == Relayed::ClientGone
+            {
+                return;
+            }
+            // Ended or refused: wait for the session to move (or the worker to end).
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
+}
+
+/// Where a legacy message goes.
+pub enum Located {
+    Here(String),
+    Elsewhere { owner: String },
 }
 
 fn post<'a>(
@@ -472,22 +665,22 @@ impl<'a> Reply<'a> {
 }
 
 /// Relays a backend answer (JSON or SSE) as `event: message` events.
-/// Returns false if the client can no longer take events.
 async fn forward(
-    status: http::StatusCode,
-    headers: &http::HeaderMap,
+    parts: &http::response::Parts,
     mut frames: Frames,
     out: &Out,
     rpc: Option<&Rpc>,
     mut version: Option<&mut Option<String>>,
-) -> bool {
-    if !upstream::is_event_stream(headers) {
+    hints: Option<&replay::ToolHints>,
+) -> Relayed {
+    let status = parts.status;
+    let answer_to = rpc.and_then(Rpc::id_text);
+    if !upstream::is_event_stream(&parts.headers) {
         let text = match frames.read_all(MAX_WHOLE_BODY).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "legacy bridge: backend answer unreadable");
-                out.error(rpc, -32603, "backend failed to answer").await;
-                return true;
+                return Relayed::Lost;
             }
         };
         if text.iter().all(u8::is_ascii_whitespace) {
@@ -495,7 +688,7 @@ async fn forward(
                 out.error(rpc, -32603, &format!("backend answered {status}"))
                     .await;
             }
-            return true;
+            return Relayed::Done;
         }
         let text = String::from_utf8_lossy(&text);
         return match Reply::read(&text) {
@@ -503,7 +696,14 @@ async fn forward(
                 if let Some(v) = version.as_deref_mut() {
                     *v = reply.protocol_version();
                 }
-                out.send(message(&text)).await
+                if let Some(h) = hints {
+                    h.learn(&text);
+                }
+                if out.send(message(&text)).await {
+                    Relayed::Done
+                } else {
+                    Relayed::ClientGone
+                }
             }
             _ => {
                 tracing::warn!(%status, "backend answered with something that is not JSON-RPC");
@@ -513,26 +713,32 @@ async fn forward(
                     &format!("backend sent an invalid response ({status})"),
                 )
                 .await;
-                true
+                Relayed::Done
             }
         };
     }
     let mut splitter = Splitter::new(MAX_EVENT);
     let mut events = Vec::new();
+    let mut answered = false;
     loop {
         let chunk = match frames.next().await {
             Ok(Some(c)) => c,
-            Ok(None) => return true,
+            // A stream that ended before the answer to a request lost it.
+            Ok(None) if answer_to.is_some() && !answered => return Relayed::Lost,
+            Ok(None) => return Relayed::Done,
             Err(e) => {
                 tracing::warn!(error = %e, "legacy bridge: backend stream failed");
-                out.error(rpc, -32603, "backend failed mid-response").await;
-                return true;
+                return if answered {
+                    Relayed::Done
+                } else {
+                    Relayed::Lost
+                };
             }
         };
         events.clear();
         if let Err(e) = splitter.push_into(&chunk, &mut events) {
             tracing::warn!(error = %e, "legacy bridge: dropping the backend stream");
-            return true;
+            return Relayed::Lost;
         }
         for ev in &events {
             if !matches!(ev.event_type().as_deref(), None | Some("message")) {
@@ -549,9 +755,22 @@ async fn forward(
             if let (Some(v), Some(found)) = (version.as_deref_mut(), reply.protocol_version()) {
                 *v = Some(found);
             }
-            if !out.send(message(&data)).await {
-                return false;
+            if let Some(id) = answer_to
+                && jsonrpc::answers(&data, id)
+            {
+                answered = true;
+                if let Some(h) = hints {
+                    h.learn(&data);
+                }
             }
+            if !out.send(message(&data)).await {
+                return Relayed::ClientGone;
+            }
+        }
+        if answered {
+            // Like a POST's stream: done once the answer went by.
+            relay::drain(frames);
+            return Relayed::Done;
         }
     }
 }

@@ -252,6 +252,19 @@ pub fn answers(data: &str, id: &str) -> bool {
     })
 }
 
+/// The `params` of a single message, as JSON text (for sealing `initialize`).
+pub fn params_of(body: &[u8]) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<Params>(body)
+        .ok()?
+        .params
+        .map(RawValue::get)
+}
+
 /// A JSON-RPC error response body.
 pub fn error_body(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
     #[derive(serde::Serialize)]

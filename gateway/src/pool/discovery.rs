@@ -4,18 +4,17 @@
 //! `ServiceDiscovery` and publishes the same membership to the pool's table.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::lb::Backend;
 use pingora::lb::discovery::ServiceDiscovery;
 
-use super::MemberTable;
 use super::supervisor::Supervisor;
+use super::{Member, MemberTable};
 
 pub enum Source {
-    Static(Vec<(SocketAddr, u32)>),
+    Static(Vec<Member>),
     Dns { name: String, port: u16 },
     Managed(Arc<Supervisor>),
 }
@@ -26,12 +25,12 @@ pub struct PoolDiscovery {
 }
 
 impl PoolDiscovery {
-    async fn addrs(&self) -> pingora::Result<Vec<(SocketAddr, u32)>> {
+    async fn members(&self) -> pingora::Result<Vec<Member>> {
         Ok(match &self.source {
             Source::Static(list) => list.clone(),
             Source::Dns { name, port } => {
                 match tokio::net::lookup_host((name.as_str(), *port)).await {
-                    Ok(found) => found.map(|a| (a, 1)).collect(),
+                    Ok(found) => found.map(|a| Member::at(a, 1)).collect(),
                     Err(e) => {
                         tracing::warn!(%name, error = %e, "DNS discovery failed; keeping the last members");
                         return pingora::Error::e_explain(
@@ -41,7 +40,7 @@ impl PoolDiscovery {
                     }
                 }
             }
-            Source::Managed(supervisor) => supervisor.addrs().into_iter().map(|a| (a, 1)).collect(),
+            Source::Managed(supervisor) => supervisor.members(),
         })
     }
 }
@@ -49,15 +48,15 @@ impl PoolDiscovery {
 #[async_trait]
 impl ServiceDiscovery for PoolDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let addrs = self.addrs().await?;
-        let members = self.members.sync(&addrs);
+        let found = self.members().await?;
+        let members = self.members.sync(&found);
         let set = members.list.iter().map(|m| m.backend.clone()).collect();
         Ok((set, HashMap::new()))
     }
 }
 
 /// Parses `host:port` entries, resolving names once (static lists).
-pub fn resolve_static(entries: &[String]) -> anyhow::Result<Vec<(SocketAddr, u32)>> {
+pub fn resolve_static(entries: &[String]) -> anyhow::Result<Vec<Member>> {
     use std::net::ToSocketAddrs;
     let mut out = Vec::new();
     for entry in entries {
@@ -69,7 +68,7 @@ pub fn resolve_static(entries: &[String]) -> anyhow::Result<Vec<(SocketAddr, u32
             .to_socket_addrs()
             .map_err(|e| anyhow::anyhow!("backend '{addr}': {e}"))?;
         for a in resolved {
-            out.push((a, weight));
+            out.push(Member::at(a, weight));
         }
     }
     Ok(out)

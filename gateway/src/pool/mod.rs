@@ -22,8 +22,37 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 
+/// One member as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Stable identity: the managed slot ("registry-0"), else the address.
+    /// Sessions are pinned to it, so a slot restarted on a new port keeps
+    /// its name.
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl Member {
+    /// A member known only by its address (static lists, DNS).
+    pub fn at(addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            id: addr.to_string(),
+            addr,
+            weight,
+        }
+    }
+}
+
+/// Departed members kept routable for the sessions they hold (at most this many …
+const MAX_DEPARTED: usize = 64;
+/// … for at most this long).
+const DEPARTED_FOR_MS: u64 = 3600 * 1000;
+
 /// What the gateway knows about one backend beyond pingora's health.
 pub struct BackendState {
+    /// Stable identity (see [`Member::id`]).
+    pub id: String,
     pub addr: SocketAddr,
     pub backend: Backend,
     pub weight: u32,
@@ -44,13 +73,15 @@ fn now_ms() -> u64 {
 }
 
 impl BackendState {
-    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+    pub fn new(member: &Member) -> Self {
+        let (addr, weight) = (member.addr, member.weight);
         let backend = Backend {
             addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
             weight: weight.max(1) as usize,
             ext: Default::default(),
         };
         Self {
+            id: member.id.clone(),
             addr,
             backend,
             weight: weight.max(1),
@@ -122,11 +153,22 @@ impl Drop for LoadGuard {
     }
 }
 
-/// The current members of a pool, replaced whole on every membership change.
+/// The current members of a pool, replaced whole on every membership change,
+/// and the members that left recently: no new work goes to those, but the
+/// sessions they hold still reach them until the sessions move or the
+/// member stops answering (bounded: [`MAX_DEPARTED`], [`DEPARTED_FOR_MS`]).
 #[derive(Default)]
 pub struct Members {
     pub list: Vec<Arc<BackendState>>,
+    by_id: HashMap<String, Arc<BackendState>>,
     by_addr: HashMap<SocketAddr, Arc<BackendState>>,
+    departed: Vec<(Arc<BackendState>, u64)>,
+}
+
+impl Members {
+    pub fn departed(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.departed.iter().map(|(b, _)| b)
+    }
 }
 
 #[derive(Default)]
@@ -137,24 +179,48 @@ impl MemberTable {
         self.0.load()
     }
 
-    /// Publishes `addrs` as the membership, keeping state of those that stay.
-    pub fn sync(&self, addrs: &[(SocketAddr, u32)]) -> Arc<Members> {
+    /// Publishes `members` as the membership, keeping the state of those
+    /// that stay (same identity, address and weight).
+    pub fn sync(&self, members: &[Member]) -> Arc<Members> {
         let old = self.0.load_full();
-        let mut members = Members::default();
-        for (addr, weight) in addrs {
-            if members.by_addr.contains_key(addr) {
+        let now = now_ms();
+        let mut next = Members::default();
+        for m in members {
+            if next.by_id.contains_key(&m.id) {
                 continue;
             }
-            let state = match old.by_addr.get(addr) {
-                Some(s) if s.weight == (*weight).max(1) => Arc::clone(s),
-                _ => Arc::new(BackendState::new(*addr, *weight)),
+            let state = match old.by_id.get(&m.id) {
+                Some(s) if s.addr == m.addr && s.weight == m.weight.max(1) => Arc::clone(s),
+                _ => Arc::new(BackendState::new(m)),
             };
-            members.by_addr.insert(*addr, Arc::clone(&state));
-            members.list.push(state);
+            next.by_id.insert(m.id.clone(), Arc::clone(&state));
+            next.by_addr.insert(m.addr, Arc::clone(&state));
+            next.list.push(state);
         }
-        let members = Arc::new(members);
-        self.0.store(Arc::clone(&members));
-        members
+        // Who left (and who had left before) stays reachable for its sessions, bounded.
+        let left = old
+            .list
+            .iter()
+            .filter(|s| !next.by_id.contains_key(&s.id))
+            .map(|s| (Arc::clone(s), now));
+        let earlier = old
+            .departed
+            .iter()
+            .filter(|(s, at)| {
+                now.saturating_sub(*at) < DEPARTED_FOR_MS && !next.by_id.contains_key(&s.id)
+            })
+            .map(|(s, at)| (Arc::clone(s), *at));
+        let mut departed: Vec<_> = left.chain(earlier).collect();
+        departed.truncate(MAX_DEPARTED);
+        for (s, _) in &departed {
+            next.by_id
+                .entry(s.id.clone())
+                .or_insert_with(|| Arc::clone(s));
+        }
+        next.departed = departed;
+        let next = Arc::new(next);
+        self.0.store(Arc::clone(&next));
+        next
     }
 }
 
@@ -166,6 +232,8 @@ pub struct Pool {
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub members: Arc<MemberTable>,
     pub eject_for: Duration,
+    /// The supervisor of a managed pool (for rollouts).
+    pub supervisor: Option<Arc<supervisor::Supervisor>>,
 }
 
 thread_local! {
@@ -199,8 +267,24 @@ impl Pool {
 
     /// Least-loaded choice by the power of two random choices, weighted.
     pub fn pick(&self) -> Option<Arc<BackendState>> {
+        self.pick_except(None)
+    }
+
+    /// As [`Pool::pick`], avoiding `except` (a backend that just failed) when
+    /// there is any other choice.
+    pub fn pick_except(&self, except: Option<&str>) -> Option<Arc<BackendState>> {
         let members = self.members.load();
-        let list = &members.list;
+        let avoid = |s: &BackendState| except.is_some_and(|id| id == s.id);
+        if except.is_some() && members.list.len() > 1 {
+            let others: Vec<_> = members.list.iter().filter(|s| !avoid(s)).cloned().collect();
+            if others.iter().any(|s| self.accepts_new(s)) {
+                return self.pick_from(&others);
+            }
+        }
+        self.pick_from(&members.list)
+    }
+
+    fn pick_from(&self, list: &[Arc<BackendState>]) -> Option<Arc<BackendState>> {
         match list.len() {
             0 => return None,
             1 => return list.first().filter(|s| self.accepts_new(s)).cloned(),
@@ -226,8 +310,14 @@ impl Pool {
             .cloned()
     }
 
-    /// The member at `addr`, if it is still in the pool.
-    pub fn member(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
+    /// The member with this identity: a current one, or one that left
+    /// recently (it may still hold sessions).
+    pub fn member(&self, id: &str) -> Option<Arc<BackendState>> {
+        self.members.load().by_id.get(id).cloned()
+    }
+
+    /// The current member at `addr` (for the admin API).
+    pub fn member_at(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
         self.members.load().by_addr.get(addr).cloned()
     }
 
@@ -243,19 +333,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sync_keeps_state_of_members_that_stay() {
+    fn sync_keeps_state_of_members_that_stay_and_remembers_who_left() {
         let table = MemberTable::default();
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let first = table.sync(&[(a, 1), (b, 1)]);
+        let a = Member::at("127.0.0.1:1".parse().unwrap(), 1);
+        let b = Member::at("127.0.0.1:2".parse().unwrap(), 1);
+        let first = table.sync(&[a.clone(), b.clone()]);
         first.list[0].set_disabled(true);
-        let second = table.sync(&[(a, 1)]);
+        let second = table.sync(std::slice::from_ref(&a));
         assert_eq!(second.list.len(), 1);
         assert!(second.list[0].is_disabled(), "state survived the resync");
         assert!(
-            !table.load().by_addr.contains_key(&b),
-            "removed member is gone"
+            !second.by_addr.contains_key(&b.addr),
+            "no new work for who left"
         );
+        assert!(
+            second.by_id.contains_key(&b.id),
+            "but its sessions still find it"
+        );
+        let third = table.sync(&[a.clone(), b.clone()]);
+        assert_eq!(third.departed().count(), 0, "back as a member");
+    }
+
+    #[test]
+    fn a_restarted_slot_keeps_its_identity_on_a_new_address() {
+        let table = MemberTable::default();
+        let old = Member {
+            id: "registry-0".into(),
+            addr: "127.0.0.1:1000".parse().unwrap(),
+            weight: 1,
+        };
+        table.sync(std::slice::from_ref(&old));
+        let new = Member {
+            addr: "127.0.0.1:2000".parse().unwrap(),
+            ..old
+        };
+        let now = table.sync(std::slice::from_ref(&new));
+        assert_eq!(now.by_id["registry-0"].addr, new.addr);
+        assert_eq!(now.list.len(), 1);
+    }
+
+    #[test]
+    fn departed_members_are_bounded() {
+        let table = MemberTable::default();
+        for i in 0..(MAX_DEPARTED as u16 + 10) {
+            table.sync(&[Member::at(SocketAddr::from(([127, 0, 0, 1], 1000 + i)), 1)]);
+        }
+        assert!(table.load().departed().count() <= MAX_DEPARTED);
     }
 
     #[test]

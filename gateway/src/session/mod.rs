@@ -1,24 +1,37 @@
 //! The session layer: both transports come here, never to each other.
 //! It maps a path to a pool, picks a backend for a new session or a
 //! sessionless request, pins a backend session by sealing it into the id the
-//! client sees, opens that id again on later requests, and takes a backend
-//! that refused a connection out of rotation for a while.
+//! client sees, opens that id again on later requests, takes a backend that
+//! refused a connection out of rotation for a while, and moves a session to
+//! another backend when its own is gone ([`failover`]).
+
+pub mod failover;
+pub mod rebind;
+pub mod replay;
 
 use std::sync::Arc;
 
 use crate::policy::edge::{self, Endpoint};
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
-use crate::token::TokenSealer;
+use crate::token::{SessionRef, TokenSealer};
+use rebind::{NonceTable, Rebinds, Rebound};
+use replay::ToolHints;
 
-/// Backends tried for one request that may go anywhere (a new session or a
-/// sessionless request) when each refuses the connection.
+/// Backends tried for one request that may go anywhere (a new session, a
+/// sessionless request, a session being moved) when each refuses.
 pub const ATTEMPTS: usize = 3;
+/// Most sessions one replica remembers having moved.
+const MAX_REBINDS: usize = 100_000;
 
 /// A request's session, once its id has been opened.
 #[derive(Clone)]
 pub struct Pinned {
-    pub backend: Arc<BackendState>,
+    /// What the client's id says (its nonce keys the rebind table).
+    pub sref: SessionRef,
+    /// Where the session lives now; `None` when that backend has left the
+    /// pool for good (the session must move before anything is sent).
+    pub backend: Option<Arc<BackendState>>,
     /// The backend's own session id (never shown to the client).
     pub backend_session: String,
 }
@@ -27,16 +40,43 @@ pub struct Sessions {
     /// Longest prefix first, so "/a/b" wins over "/a".
     pools: Vec<Arc<Pool>>,
     sealer: TokenSealer,
+    rebinds: Rebinds,
+    /// Sessions their clients ended here (DELETE): never moved back to life.
+    ended: NonceTable<()>,
+    /// Tool hints per pool, by `Pool::index`.
+    hints: Vec<ToolHints>,
 }
 
 impl Sessions {
     pub fn new(mut pools: Vec<Arc<Pool>>, sealer: TokenSealer) -> Self {
+        let hints = (0..pools.len()).map(|_| ToolHints::default()).collect();
         pools.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
-        Self { pools, sealer }
+        let max_age = sealer.max_age().as_secs();
+        Self {
+            pools,
+            sealer,
+            rebinds: Rebinds::new(MAX_REBINDS, max_age),
+            ended: NonceTable::new(MAX_REBINDS, max_age),
+            hints,
+        }
     }
 
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
+    }
+
+    pub fn sealer(&self) -> &TokenSealer {
+        &self.sealer
+    }
+
+    /// How many sessions this replica has moved and still remembers.
+    pub fn moved_sessions(&self) -> usize {
+        self.rebinds.len()
+    }
+
+    /// Which tools of a pool are safe to call twice.
+    pub fn hints(&self, pool: &Pool) -> &ToolHints {
+        &self.hints[pool.index as usize]
     }
 
     /// Which pool and endpoint a path names.
@@ -50,24 +90,42 @@ impl Sessions {
             .ok_or(Reject::NoRoute)
     }
 
-    /// Opens a client's session id: the backend it is pinned to must still
-    /// be a member of the pool the request came to.
-    pub fn open(&self, pool: &Pool, token: &str) -> Result<Pinned, Reject> {
-        let opened = self
+    /// Opens a client's session id. A session this replica moved is found
+    /// where it lives now; one whose backend is gone for good comes back with
+    /// `backend: None`, to be moved before it is used.
+    pub fn open(&self, pool: &Pool, token: &str, principal: &str) -> Result<Pinned, Reject> {
+        let sref = self
             .sealer
             .open(token)
             .map_err(|e| Reject::UnknownSession(e.to_string()))?;
-        if opened.pool != pool.index {
+        if sref.pool != pool.index {
             return Err(Reject::UnknownSession(
                 "the session belongs to another route".into(),
             ));
         }
-        let backend = pool
-            .member(&opened.backend)
-            .ok_or_else(|| Reject::UnknownSession("the session's backend is gone".into()))?;
+        if self.ended.contains(&sref.nonce) {
+            return Err(Reject::UnknownSession("the session was ended".into()));
+        }
+        if sref.principal != principal {
+            // Session ids are not credentials: another principal's id is unknown here.
+            return Err(Reject::UnknownSession(
+                "not a session of these credentials".into(),
+            ));
+        }
+        let (backend_id, backend_session) = match self.rebinds.get(&sref.nonce) {
+            Some(moved) => (moved.backend, moved.backend_session),
+            None => (sref.backend.clone(), sref.backend_session.clone()),
+        };
+        let backend = pool.member(&backend_id);
+        if backend.is_none() && sref.init.is_empty() {
+            return Err(Reject::UnknownSession(
+                "the session's backend is gone".into(),
+            ));
+        }
         Ok(Pinned {
+            sref,
             backend,
-            backend_session: opened.backend_session,
+            backend_session,
         })
     }
 
@@ -82,17 +140,37 @@ impl Sessions {
         pool: &Pool,
         backend: &BackendState,
         backend_session: &str,
+        principal: &str,
+        init: &str,
     ) -> Option<String> {
-        let token = self
-            .sealer
-            .issue(pool.index, backend.addr, backend_session)?;
+        let (token, _) =
+            self.sealer
+                .issue(pool.index, &backend.id, backend_session, principal, init)?;
         backend.session_opened();
         Some(token)
+    }
+
+    /// The client ended the session (DELETE): forget where it was moved, and
+    /// never bring it back.
+    pub fn forget(&self, pinned: &Pinned) {
+        self.rebinds.remove(&pinned.sref.nonce);
+        self.ended.insert(pinned.sref.nonce, ());
+    }
+
+    /// Records where a moved session lives now.
+    fn rebind(&self, pinned: &Pinned, backend: &str, backend_session: &str) {
+        self.rebinds.insert(
+            pinned.sref.nonce,
+            Rebound {
+                backend: backend.to_owned(),
+                backend_session: backend_session.to_owned(),
+            },
+        );
     }
 
     /// A backend refused a connection: no new work for it for a while.
     pub fn eject(&self, pool: &Pool, backend: &BackendState) {
         backend.eject(pool.eject_for);
-        tracing::warn!(pool = %pool.name, backend = %backend.addr, "backend refused a connection; ejected");
+        tracing::warn!(pool = %pool.name, backend = %backend.id, addr = %backend.addr, "backend refused a connection; ejected");
     }
 }

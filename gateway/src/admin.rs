@@ -81,6 +81,7 @@ impl Admin {
             ("mcp_gateway_upstream_errors_total", &m.upstream_errors),
             ("mcp_gateway_failovers_total", &m.failovers),
             ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
+            ("mcp_gateway_legacy_relayed_total", &m.legacy_relayed),
         ];
         for (name, c) in counters {
             let _ = writeln!(
@@ -201,6 +202,11 @@ impl ServeHttp for Admin {
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
         match (req.method.as_str(), path.as_str()) {
+            // Readiness: 503 from the moment the gateway is told to stop, so
+            // balancers move new connections away before its listeners close.
+            ("GET", "/health") if self.gw.state.is_draining() => {
+                json_reply(503, json!({"status": "draining"}))
+            }
             ("GET", "/health") => json_reply(200, json!({"status": "ok"})),
             ("GET", "/metrics") => reply(
                 200,

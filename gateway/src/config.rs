@@ -294,10 +294,13 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     #[serde(default)]
     pub threads: Option<usize>,
-    /// Seconds pingora waits after SIGTERM before closing listeners, then
-    /// how long it lets in-flight requests finish.
+    /// Seconds between SIGTERM/SIGQUIT and closing the listeners, while the
+    /// gateway drains (admin /health 503, every answer closes its
+    /// connection). Longer than your balancer's health-check interval.
     #[serde(default)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds requests in flight (open streams too) may run once the
+    /// listeners are closed (default 10).
     #[serde(default)]
     pub shutdown_timeout_secs: Option<u64>,
     /// Unix socket a new gateway (started with --upgrade) takes the listening
@@ -328,6 +331,11 @@ mod duration {
 }
 
 impl Config {
+    /// How long the gateway drains before its listeners close (default 2 s).
+    pub fn drain_secs(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs.unwrap_or(2))
+    }
+
     /// Reads the file (if any) and applies the command line on top.
     pub fn load(cli: &Cli) -> Result<Self> {
         let mut config: Config = match &cli.config {

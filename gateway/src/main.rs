@@ -157,8 +157,10 @@ fn main() -> Result<()> {
 
     let mut conf = ServerConf::new().context("pingora defaults")?;
     conf.threads = config.threads.unwrap_or(2);
-    conf.grace_period_seconds = Some(config.shutdown_grace_secs.unwrap_or(1));
-    conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_timeout_secs.unwrap_or(10));
+    // After the drain (DrainingSignals) pingora closes the listeners, then
+    // lets requests in flight (open streams too) run this long, then stops.
+    conf.grace_period_seconds = Some(config.shutdown_timeout_secs.unwrap_or(10));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
     conf.max_retries = 3;
     if let Some(sock) = &config.upgrade_sock {
         conf.upgrade_sock = sock.to_string_lossy().into_owned();
@@ -219,7 +221,12 @@ fn main() -> Result<()> {
     }
     server.add_service(proxy);
     if let Some(addr) = config.listen.admin {
-        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin { gw }));
+        let mut admin = Service::new(
+            "admin".to_string(),
+            HttpServer::new_app(Admin {
+                gw: Arc::clone(&gw),
+            }),
+        );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
         banner.push(format!(
@@ -230,5 +237,11 @@ fn main() -> Result<()> {
     for line in &banner {
         println!("  {line}");
     }
-    server.run_forever();
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(mcp_gateway::app::DrainingSignals {
+            gw,
+            drain_for: config.drain_secs(),
+        }),
+    });
+    std::process::exit(0)
 }

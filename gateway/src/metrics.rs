@@ -63,6 +63,8 @@ pub struct Metrics {
     pub failovers: AtomicU64,
     /// Requests answered "outcome unknown" (not safe to repeat after a backend loss).
     pub outcome_unknown: AtomicU64,
+    /// Legacy messages relayed to the replica holding their stream.
+    pub legacy_relayed: AtomicU64,
     rejected: [AtomicU64; Reason::ALL.len()],
 }
 

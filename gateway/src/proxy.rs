@@ -35,8 +35,8 @@ use crate::streamable::{Admitted, Served};
 use crate::upstream::{Forwarded, SESSION_HEADER};
 
 /// Per-request state: what the steps learned, and the guards to return.
-#[derive(Default)]
 pub struct Ctx {
+    started: std::time::Instant,
     slot: Option<Slot>,
     rpc: Option<Rpc>,
     served: Option<Served>,
@@ -219,7 +219,12 @@ impl ProxyHttp for McpProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            started: std::time::Instant::now(),
+            slot: None,
+            rpc: None,
+            served: None,
+        }
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
@@ -230,6 +235,11 @@ impl ProxyHttp for McpProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         Metrics::inc(&self.gw.state.metrics.requests);
         session.set_read_timeout(Some(self.gw.state.limits.idle_timeout));
+        if self.gw.state.is_draining() {
+            // Stopping: this connection closes after its answer, so the
+            // client's next request opens a new one elsewhere.
+            session.set_keepalive(None);
+        }
         let outcome = match self.admit(session, ctx).await {
             Ok(route) => self.dispatch(session, ctx, route).await,
             Err(reject) => Err(Failure::Reject(reject)),
@@ -293,7 +303,9 @@ impl ProxyHttp for McpProxy {
             tracing::debug!(
                 status,
                 rpc = method,
-                backend = ?ctx.served.as_ref().map(|s| s.backend.addr),
+                id = ctx.rpc.as_ref().and_then(|r| r.id_text()).unwrap_or("-"),
+                backend = ?ctx.served.as_ref().map(|s| s.backend.id.as_str()),
+                ms = ctx.started.elapsed().as_millis() as u64,
                 "request"
             );
         }

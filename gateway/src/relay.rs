@@ -28,6 +28,7 @@ use pingora::proxy::Session;
 
 use crate::policy::jsonrpc;
 use crate::reject::Reject;
+use crate::state::Phase;
 use crate::upstream::{Frames, UpstreamError};
 
 /// Largest single SSE event taken from a backend.
@@ -67,6 +68,8 @@ pub struct Downstream<'a> {
     pub session: &'a mut Session,
     pub write_timeout: Duration,
     pub keepalive: Duration,
+    /// The gateway's phase: server streams end cleanly when it closes.
+    pub phase: tokio::sync::watch::Receiver<Phase>,
 }
 
 impl<'a> Downstream<'a> {
@@ -75,6 +78,7 @@ impl<'a> Downstream<'a> {
             session,
             write_timeout: state.limits.write_timeout,
             keepalive: state.limits.sse_keepalive,
+            phase: state.phases(),
         }
     }
 
@@ -224,6 +228,13 @@ fn gather(
     Ok(())
 }
 
+/// Resolves when the gateway starts closing (never, if the watch is gone).
+async fn closing(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Reads a backend stream to its end after the client's response is done,
 /// so the backend connection goes back to the pool; bounded in time.
 pub fn drain(mut frames: Frames) {
@@ -268,12 +279,16 @@ impl Downstream<'_> {
 /// `answer_to` (a `GET` stream) the header goes out at once.
 ///
 /// `head` is `None` when the client's stream is already open (continuing it
-/// from another backend after a failover).
+/// from another backend after a failover). A `server_stream` (`GET /mcp`)
+/// is never ended here: when the backend ends it, the relay reports the
+/// backend lost with the client's stream still open, for the caller to
+/// continue it.
 pub async fn relay_events(
     down: &mut Downstream<'_>,
     head: Option<ResponseHeader>,
     mut frames: Frames,
     answer_to: Option<&str>,
+    server_stream: bool,
     inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Seen, Failure> {
     let mut splitter = Splitter::new(MAX_EVENT);
@@ -281,7 +296,7 @@ pub async fn relay_events(
     let mut out = BytesMut::new();
     // The response header, until it is sent.
     let mut head = head;
-    if answer_to.is_none()
+    if (server_stream || answer_to.is_none())
         && let Some(h) = head.take()
     {
         down.open_stream(h).await?;
@@ -294,6 +309,15 @@ pub async fn relay_events(
         // Wait for bytes, a quiet interval (stream open) or the end of the hold (header held).
         let first = tokio::select! {
             biased;
+            _ = closing(&mut down.phase), if server_stream && head.is_none() => {
+                // The gateway is going away: end the stream cleanly so the
+                // client reopens it (on another replica).
+                if !out.is_empty() {
+                    down.write(Some(out.split().freeze()), false).await?;
+                }
+                down.write(None, true).await?;
+                return Ok(seen);
+            }
             next = frames.next() => next,
             _ = keepalive.tick(), if head.is_none() => {
                 down.write(Some(Bytes::from_static(mcp_sse::KEEPALIVE)), false).await?;
@@ -358,6 +382,16 @@ pub async fn relay_events(
                 None => break false,
             }
         };
+        if ended && server_stream {
+            if let Some(h) = head.take() {
+                down.open_stream(h).await?;
+            }
+            if !out.is_empty() {
+                down.write(Some(out.split().freeze()), false).await?;
+            }
+            tracing::debug!("the backend ended a server stream");
+            return Err(Failure::BackendLost { open: true });
+        }
         if ended {
             if !seen.answered && answer_to.is_some() {
                 // The backend closed a POST's stream without its answer.

@@ -15,6 +15,19 @@ pub struct State {
     pub metrics: Metrics,
     inflight: AtomicUsize,
     buffered: AtomicUsize,
+    /// Serving → draining (SIGTERM or SIGQUIT arrived: answers say
+    /// `Connection: close`, so clients move their next requests to new
+    /// connections — another replica, or the new process of an upgrade) →
+    /// closing (the listeners are closed: server streams end cleanly, so
+    /// clients reopen them elsewhere).
+    phase: tokio::sync::watch::Sender<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    Draining,
+    Closing,
 }
 
 /// One unit of the in-flight budget, returned on drop.
@@ -58,7 +71,27 @@ impl State {
             metrics: Metrics::default(),
             inflight: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
+            phase: tokio::sync::watch::channel(Phase::Serving).0,
         })
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_if_modified(|p| {
+            let later = phase > *p;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.phase.borrow() >= Phase::Draining
+    }
+
+    /// Follows the phase (server streams end when it reaches `Closing`).
+    pub fn phases(&self) -> tokio::sync::watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 
     /// Takes a unit of the in-flight budget, or says the gateway is full.

@@ -277,13 +277,21 @@ impl Exchange<'_> {
                     hints.learn(&d);
                 }
             };
-            relay::relay_events(&mut down, head, frames, answer_to, &mut inspect)
-                .await
-                .map(|seen| {
-                    if let Some(rest) = seen.rest {
-                        relay::drain(rest);
-                    }
-                })
+            let server_stream = self.method == http::Method::GET;
+            relay::relay_events(
+                &mut down,
+                head,
+                frames,
+                answer_to,
+                server_stream,
+                &mut inspect,
+            )
+            .await
+            .map(|seen| {
+                if let Some(rest) = seen.rest {
+                    relay::drain(rest);
+                }
+            })
         } else {
             match head {
                 Some(head) => {
@@ -299,10 +307,9 @@ impl Exchange<'_> {
             }
         };
         match relayed {
-            Ok(()) if self.method == http::Method::GET => {
-                // The backend ended the client's server stream: open it again.
-                self.open = true;
-                Ok(Step::Again)
+            Ok(()) if self.method == http::Method::GET && self.open => {
+                // A JSON answer ended a reopened server stream: nothing more to do.
+                Ok(Step::Done)
             }
             Ok(()) => {
                 if let Some(Rpc {
@@ -313,6 +320,12 @@ impl Exchange<'_> {
                     Metrics::inc(&self.t.state.metrics.tool_calls);
                 }
                 Ok(Step::Done)
+            }
+            Err(Failure::BackendLost { open }) if self.method == http::Method::GET => {
+                // The server stream ended or broke: open it again (a dead
+                // backend or a forgotten session shows on the next attempt).
+                self.open |= open;
+                Ok(Step::Again)
             }
             Err(Failure::BackendLost { open }) => {
                 self.open |= open;

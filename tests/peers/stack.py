@@ -91,6 +91,8 @@ class Stack:
             self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
             conf = tmp / "gateway.toml"
             conf.write_text(f"""
+shutdown_grace_secs = 0
+shutdown_timeout_secs = 1
 [listen]
 http = "127.0.0.1:{self.http_port}"
 https = "127.0.0.1:{self.https_port}"

@@ -114,12 +114,16 @@ class Backend:
 
 class Gateway:
     def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY,
-                 pool=None, expect_backends=None, sessions="", pool_options='health_interval = "300ms"'):
+                 pool=None, expect_backends=None, sessions="", pool_options='health_interval = "300ms"',
+                 extra_config="", http_port=None):
         self.tls_dir = tmp / "tls"
         backend_list = ", ".join(f'"{b}"' for b in backends)
         for attempt in range(4):
-            self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
-            config = f"""
+            self.http_port, self.https_port, self.admin_port = http_port or free_port(), free_port(), free_port()
+            # tests stop gateways often: no drain, a second for requests in flight,
+            # unless the test asks for more
+            stop = "" if "shutdown_grace_secs" in extra_config else "shutdown_grace_secs = 0\nshutdown_timeout_secs = 1\n"
+            config = f"""{stop}{extra_config}
 [listen]
 http = "127.0.0.1:{self.http_port}"
 https = "127.0.0.1:{self.https_port}"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 
 import httpx2
 from mcp import ClientSession
@@ -97,6 +98,39 @@ def test_sdk_sessions_of_both_transports_survive_their_backend(tmp_path):
         asyncio.run(main())
         assert len(sent_ids) == 1, f"the Streamable HTTP session changed its id: {sent_ids}"
         assert metric(gw, "mcp_gateway_failovers_total") >= 2
+    finally:
+        gw.proc.stop()
+        for b in backends:
+            b.proc.stop()
+
+
+def test_a_server_stream_stays_open_while_its_backend_is_replaced(tmp_path):
+    import socket
+    backends = [Backend(tmp_path / "g.db", f"get-{i}") for i in range(2)]
+    gw = Gateway(tmp_path, "get-move", [b.addr for b in backends])
+    try:
+        with httpx2.Client(timeout=10) as c:
+            sid, instance = initialize(c, f"{gw.http}/mcp")
+        s = socket.create_connection(("127.0.0.1", gw.http_port))
+        s.sendall(f"GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n"
+                  "Mcp-Protocol-Version: 2025-06-18\r\n\r\n".encode())
+        s.settimeout(10)
+        buf = s.recv(4096)
+        assert buf.startswith(b"HTTP/1.1 200"), buf
+        next(b for b in backends if b.instance == instance).proc.p.kill()
+        # the client's stream lives on: keep-alives keep coming, it never ends
+        seen = buf.count(b": keepalive")
+        deadline = time.monotonic() + 10
+        while buf.count(b": keepalive") < seen + 3 and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            assert chunk, "the gateway closed the client's stream"
+            buf += chunk
+        assert buf.count(b": keepalive") >= seen + 3
+        assert b"\r\n0\r\n\r\n" not in buf, "the stream must not end"
+        s.close()
+        # and the session moved, for the next request too
+        with httpx2.Client(timeout=10) as c:
+            assert instance_of(c, f"{gw.http}/mcp", sid) != instance
     finally:
         gw.proc.stop()
         for b in backends:

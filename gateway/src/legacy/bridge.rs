@@ -299,7 +299,10 @@ impl Bridge {
             Ok((parts, mut frames)) => {
                 let _ = frames.read_all(64 * 1024).await;
                 match parts.status.as_u16() {
-                    s @ 200..=299 => Ok(s),
+                    s @ 200..=299 => {
+                        Metrics::inc(&self.state.metrics.legacy_relayed);
+                        Ok(s)
+                    }
                     404 => Err(Reject::UnknownLegacySession),
                     503 => Err(Reject::SessionBusy),
                     _ => Err(Reject::BadGateway),

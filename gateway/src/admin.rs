@@ -18,6 +18,48 @@ use crate::policy::edge;
 
 pub struct Admin {
     pub gw: Arc<Gateway>,
+    /// The bearer token every admin request must carry (`[admin] token_env`).
+    pub token: Option<String>,
+}
+
+impl Admin {
+    /// Who may use the admin API: the token holder when one is configured;
+    /// without one (loopback only), anything but a browser — a state change
+    /// carrying `Origin` or `Sec-Fetch-Site` is a cross-site request (CSRF).
+    /// Returns the refusal to send, if any.
+    fn refusal(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
+        if let Some(token) = &self.token {
+            let presented = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let ok: bool =
+                subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
+            if !ok {
+                let mut r = json_reply(
+                    401,
+                    json!({"error": "the admin API needs its bearer token"}),
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"mcp-gateway admin\""),
+                );
+                return Some(r);
+            }
+            return None;
+        }
+        let from_browser = req.headers.contains_key(http::header::ORIGIN)
+            || req.headers.contains_key("sec-fetch-site");
+        if req.method != http::Method::GET && from_browser {
+            return Some(json_reply(
+                403,
+                json!({"error": "state changes are not taken from web pages"}),
+            ));
+        }
+        None
+    }
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -114,6 +156,11 @@ impl Admin {
             "# TYPE mcp_gateway_legacy_sessions gauge\nmcp_gateway_legacy_sessions {}",
             self.gw.legacy.table.len()
         );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_rate_limit_keys gauge\nmcp_gateway_rate_limit_keys {}",
+            self.gw.guard().limits.keys()
+        );
         let _ = writeln!(out, "# TYPE mcp_gateway_backend_inflight gauge");
         for pool in self.gw.sessions.pools() {
             for b in &pool.members.load().list {
@@ -199,9 +246,19 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if let Some(refused) = self.refusal(req) {
+            return refused;
+        }
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
         match (req.method.as_str(), path.as_str()) {
+            ("POST", "/reload") => match self.gw.reload() {
+                Ok(summary) => json_reply(200, json!({"reloaded": true, "summary": summary})),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the running configuration stays");
+                    json_reply(400, json!({"reloaded": false, "error": e.to_string()}))
+                }
+            },
             // Readiness: 503 from the moment the gateway is told to stop, so
             // balancers move new connections away before its listeners close.
             ("GET", "/health") if self.gw.state.is_draining() => {
@@ -225,7 +282,7 @@ impl ServeHttp for Admin {
             }
             _ => json_reply(
                 404,
-                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…; POST/GET /pools/NAME/rollout"}),
+                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…, /reload; POST/GET /pools/NAME/rollout"}),
             ),
         }
     }

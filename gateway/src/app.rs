@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::config::Limits;
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
 use crate::legacy::Bridge;
+use crate::policy::guard::Guard;
 use crate::pool::Pool;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
@@ -13,6 +16,10 @@ use crate::token::TokenSealer;
 use crate::upstream::Upstream;
 
 pub struct Gateway {
+    /// The policy in force (credentials, rules, limits), swapped whole on reload.
+    guard: ArcSwap<Guard>,
+    /// Where the configuration came from (for reloads).
+    pub config_path: Option<std::path::PathBuf>,
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
     pub streamable: Streamable,
@@ -21,12 +28,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(
-        limits: Limits,
+        config: &Config,
+        config_path: Option<std::path::PathBuf>,
+        guard: Guard,
         pools: Vec<Arc<Pool>>,
         sealer: TokenSealer,
-        max_legacy_sessions: usize,
-        advertise: Option<String>,
     ) -> Arc<Self> {
+        let limits = config.limits.clone();
+        let max_legacy_sessions = config.sessions.max_legacy_sessions;
+        let advertise = config.cluster.advertise.clone();
         let upstream = Arc::new(Upstream::new(
             limits.connect_timeout,
             limits.upstream_idle_timeout,
@@ -46,11 +56,67 @@ impl Gateway {
             advertise,
         ));
         Arc::new(Self {
+            guard: ArcSwap::from_pointee(guard),
+            config_path,
             state,
             sessions,
             streamable,
             legacy,
         })
+    }
+}
+
+impl Gateway {
+    /// The policy in force now.
+    pub fn guard(&self) -> Arc<Guard> {
+        self.guard.load_full()
+    }
+
+    /// Reads the configuration file again and swaps in its credentials,
+    /// rules and limits. An invalid file changes nothing; the error says why.
+    /// Sessions, streams and pools are untouched.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("started without --config: nothing to reload"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+        if config.pools.len() != self.sessions.pools().len() {
+            anyhow::bail!("pools cannot change on reload (restart the gateway for that)");
+        }
+        let guard = Guard::new(&config)?;
+        let summary = guard.summary();
+        self.guard.store(Arc::new(guard));
+        tracing::info!(path = %path.display(), %summary, "configuration reloaded");
+        Ok(summary)
+    }
+}
+
+/// Reloads credentials, rules and limits on SIGHUP.
+pub struct Reloader(pub Arc<Gateway>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let mut tidy = tokio::time::interval(crate::policy::limits::Limits::TIDY_EVERY);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = self.0.reload() {
+                        tracing::error!(error = %e, "reload refused; the running configuration stays");
+                    }
+                }
+                _ = tidy.tick() => self.0.guard().limits.tidy(),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -176,6 +176,10 @@ pub struct Limits {
     /// Allowed Origin values ("*" = any; entries may end in ":*" for any port).
     /// Requests without Origin are always allowed (non-browser clients).
     pub allowed_origins: Vec<String>,
+    /// Rate limits by principal tier ("default" applies when a principal's
+    /// tier has none; "anonymous" to clients without credentials).
+    pub tiers: std::collections::BTreeMap<String, TierConfig>,
+    pub global: GlobalLimits,
 }
 
 impl Default for Limits {
@@ -197,6 +201,8 @@ impl Default for Limits {
                 "http://127.0.0.1:*".into(),
                 "https://127.0.0.1:*".into(),
             ],
+            tiers: Default::default(),
+            global: GlobalLimits::default(),
         }
     }
 }
@@ -251,6 +257,9 @@ pub struct PoolConfig {
     /// How long a backend that refused a connection is skipped.
     #[serde(with = "duration", default = "default_eject")]
     pub eject_for: Duration,
+    /// Credentials for this pool (default: required when any key or JWT is
+    /// configured, else none).
+    pub auth: Option<AuthMode>,
 }
 
 fn default_route() -> String {
@@ -264,6 +273,186 @@ fn default_health_interval() -> Duration {
 }
 fn default_eject() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Who may come in: API keys (stored as SHA-256 hashes), JWTs, and what
+/// each principal may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    pub jwt: Option<JwtConfig>,
+    /// Per-principal authorization; the first rule that matches applies;
+    /// none matching allows everything.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// This resource's canonical URI for the protected-resource metadata
+    /// (default: the URL the client used).
+    pub resource: Option<String>,
+    /// Authorization servers named in the protected-resource metadata.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Header carrying the verified principal to backends (stripped from clients).
+    #[serde(default = "default_principal_header")]
+    pub principal_header: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys: Vec::new(),
+            jwt: None,
+            rules: Vec::new(),
+            resource: None,
+            authorization_servers: Vec::new(),
+            principal_header: default_principal_header(),
+        }
+    }
+}
+
+fn default_principal_header() -> String {
+    "x-mcp-principal".into()
+}
+fn default_tier() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Who the key belongs to.
+    pub principal: String,
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`); the key itself is never stored.
+    pub sha256: String,
+    #[serde(default = "default_tier")]
+    pub tier: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A revoked key is refused like an unknown one.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `aud` (mandatory: a token for another service is refused).
+    pub audience: String,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Environment variable holding an HS256 secret.
+    pub hs256_secret_env: Option<String>,
+    /// A JWKS file with RS256/ES256 public keys (chosen by `kid`).
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Claim naming the principal.
+    #[serde(default = "default_sub")]
+    pub principal_claim: String,
+    /// Claim naming the rate-limit tier (else "default").
+    pub tier_claim: Option<String>,
+    /// Claim holding space-separated scopes.
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_sub() -> String {
+    "sub".into()
+}
+fn default_scope_claim() -> String {
+    "scope".into()
+}
+
+/// One authorization rule: whom it matches, and what they may do.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Matches these principals (any of the three lists; empty lists match nobody,
+    /// all three empty matches everybody).
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// Pools the principal may reach (default: all).
+    pub pools: Option<Vec<String>>,
+    /// Tools it may call (default: all but `deny_tools`).
+    pub allow_tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// The scope a denied call would need (named in the 403).
+    pub required_scope: Option<String>,
+}
+
+/// The limits of one tier of principals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Requests per second per principal (or per client IP when anonymous).
+    pub requests_per_second: u32,
+    /// Burst above the rate (default: the rate).
+    pub burst: Option<u32>,
+    /// `tools/call` per minute per principal per tool (default: unlimited).
+    pub tool_calls_per_minute: Option<u32>,
+    /// Per-tool overrides of `tool_calls_per_minute`.
+    #[serde(default)]
+    pub tool_limits: std::collections::BTreeMap<String, u32>,
+    /// New sessions (initialize, GET /sse) per minute per principal.
+    pub sessions_per_minute: Option<u32>,
+    /// Open streams (GET /mcp, GET /sse) at once per principal.
+    pub max_streams: Option<usize>,
+}
+
+/// Limits across all principals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalLimits {
+    /// All requests together, per second.
+    pub requests_per_second: Option<u32>,
+    /// Per client IP, checked before authentication (flood protection).
+    pub per_ip_requests_per_second: Option<u32>,
+    /// Requests in flight at once per client IP.
+    pub per_ip_inflight: Option<usize>,
+    /// Most keys a limiter remembers (principals, IPs, principal×tool).
+    pub max_keys: usize,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: None,
+            per_ip_requests_per_second: None,
+            per_ip_inflight: None,
+            max_keys: 100_000,
+        }
+    }
+}
+
+/// How a pool treats credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every request must carry valid credentials.
+    Required,
+    /// Anonymous requests pass; presented credentials must be valid.
+    Optional,
+    /// Credentials are not looked at.
+    None,
+}
+
+/// The admin listener's protection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Environment variable holding the admin bearer token. Required when the
+    /// admin listener is not on loopback.
+    pub token_env: Option<String>,
 }
 
 /// Several gateway replicas in front of the same pools.
@@ -282,6 +471,10 @@ pub struct Cluster {
 pub struct Config {
     #[serde(default)]
     pub listen: Listen,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default)]
     pub cluster: Cluster,
     #[serde(default)]
@@ -417,6 +610,14 @@ impl Config {
                 bail!("pool {}: route must start with '/'", p.name);
             }
         }
+        if let Some(admin) = self.listen.admin
+            && !admin.ip().is_loopback()
+            && self.admin.token_env.is_none()
+        {
+            bail!(
+                "the admin listener {admin} is not on loopback: set [admin] token_env (an environment variable holding its bearer token)"
+            );
+        }
         Ok(())
     }
 }
@@ -430,6 +631,7 @@ impl PoolConfig {
             health_path: default_health_path(),
             health_interval: default_health_interval(),
             eject_for: default_eject(),
+            auth: None,
         }
     }
 }

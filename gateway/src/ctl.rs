@@ -29,6 +29,8 @@ async fn call(
                 content_type: None,
                 body: Bytes::new(),
                 forwarded: &fwd,
+                principal: None,
+                keep_credentials: false,
             },
         )
         .await

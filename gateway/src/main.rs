@@ -176,13 +176,24 @@ fn main() -> Result<()> {
     for (i, pc) in config.pools.iter().enumerate() {
         pools.push(build_pool(&mut server, i as u16, pc)?);
     }
-    let gw = Gateway::new(
-        config.limits.clone(),
-        pools,
-        sealer,
-        config.sessions.max_legacy_sessions,
-        config.cluster.advertise.clone(),
-    );
+    let admin_token = match &config.admin.token_env {
+        Some(env) => Some(
+            std::env::var(env)
+                .ok()
+                .filter(|t| t.len() >= 16)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("[admin] token_env: {env} must hold a token of 16+ characters")
+                })?,
+        ),
+        None => None,
+    };
+    let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
+    let auth_summary = guard.summary();
+    let gw = Gateway::new(&config, cli.config.clone(), guard, pools, sealer);
+    server.add_service(background_service(
+        "reloader",
+        mcp_gateway::app::Reloader(Arc::clone(&gw)),
+    ));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -225,6 +236,7 @@ fn main() -> Result<()> {
             "admin".to_string(),
             HttpServer::new_app(Admin {
                 gw: Arc::clone(&gw),
+                token: admin_token.clone(),
             }),
         );
         admin.add_tcp(&addr.to_string());
@@ -233,6 +245,7 @@ fn main() -> Result<()> {
             "admin:             http://{addr}/backends  /metrics  /health"
         ));
     }
+    banner.push(auth_summary);
     println!("mcp-gateway ready");
     for line in &banner {
         println!("  {line}");

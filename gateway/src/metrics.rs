@@ -17,10 +17,13 @@ pub enum Reason {
     Busy,
     NoBackend,
     Upstream,
+    Auth,
+    Policy,
+    Limit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Capacity,
         Reason::Route,
         Reason::Origin,
@@ -31,6 +34,9 @@ impl Reason {
         Reason::Busy,
         Reason::NoBackend,
         Reason::Upstream,
+        Reason::Auth,
+        Reason::Policy,
+        Reason::Limit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,9 @@ impl Reason {
             Reason::Busy => "busy",
             Reason::NoBackend => "no_backend",
             Reason::Upstream => "upstream",
+            Reason::Auth => "auth",
+            Reason::Policy => "policy",
+            Reason::Limit => "limit",
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! | phase | what happens here |
 //! |---|---|
-//! | `request_filter` | [`McpProxy::admit`]: capacity → route → origin → method → body → JSON-RPC → session (each a step returning `Result<_, Reject>`, see `policy/`); then the transport: `streamable.rs` for `/mcp`, `legacy/` for `/sse` and `/messages`; a `Reject` is answered by [`render`] |
+//! | `request_filter` | [`McpProxy::admit`]: capacity → route → client address → origin → credentials → pool access → principal rate → method → body → JSON-RPC → tool → sessions and streams → session id (each a step returning `Result<_, Reject>`, see `policy/`); then the transport: `streamable.rs` for `/mcp`, `legacy/` for `/sse` and `/messages`; a `Reject` is answered by [`render`] |
 //! | `fail_to_proxy` | a stream already under way ended badly: close it, write nothing |
 //! | `logging` | the access log line; returns the request's slots |
 //!
@@ -21,17 +21,20 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::app::Gateway;
-use crate::legacy::bridge::Located;
+use crate::legacy::bridge::{Caller, Located};
 use crate::metrics::Metrics;
+use crate::policy::auth::{Grant, Principal, filter_tools_list};
 use crate::policy::body;
 use crate::policy::edge::{self, Endpoint};
-use crate::policy::jsonrpc::{self, Rpc};
+use crate::policy::guard::Guard;
+use crate::policy::jsonrpc::{self, Method, Rpc};
+use crate::policy::limits::{Held, Limits};
 use crate::pool::Pool;
 use crate::reject::Reject;
 use crate::relay::Failure;
 use crate::session::Pinned;
 use crate::state::Slot;
-use crate::streamable::{Admitted, Served};
+use crate::streamable::{Admitted, Rewrite, Served};
 use crate::upstream::{Forwarded, SESSION_HEADER};
 
 /// Per-request state: what the steps learned, and the guards to return.
@@ -40,6 +43,14 @@ pub struct Ctx {
     slot: Option<Slot>,
     rpc: Option<Rpc>,
     served: Option<Served>,
+    /// Who the request comes from, and what the rules let it do.
+    who: Option<Arc<Principal>>,
+    grant: Option<Arc<Grant>>,
+    /// The policy in force when the request came (reloads swap it whole).
+    guard: Option<Arc<Guard>>,
+    /// Places held in per-address and per-principal caps until the end.
+    ip_held: Option<Held<std::net::IpAddr>>,
+    stream_held: Option<Held<Arc<str>>>,
 }
 
 pub struct McpProxy {
@@ -49,12 +60,25 @@ pub struct McpProxy {
 /// Where an admitted request goes.
 enum Route {
     Health,
+    /// RFC 9728 protected-resource metadata.
+    ResourceMetadata {
+        prefix: String,
+    },
     Endpoint {
         pool: Arc<Pool>,
         endpoint: Endpoint,
         body: Option<body::Body>,
         pinned: Option<Box<Pinned>>,
     },
+}
+
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -92,53 +116,173 @@ async fn respond(session: &mut Session, status: u16, body: Vec<u8>, extra: &[(&s
     }
 }
 
+/// Where this request's protected-resource metadata is (RFC 9728: the
+/// well-known path, then the resource's own path).
+pub fn resource_metadata_url(session: &Session) -> String {
+    let req = session.req_header();
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let path = req.uri.path();
+    let resource = ["/mcp", "/sse", "/messages", "/message"]
+        .iter()
+        .find_map(|e| path.strip_suffix(e))
+        .unwrap_or("");
+    format!(
+        "{}://{host}/.well-known/oauth-protected-resource{resource}",
+        if tls { "https" } else { "http" }
+    )
+}
+
+/// The `WWW-Authenticate` challenge for refusals about credentials.
+fn www_authenticate(session: &Session, reject: &Reject) -> Option<String> {
+    let metadata = resource_metadata_url(session);
+    match reject {
+        Reject::Unauthorized(why) => Some(format!(
+            r#"Bearer resource_metadata="{metadata}", error="invalid_token", error_description="{why}""#
+        )),
+        Reject::Forbidden { scope } | Reject::ToolDenied { scope, .. } => Some(match scope {
+            Some(s) => format!(
+                r#"Bearer resource_metadata="{metadata}", error="insufficient_scope", scope="{s}""#
+            ),
+            None => format!(r#"Bearer resource_metadata="{metadata}", error="insufficient_scope""#),
+        }),
+        _ => None,
+    }
+}
+
 /// The one place a [`Reject`] becomes a response: its status, a JSON-RPC
 /// error (echoing the request id when known), `Retry-After`, `Allow`.
 pub async fn render(session: &mut Session, gw: &Gateway, reject: &Reject, rpc: Option<&Rpc>) {
     gw.state.metrics.reject(reject.reason());
     tracing::debug!(status = reject.status(), reason = reject.reason().name(), %reject, "rejected");
     let id = rpc.and_then(|r| r.id.as_deref());
-    let body = jsonrpc::error_body(id, reject.code(), &reject.to_string());
-    let mut extra = Vec::with_capacity(2);
+    let body = jsonrpc::error_body_with(id, reject.code(), &reject.to_string(), reject.data());
+    let mut extra: Vec<(&str, String)> = Vec::with_capacity(2);
     if let Some(secs) = reject.retry_after() {
-        extra.push(("retry-after", secs));
+        extra.push(("retry-after", secs.to_string()));
     }
     if let Some(allow) = reject.allow() {
-        extra.push(("allow", allow));
+        extra.push(("allow", allow.to_owned()));
     }
+    if let Some(challenge) = www_authenticate(session, reject) {
+        extra.push(("www-authenticate", challenge));
+    }
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     respond(session, reject.status(), body, &extra).await;
 }
 
 impl McpProxy {
+    /// Who the request is from, as the transports need it.
+    fn caller(&self, ctx: &Ctx) -> Caller {
+        let guard = ctx.guard.clone().unwrap_or_else(|| self.gw.guard());
+        let grant = ctx.grant.clone().unwrap_or_default();
+        Caller {
+            principal: ctx.who.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+            principal_header: guard.principal_header.clone(),
+            rewrite: grant
+                .restricts_tools()
+                .then(|| Arc::new(move |m: &str| filter_tools_list(m, &grant)) as Rewrite),
+        }
+    }
+
+    /// The protected-resource metadata document (RFC 9728) for `prefix`
+    /// (empty: the root resource).
+    fn resource_metadata(&self, session: &Session, ctx: &Ctx, prefix: &str) -> Vec<u8> {
+        let guard = ctx.guard.clone().unwrap_or_else(|| self.gw.guard());
+        let req = session.req_header();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let host = header(req, "host").unwrap_or("localhost");
+        let resource = guard.resource.clone().unwrap_or_else(|| {
+            format!(
+                "{}://{host}{prefix}/mcp",
+                if tls { "https" } else { "http" }
+            )
+        });
+        let doc = serde_json::json!({
+            "resource": resource,
+            "authorization_servers": guard.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "MCP gateway",
+        });
+        serde_json::to_vec(&doc).unwrap_or_default()
+    }
+
     /// The policy steps, in order. Each returns `Err(Reject)` to stop the request.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Route, Reject> {
         let gw = &self.gw;
         ctx.slot = Some(gw.state.enter()?);
+        let guard = Arc::clone(ctx.guard.insert(gw.guard()));
         let path = session.req_header().uri.path();
+        if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
+            return Ok(Route::ResourceMetadata {
+                prefix: rest.to_owned(),
+            });
+        }
         let (pool, endpoint) = match gw.sessions.route(path) {
             Ok(found) => found,
             Err(_) if path == "/health" || path == "/healthz" => return Ok(Route::Health),
             Err(e) => return Err(e),
         };
+        let ip = client_ip(session);
+        ctx.ip_held = guard.limits.check_ip(ip)?;
         let req = session.req_header();
         edge::check_origin(header(req, "origin"), &gw.state.limits.allowed_origins)?;
+        let who = guard
+            .auth
+            .authenticate(&req.headers, guard.mode(pool.index))?;
+        let grant = guard.rules.grant(&who);
+        if !grant.may_reach(&pool.name) {
+            return Err(Reject::Forbidden {
+                scope: grant.required_scope().map(str::to_owned),
+            });
+        }
+        let key = Limits::key(&who, ip);
+        guard.limits.check_request(&who, &key)?;
+        ctx.who = Some(Arc::clone(&who));
+        ctx.grant = Some(Arc::clone(&grant));
         edge::check_method(
             endpoint,
             &req.method,
             header(req, "accept"),
             req.headers.contains_key(SESSION_HEADER),
         )?;
+        let is_get = req.method == http::Method::GET;
         let body = if req.method == http::Method::POST {
             let body = body::read(session, &gw.state).await?;
             let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
             let req = session.req_header();
             jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;
+            if let Method::ToolsCall { name } = &rpc.method {
+                if !grant.may_call(name) {
+                    return Err(Reject::ToolDenied {
+                        tool: name.clone(),
+                        scope: grant.required_scope().map(str::to_owned),
+                    });
+                }
+                guard.limits.check_tool(&who, &key, name)?;
+            }
+            if rpc.is_initialize() {
+                guard.limits.check_new_session(&who, &key)?;
+            }
             Some(body)
         } else {
             None
         };
+        if is_get {
+            if endpoint == Endpoint::Sse {
+                guard.limits.check_new_session(&who, &key)?;
+            }
+            ctx.stream_held = guard.limits.open_stream(&who, &key)?;
+        }
         let pinned = match (endpoint, header(session.req_header(), SESSION_HEADER)) {
-            (Endpoint::Mcp, Some(token)) => Some(Box::new(gw.sessions.open(&pool, token, "")?)),
+            (Endpoint::Mcp, Some(token)) => {
+                Some(Box::new(gw.sessions.open(&pool, token, &who.name)?))
+            }
             _ => None,
         };
         Ok(Route::Endpoint {
@@ -162,6 +306,11 @@ impl McpProxy {
                 respond(session, 200, br#"{"status":"ok"}"#.to_vec(), &[]).await;
                 return Ok(());
             }
+            Route::ResourceMetadata { prefix } => {
+                let body = self.resource_metadata(session, ctx, &prefix);
+                respond(session, 200, body, &[]).await;
+                return Ok(());
+            }
             Route::Endpoint {
                 pool,
                 endpoint,
@@ -172,8 +321,9 @@ impl McpProxy {
         let body = body.map(|b| b.bytes).unwrap_or_default();
         match endpoint {
             Endpoint::Sse => {
+                let caller = self.caller(ctx);
                 gw.legacy
-                    .serve_stream(session, &pool, forwarded(session))
+                    .serve_stream(session, &pool, forwarded(session), caller)
                     .await
             }
             Endpoint::Messages => {
@@ -181,7 +331,10 @@ impl McpProxy {
                 let req = session.req_header();
                 let query = req.uri.query().map(str::to_owned);
                 match gw.legacy.locate(query.as_deref())? {
-                    Located::Here(id) => gw.legacy.accept_message(&id, body, rpc)?,
+                    Located::Here(id) => {
+                        let who = ctx.who.as_ref().map(|w| w.name.as_str()).unwrap_or("");
+                        gw.legacy.accept_message(&id, body, rpc, who)?
+                    }
                     Located::Elsewhere { owner } => {
                         let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                         let pq = pq.to_owned();
@@ -195,13 +348,16 @@ impl McpProxy {
                 Ok(())
             }
             Endpoint::Mcp => {
+                let caller = self.caller(ctx);
                 let mut admitted = Admitted {
                     pool,
                     rpc: ctx.rpc.take(),
                     body,
                     pinned: pinned.map(|p| *p),
                     forwarded: forwarded(session),
-                    principal: String::new(),
+                    principal: caller.principal,
+                    principal_header: caller.principal_header,
+                    rewrite: caller.rewrite,
                 };
                 let result = gw
                     .streamable
@@ -224,6 +380,11 @@ impl ProxyHttp for McpProxy {
             slot: None,
             rpc: None,
             served: None,
+            who: None,
+            grant: None,
+            guard: None,
+            ip_held: None,
+            stream_held: None,
         }
     }
 
@@ -310,6 +471,8 @@ impl ProxyHttp for McpProxy {
             );
         }
         ctx.served = None;
+        ctx.stream_held = None;
+        ctx.ip_held = None;
         ctx.slot = None;
     }
 }

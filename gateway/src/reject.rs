@@ -13,6 +13,13 @@ pub const SERVER_ERROR: i64 = -32000;
 /// may or may not have run it". Outside -32020…-32099, which 2026-07-28
 /// reserves for codes the spec defines.
 pub const OUTCOME_UNKNOWN: i64 = -32003;
+/// JSON-RPC code for missing or invalid credentials.
+pub const UNAUTHORIZED: i64 = -32004;
+/// JSON-RPC code for credentials that may not do this.
+pub const FORBIDDEN: i64 = -32005;
+/// JSON-RPC code for "rate limited": `-32023` (`RateLimited`) as SEP-3304
+/// proposes for MCP, with `data.retryAfterSeconds`.
+pub const RATE_LIMITED: i64 = -32023;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
@@ -53,6 +60,18 @@ pub enum Reject {
         "the backend handling this request went away before answering; it may or may not have run, and it is not safe to repeat automatically"
     )]
     OutcomeUnknown,
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// The principal may not reach this pool.
+    #[error("forbidden: these credentials may not use this endpoint")]
+    Forbidden { scope: Option<String> },
+    #[error("forbidden: these credentials may not call the tool '{tool}'")]
+    ToolDenied { tool: String, scope: Option<String> },
+    #[error("rate limited ({what}); retry after {retry_after} s")]
+    RateLimited {
+        retry_after: u64,
+        what: &'static str,
+    },
 }
 
 impl Reject {
@@ -70,6 +89,9 @@ impl Reject {
             Reject::BadGateway => 502,
             // An answer, not a refusal: the JSON-RPC error says what happened.
             Reject::OutcomeUnknown => 200,
+            Reject::Unauthorized(_) => 401,
+            Reject::Forbidden { .. } | Reject::ToolDenied { .. } => 403,
+            Reject::RateLimited { .. } => 429,
         }
     }
 
@@ -82,14 +104,30 @@ impl Reject {
             }
             Reject::BadGateway => -32603,
             Reject::OutcomeUnknown => OUTCOME_UNKNOWN,
+            Reject::Unauthorized(_) => UNAUTHORIZED,
+            Reject::Forbidden { .. } | Reject::ToolDenied { .. } => FORBIDDEN,
+            Reject::RateLimited { .. } => RATE_LIMITED,
             _ => -32600,
         }
     }
 
-    pub fn retry_after(&self) -> Option<&'static str> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Reject::Capacity | Reject::SessionBusy | Reject::NoBackend => Some("1"),
-            Reject::LegacyCapacity => Some("5"),
+            Reject::Capacity | Reject::SessionBusy | Reject::NoBackend => Some(1),
+            Reject::LegacyCapacity => Some(5),
+            Reject::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error's `data`, when there is more to say.
+    pub fn data(&self) -> Option<serde_json::Value> {
+        match self {
+            Reject::RateLimited { retry_after, what } => Some(serde_json::json!({
+                "retryAfterSeconds": retry_after,
+                "limit": what,
+            })),
+            Reject::ToolDenied { tool, .. } => Some(serde_json::json!({ "tool": tool })),
             _ => None,
         }
     }
@@ -115,6 +153,9 @@ impl Reject {
             Reject::SessionBusy => Reason::Busy,
             Reject::NoBackend => Reason::NoBackend,
             Reject::BadGateway | Reject::OutcomeUnknown => Reason::Upstream,
+            Reject::Unauthorized(_) => Reason::Auth,
+            Reject::Forbidden { .. } | Reject::ToolDenied { .. } => Reason::Policy,
+            Reject::RateLimited { .. } => Reason::Limit,
         }
     }
 }
@@ -129,7 +170,13 @@ mod tests {
         assert_eq!(Reject::Invalid("x".into()).status(), 400);
         assert_eq!(Reject::UnknownSession("gone".into()).status(), 404);
         assert_eq!(Reject::UnknownSession("gone".into()).code(), -32001);
-        assert_eq!(Reject::Capacity.retry_after(), Some("1"));
+        assert_eq!(Reject::Capacity.retry_after(), Some(1));
+        let limited = Reject::RateLimited {
+            retry_after: 7,
+            what: "requests per principal",
+        };
+        assert_eq!((limited.status(), limited.code()), (429, -32023));
+        assert_eq!(limited.data().unwrap()["retryAfterSeconds"], 7);
         assert_eq!(Reject::Method { allow: "GET" }.allow(), Some("GET"));
         assert_eq!(Reject::BodyTooLarge.reason(), Reason::Body);
         assert!(

@@ -31,6 +31,10 @@ use crate::reject::Reject;
 use crate::state::Phase;
 use crate::upstream::{Frames, UpstreamError};
 
+/// Replaces a message on its way to the client (`None`: unchanged), e.g. a
+/// `tools/list` answer without the tools the client may not call.
+pub type Rewrite = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Largest single SSE event taken from a backend.
 pub const MAX_EVENT: usize = 8 * 1024 * 1024;
 /// Largest non-SSE response body read whole before it is sent on.
@@ -159,6 +163,7 @@ pub async fn relay_plain(
     down: &mut Downstream<'_>,
     head: ResponseHeader,
     mut frames: Frames,
+    rewrite: Option<&Rewrite>,
     inspect: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<(), Failure> {
     if frames
@@ -170,6 +175,10 @@ pub async fn relay_plain(
             .await
             .map_err(|e| lost(e, false))?;
         inspect(&body);
+        let body = match rewrite.and_then(|r| r(&String::from_utf8_lossy(&body))) {
+            Some(new) => Bytes::from(new),
+            None => body,
+        };
         return down.whole(head, body).await;
     }
     let first = frames.next().await.map_err(|e| lost(e, false))?;
@@ -206,6 +215,7 @@ fn gather(
     out: &mut BytesMut,
     seen: &mut Seen,
     answer_to: Option<&str>,
+    rewrite: Option<&Rewrite>,
     inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<(), UpstreamError> {
     let mut events = Vec::new();
@@ -215,6 +225,7 @@ fn gather(
     for ev in events {
         inspect(&ev);
         seen.events += 1;
+        let mut replaced = None;
         if let Some(data) = ev.data().filter(|d| !d.trim().is_empty()) {
             seen.messages += 1;
             if let (Some(id), false) = (answer_to, seen.answered)
@@ -222,8 +233,18 @@ fn gather(
             {
                 seen.answered = true;
             }
+            if let Some(new) = rewrite.and_then(|r| r(&data)) {
+                replaced = Some(mcp_sse::format(
+                    ev.event_type().as_deref(),
+                    ev.id().as_deref(),
+                    &new,
+                ));
+            }
         }
-        out.extend_from_slice(ev.raw());
+        match replaced {
+            Some(bytes) => out.extend_from_slice(&bytes),
+            None => out.extend_from_slice(ev.raw()),
+        }
     }
     Ok(())
 }
@@ -289,6 +310,7 @@ pub async fn relay_events(
     mut frames: Frames,
     answer_to: Option<&str>,
     server_stream: bool,
+    rewrite: Option<&Rewrite>,
     inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Seen, Failure> {
     let mut splitter = Splitter::new(MAX_EVENT);
@@ -345,6 +367,7 @@ pub async fn relay_events(
                         &mut out,
                         &mut seen,
                         answer_to,
+                        rewrite,
                         inspect,
                     ) {
                         step = Err(e);

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, LoadGuard, Pool};
 use crate::reject::Reject;
+pub use crate::relay::Rewrite;
 use crate::relay::{self, Downstream, Failure};
 use crate::session::{ATTEMPTS, Pinned, Sessions, failover, replay};
 use crate::state::State;
@@ -40,8 +41,12 @@ pub struct Admitted {
     pub body: Bytes,
     pub pinned: Option<Pinned>,
     pub forwarded: Forwarded,
-    /// Who the client is ("" when anonymous); sealed into new session ids.
+    /// Who the client is ("" when anonymous); sealed into new session ids
+    /// and sent to backends in `principal_header`.
     pub principal: String,
+    pub principal_header: http::HeaderName,
+    /// Applied to the answers (the `tools/list` filter of a restricted principal).
+    pub rewrite: Option<Rewrite>,
 }
 
 pub struct Streamable {
@@ -172,6 +177,8 @@ impl Exchange<'_> {
                         content_type: None,
                         body: self.req.body.clone(),
                         forwarded: &self.req.forwarded,
+                        principal: Some((&self.req.principal_header, &self.req.principal)),
+                        keep_credentials: false,
                     },
                 )
                 .await;
@@ -284,6 +291,7 @@ impl Exchange<'_> {
                 frames,
                 answer_to,
                 server_stream,
+                self.req.rewrite.as_ref(),
                 &mut inspect,
             )
             .await
@@ -295,11 +303,17 @@ impl Exchange<'_> {
         } else {
             match head {
                 Some(head) => {
-                    relay::relay_plain(&mut down, head, frames, &mut |body| {
-                        if learn {
-                            hints.learn(&String::from_utf8_lossy(body));
-                        }
-                    })
+                    relay::relay_plain(
+                        &mut down,
+                        head,
+                        frames,
+                        self.req.rewrite.as_ref(),
+                        &mut |body| {
+                            if learn {
+                                hints.learn(&String::from_utf8_lossy(body));
+                            }
+                        },
+                    )
                     .await
                 }
                 // A JSON answer from the new backend into a stream already open.

@@ -113,6 +113,12 @@ pub struct Outgoing<'a> {
     pub content_type: Option<&'static str>,
     pub body: Bytes,
     pub forwarded: &'a Forwarded,
+    /// The verified principal, in the header the gateway owns (a client's
+    /// own header of that name never passes).
+    pub principal: Option<(&'a HeaderName, &'a str)>,
+    /// Keep the client's credentials (only for a relay to another gateway
+    /// replica, never to a backend).
+    pub keep_credentials: bool,
 }
 
 pub struct Upstream {
@@ -170,8 +176,13 @@ fn build_request(
     let mut prior_xff = None;
     if let Some(client) = out.client_headers {
         let named = connection_named(client);
+        let credential = |n: &HeaderName| {
+            n == http::header::AUTHORIZATION || n == "x-api-key" || n == "proxy-authorization"
+        };
         for (name, value) in client {
-            if REQUEST_DROP.contains(&name.as_str()) || named.contains(name) {
+            let dropped = REQUEST_DROP.contains(&name.as_str())
+                && !(out.keep_credentials && credential(name));
+            if dropped || named.contains(name) || out.principal.is_some_and(|(h, _)| h == name) {
                 continue;
             }
             if name == "x-forwarded-for" {
@@ -194,6 +205,12 @@ fn build_request(
         "x-forwarded-proto",
         HeaderValue::from_static(if out.forwarded.tls { "https" } else { "http" }),
     );
+    if let Some((name, who)) = out.principal
+        && !who.is_empty()
+        && let Ok(v) = HeaderValue::from_str(who)
+    {
+        headers.insert(name.clone(), v);
+    }
     if let Some(sid) = out.session {
         let v = HeaderValue::from_str(sid)
             .map_err(|_| UpstreamError::Failed("unusable backend session id".into()))?;
@@ -367,6 +384,8 @@ mod tests {
                 content_type: None,
                 body: Bytes::new(),
                 forwarded: &fwd,
+                principal: None,
+                keep_credentials: false,
             },
         )
         .unwrap();

@@ -66,6 +66,15 @@ fn message(data: &str) -> Bytes {
     mcp_sse::format(Some("message"), None, data)
 }
 
+/// Who a legacy session belongs to, and how its traffic is shaped for them.
+#[derive(Clone)]
+pub struct Caller {
+    /// The principal ("" when anonymous); messages must come from the same one.
+    pub principal: String,
+    pub principal_header: http::HeaderName,
+    pub rewrite: Option<relay::Rewrite>,
+}
+
 /// The backend session behind one legacy session, as of one generation.
 struct Link {
     backend: Arc<BackendState>,
@@ -154,6 +163,7 @@ impl Bridge {
         session: &mut Session,
         pool: &Arc<Pool>,
         forwarded: Forwarded,
+        caller: Caller,
     ) -> Result<(), Failure> {
         let id = new_id();
         // The id the client sees: sealed, naming this replica, when replicas share sessions.
@@ -167,7 +177,10 @@ impl Bridge {
         };
         let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
         let (out_tx, mut out_rx) = mpsc::channel::<OutEvent>(OUTBOX);
-        if !self.table.insert(&id, Entry::new(inbox_tx)) {
+        if !self
+            .table
+            .insert(&id, Entry::new(inbox_tx, &caller.principal))
+        {
             return Err(Reject::LegacyCapacity.into());
         }
         let out = Out {
@@ -177,7 +190,7 @@ impl Bridge {
         };
         // The worker ends once its inbox closes (the entry leaves the table
         // below); it then closes the backend session.
-        tokio::spawn(Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, forwarded));
+        tokio::spawn(Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, forwarded, caller));
         let result = self
             .stream_to_client(session, pool, &id, &public, &mut out_rx)
             .await;
@@ -252,9 +265,20 @@ impl Bridge {
         }
     }
 
-    /// Queues a (checked) message for a session of this replica.
-    pub fn accept_message(&self, id: &str, body: Bytes, rpc: Rpc) -> Result<(), Reject> {
-        let entry = self.table.get(id).ok_or(Reject::UnknownLegacySession)?;
+    /// Queues a (checked) message for a session of this replica, from the
+    /// principal that opened it (another principal's is an unknown session).
+    pub fn accept_message(
+        &self,
+        id: &str,
+        body: Bytes,
+        rpc: Rpc,
+        principal: &str,
+    ) -> Result<(), Reject> {
+        let entry = self
+            .table
+            .get(id)
+            .filter(|e| e.principal() == principal)
+            .ok_or(Reject::UnknownLegacySession)?;
         match entry.queue(body, rpc, self.state.limits.legacy_inbox_bytes) {
             Ok(()) => Ok(()),
             Err(QueueError::Full) => Err(Reject::SessionBusy),
@@ -276,7 +300,16 @@ impl Bridge {
             return Err(Reject::UnknownLegacySession); // relayed once already
         }
         let addr = owner.parse().map_err(|_| Reject::UnknownLegacySession)?;
+        // The client's credentials go along: the owner checks them itself.
         let mut relayed = http::HeaderMap::new();
+        for name in [
+            http::header::AUTHORIZATION,
+            http::HeaderName::from_static("x-api-key"),
+        ] {
+            if let Some(v) = headers.get(&name) {
+                relayed.insert(name, v.clone());
+            }
+        }
         relayed.insert(RELAYED, http::HeaderValue::from_static("1"));
         let sent = self
             .upstream
@@ -292,6 +325,8 @@ impl Bridge {
                     content_type: Some("application/json"),
                     body,
                     forwarded: &Forwarded::default(),
+                    principal: None,
+                    keep_credentials: true,
                 },
             )
             .await;
@@ -321,11 +356,13 @@ impl Bridge {
         mut inbox: mpsc::Receiver<Inbound>,
         out: Out,
         forwarded: Forwarded,
+        caller: Caller,
     ) {
         let permits = Arc::new(Semaphore::new(
             self.state.limits.legacy_session_concurrency.max(1),
         ));
         let forwarded = Arc::new(forwarded);
+        let caller = Arc::new(caller);
         let mut links: Option<Arc<Links>> = None;
         let mut calls = JoinSet::new();
         let mut listener = None;
@@ -348,25 +385,30 @@ impl Bridge {
             match links.clone() {
                 Some(l) if !rpc.is_initialize() => {
                     let bridge = Arc::clone(&self);
-                    let (out, forwarded) = (out.clone(), Arc::clone(&forwarded));
+                    let (out, forwarded, caller) =
+                        (out.clone(), Arc::clone(&forwarded), Arc::clone(&caller));
                     calls.spawn(async move {
-                        bridge.call(&l, &body, &rpc, &out, &forwarded).await;
+                        bridge
+                            .call(&l, &body, &rpc, &out, &forwarded, &caller)
+                            .await;
                         drop((permit, slot));
                     });
                 }
                 _ => {
                     // Opening the backend session: inline, later messages need it.
-                    let opened = self.open(&pool, &body, &rpc, &out, &forwarded).await;
+                    let opened = self
+                        .open(&pool, &body, &rpc, &out, &forwarded, &caller)
+                        .await;
                     drop((permit, slot));
                     match opened {
                         Ok(Some(l)) => {
                             if listener.is_none() {
                                 let bridge = Arc::clone(&self);
-                                let (l2, out2) = (Arc::clone(&l), out.clone());
-                                listener =
-                                    Some(tokio::spawn(
-                                        async move { bridge.listen(&l2, &out2).await },
-                                    ));
+                                let (l2, out2, c2) =
+                                    (Arc::clone(&l), out.clone(), Arc::clone(&caller));
+                                listener = Some(tokio::spawn(async move {
+                                    bridge.listen(&l2, &out2, &c2).await
+                                }));
                             }
                             links = Some(l);
                         }
@@ -396,6 +438,8 @@ impl Bridge {
                         content_type: None,
                         body: Bytes::new(),
                         forwarded: &forwarded,
+                        principal: Some((&caller.principal_header, &caller.principal)),
+                        keep_credentials: false,
                     },
                 )
                 .await;
@@ -411,6 +455,7 @@ impl Bridge {
         rpc: &Rpc,
         out: &Out,
         forwarded: &Forwarded,
+        caller: &Caller,
     ) -> Result<Option<Arc<Links>>, ()> {
         let mut attempt = 0;
         let (backend, _load, parts, frames) = loop {
@@ -426,7 +471,7 @@ impl Bridge {
             let load = backend.start_request();
             match self
                 .upstream
-                .send(backend.addr, post(body, None, None, forwarded))
+                .send(backend.addr, post(body, None, None, forwarded, caller))
                 .await
             {
                 Ok((parts, frames)) if parts.status.as_u16() == 503 && attempt < ATTEMPTS => {
@@ -460,7 +505,16 @@ impl Bridge {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut version = None;
-        let relayed = forward(&parts, frames, out, Some(rpc), Some(&mut version), None).await;
+        let relayed = forward(
+            &parts,
+            frames,
+            out,
+            Some(rpc),
+            Some(&mut version),
+            None,
+            None,
+        )
+        .await;
         if relayed == Relayed::ClientGone {
             return Err(());
         }
@@ -511,7 +565,15 @@ impl Bridge {
 
     /// One message on the session's backend, moving the session when that
     /// backend is lost.
-    async fn call(&self, links: &Links, body: &Bytes, rpc: &Rpc, out: &Out, fwd: &Forwarded) {
+    async fn call(
+        &self,
+        links: &Links,
+        body: &Bytes,
+        rpc: &Rpc,
+        out: &Out,
+        fwd: &Forwarded,
+        caller: &Caller,
+    ) {
         let repeatable = replay::safe_to_repeat(&rpc.method, self.sessions.hints(&links.pool));
         let learn = rpc.method == Method::ToolsList;
         for _ in 0..2 * ATTEMPTS {
@@ -521,7 +583,7 @@ impl Bridge {
                 .upstream
                 .send(
                     link.backend.addr,
-                    post(body, Some(&link.session), Some(&link.version), fwd),
+                    post(body, Some(&link.session), Some(&link.version), fwd, caller),
                 )
                 .await;
             let may_have_run = match sent {
@@ -532,7 +594,11 @@ impl Bridge {
                 }
                 Ok((parts, frames)) => {
                     let hints = learn.then(|| self.sessions.hints(&links.pool));
-                    match forward(&parts, frames, out, Some(rpc), None, hints).await {
+                    let rewrite = caller
+                        .rewrite
+                        .as_ref()
+                        .filter(|_| rpc.method == Method::ToolsList);
+                    match forward(&parts, frames, out, Some(rpc), None, hints, rewrite).await {
                         Relayed::Done => {
                             if matches!(rpc.method, Method::ToolsCall { .. })
                                 && parts.status.is_success()
@@ -577,7 +643,7 @@ impl Bridge {
 
     /// The backend's server-to-client stream (GET /mcp), if it offers one,
     /// opened again on the session's new backend when the session moves.
-    async fn listen(&self, links: &Links, out: &Out) {
+    async fn listen(&self, links: &Links, out: &Out, caller: &Caller) {
         let mut changes = links.current.subscribe();
         let fwd = Forwarded::default();
         loop {
@@ -596,12 +662,14 @@ impl Bridge {
                         content_type: None,
                         body: Bytes::new(),
                         forwarded: &fwd,
+                        principal: Some((&caller.principal_header, &caller.principal)),
+                        keep_credentials: false,
                     },
                 )
                 .await;
             if let Ok((parts, frames)) = sent
                 && parts.status.is_success()
-                && forward(&parts, frames, out, None, None, None).await == Relayed::ClientGone
+                && forward(&parts, frames, out, None, None, None, None).await == Relayed::ClientGone
             {
                 return;
             }
@@ -624,6 +692,7 @@ fn post<'a>(
     session: Option<&'a str>,
     version: Option<&'a str>,
     forwarded: &'a Forwarded,
+    caller: &'a Caller,
 ) -> Outgoing<'a> {
     Outgoing {
         method: http::Method::POST,
@@ -635,6 +704,8 @@ fn post<'a>(
         content_type: Some("application/json"),
         body: body.clone(),
         forwarded,
+        principal: Some((&caller.principal_header, &caller.principal)),
+        keep_credentials: false,
     }
 }
 
@@ -675,6 +746,7 @@ async fn forward(
     rpc: Option<&Rpc>,
     mut version: Option<&mut Option<String>>,
     hints: Option<&replay::ToolHints>,
+    rewrite: Option<&relay::Rewrite>,
 ) -> Relayed {
     let status = parts.status;
     let answer_to = rpc.and_then(Rpc::id_text);
@@ -702,6 +774,7 @@ async fn forward(
                 if let Some(h) = hints {
                     h.learn(&text);
                 }
+                let text = rewrite.and_then(|r| r(&text)).map_or(text, Into::into);
                 if out.send(message(&text)).await {
                     Relayed::Done
                 } else {
@@ -766,6 +839,7 @@ async fn forward(
                     h.learn(&data);
                 }
             }
+            let data = rewrite.and_then(|r| r(&data)).map_or(data, Into::into);
             if !out.send(message(&data)).await {
                 return Relayed::ClientGone;
             }

@@ -38,6 +38,8 @@ pub struct Entry {
     inbox: mpsc::Sender<Inbound>,
     /// Bytes waiting in the inbox (bounded by the table's `inbox_bytes`).
     queued: Arc<AtomicUsize>,
+    /// Who opened it; only they may post to it.
+    principal: Arc<str>,
 }
 
 /// Why a message could not be queued.
@@ -50,11 +52,16 @@ pub enum QueueError {
 }
 
 impl Entry {
-    pub fn new(inbox: mpsc::Sender<Inbound>) -> Self {
+    pub fn new(inbox: mpsc::Sender<Inbound>, principal: &str) -> Self {
         Self {
             inbox,
             queued: Arc::new(AtomicUsize::new(0)),
+            principal: Arc::from(principal),
         }
+    }
+
+    pub fn principal(&self) -> &str {
+        &self.principal
     }
 
     /// Queues a message unless that would pass `max_bytes` waiting or the
@@ -142,17 +149,17 @@ mod tests {
     fn the_table_is_capped_and_entries_leave() {
         let t = Table::new(1);
         let (tx, _rx) = mpsc::channel(1);
-        assert!(t.insert("a", Entry::new(tx.clone())));
-        assert!(!t.insert("b", Entry::new(tx.clone())), "over the cap");
+        assert!(t.insert("a", Entry::new(tx.clone(), "")));
+        assert!(!t.insert("b", Entry::new(tx.clone(), "")), "over the cap");
         t.remove("a");
         assert!(t.is_empty());
-        assert!(t.insert("b", Entry::new(tx)));
+        assert!(t.insert("b", Entry::new(tx, "")));
     }
 
     #[test]
     fn the_inbox_is_bounded_in_bytes_and_frees_what_the_worker_took() {
         let (tx, mut rx) = mpsc::channel(16);
-        let e = Entry::new(tx);
+        let e = Entry::new(tx, "");
         assert_eq!(e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100), Ok(()));
         assert_eq!(
             e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100),

@@ -267,10 +267,22 @@ pub fn params_of(body: &[u8]) -> Option<&str> {
 
 /// A JSON-RPC error response body.
 pub fn error_body(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
+    error_body_with(id, code, message, None)
+}
+
+/// A JSON-RPC error response body with `data`.
+pub fn error_body_with(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<serde_json::Value>,
+) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Error<'a> {
         code: i64,
         message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
     }
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -281,7 +293,11 @@ pub fn error_body(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
     serde_json::to_vec(&Body {
         jsonrpc: "2.0",
         id,
-        error: Error { code, message },
+        error: Error {
+            code,
+            message,
+            data,
+        },
     })
     .unwrap_or_default()
 }

@@ -167,6 +167,8 @@ fn post<'a>(
         content_type: Some("application/json"),
         body,
         forwarded,
+        principal: None,
+        keep_credentials: false,
     }
 }
 

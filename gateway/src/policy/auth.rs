@@ -1,0 +1,581 @@
+//! Who a request comes from, and what it may do.
+//!
+//! Credentials: `Authorization: Bearer …` or `X-API-Key: …`. A bearer value
+//! that looks like a JWT (three dot-separated parts) is verified as one
+//! (HS256 secret, or RS256/ES256 keys from a JWKS file; `exp`/`nbf` checked,
+//! `aud` mandatory, `iss` when configured); anything else is an API key,
+//! looked up by its SHA-256 (the configuration holds only hashes) and
+//! compared in constant time. Verified JWTs are remembered (bounded, until
+//! they expire) so a client's every request does not pay a signature check.
+//!
+//! Authorization rules ([`Rules`]) say which pools a principal may reach and
+//! which tools it may call; the first rule that matches the principal
+//! applies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use ring::digest::{SHA256, digest};
+
+use crate::config::{AuthConfig, AuthMode, RuleConfig};
+use crate::reject::Reject;
+use crate::token::now_secs;
+
+/// Most verified JWTs remembered at once.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Its name ("" when anonymous); sealed into its sessions' ids.
+    pub name: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Self {
+            name: String::new(),
+            tier: "anonymous".into(),
+            scopes: Vec::new(),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name.is_empty()
+    }
+}
+
+struct Jwt {
+    keys: HashMap<Option<String>, (DecodingKey, Algorithm)>,
+    validation: Validation,
+    principal_claim: String,
+    tier_claim: Option<String>,
+    scope_claim: String,
+}
+
+pub struct Authenticator {
+    /// SHA-256 of each key → who it is (revoked keys are left out).
+    keys: HashMap<[u8; 32], Arc<Principal>>,
+    jwt: Option<Jwt>,
+    /// Verified tokens by SHA-256, with their expiry.
+    cache: DashMap<[u8; 32], (Arc<Principal>, u64)>,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
+        let mut keys = HashMap::new();
+        for k in &config.keys {
+            let hash = unhex(&k.sha256).ok_or_else(|| {
+                anyhow::anyhow!("key of {}: sha256 must be 64 hex digits", k.principal)
+            })?;
+            if k.principal.is_empty() {
+                anyhow::bail!("a key needs a principal name");
+            }
+            if !k.revoked {
+                keys.insert(
+                    hash,
+                    Arc::new(Principal {
+                        name: k.principal.clone(),
+                        tier: k.tier.clone(),
+                        scopes: k.scopes.clone(),
+                    }),
+                );
+            }
+        }
+        let jwt = match &config.jwt {
+            None => None,
+            Some(j) => {
+                let mut found = HashMap::new();
+                if let Some(env) = &j.hs256_secret_env {
+                    let secret = std::env::var(env).map_err(|_| {
+                        anyhow::anyhow!("[auth.jwt] hs256_secret_env: {env} is not set")
+                    })?;
+                    if secret.len() < 32 {
+                        anyhow::bail!("{env}: an HS256 secret needs at least 32 bytes");
+                    }
+                    found.insert(
+                        None,
+                        (
+                            DecodingKey::from_secret(secret.as_bytes()),
+                            Algorithm::HS256,
+                        ),
+                    );
+                }
+                if let Some(path) = &j.jwks_file {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                    let set: JwkSet = serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: not a JWKS: {e}", path.display()))?;
+                    for key in &set.keys {
+                        let alg = match &key.algorithm {
+                            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
+                                Algorithm::ES256
+                            }
+                            _ => continue,
+                        };
+                        let decoding = DecodingKey::from_jwk(key).map_err(|e| {
+                            anyhow::anyhow!("{}: unusable key: {e}", path.display())
+                        })?;
+                        found.insert(key.common.key_id.clone(), (decoding, alg));
+                    }
+                }
+                if found.is_empty() {
+                    anyhow::bail!("[auth.jwt] needs hs256_secret_env or jwks_file");
+                }
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.algorithms = found.values().map(|(_, a)| *a).collect();
+                validation.set_audience(&[&j.audience]);
+                if let Some(iss) = &j.issuer {
+                    validation.set_issuer(&[iss]);
+                }
+                validation.validate_nbf = true;
+                validation.leeway = j.leeway_secs;
+                validation.set_required_spec_claims(&["exp", "aud"]);
+                Some(Jwt {
+                    keys: found,
+                    validation,
+                    principal_claim: j.principal_claim.clone(),
+                    tier_claim: j.tier_claim.clone(),
+                    scope_claim: j.scope_claim.clone(),
+                })
+            }
+        };
+        Ok(Self {
+            keys,
+            jwt,
+            cache: DashMap::new(),
+        })
+    }
+
+    /// Whether any credential is configured (then pools default to `required`).
+    pub fn configured(&self) -> bool {
+        !self.keys.is_empty() || self.jwt.is_some()
+    }
+
+    /// The credential a request carries, if any.
+    fn credential(headers: &HeaderMap) -> Option<&str> {
+        if let Some(v) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            let (scheme, value) = v.trim().split_once(' ')?;
+            return scheme.eq_ignore_ascii_case("bearer").then(|| value.trim());
+        }
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    }
+
+    /// Who the request comes from, as `mode` wants it.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        mode: AuthMode,
+    ) -> Result<Arc<Principal>, Reject> {
+        if mode == AuthMode::None {
+            return Ok(Arc::new(Principal::anonymous()));
+        }
+        let Some(credential) = Self::credential(headers) else {
+            return match mode {
+                AuthMode::Required => Err(Reject::Unauthorized("credentials required")),
+                _ => Ok(Arc::new(Principal::anonymous())),
+            };
+        };
+        if credential.matches('.').count() == 2 && self.jwt.is_some() {
+            return self.verify_jwt(credential);
+        }
+        let hash = sha256(credential.as_bytes());
+        match self.keys.get_key_value(&hash) {
+            Some((stored, who))
+                if bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &hash[..])) =>
+            {
+                Ok(Arc::clone(who))
+            }
+            _ => Err(Reject::Unauthorized("invalid credentials")),
+        }
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Arc<Principal>, Reject> {
+        let hash = sha256(token.as_bytes());
+        let now = now_secs();
+        if let Some(hit) = self.cache.get(&hash)
+            && hit.1 > now
+        {
+            return Ok(Arc::clone(&hit.0));
+        }
+        let jwt = self
+            .jwt
+            .as_ref()
+            .ok_or(Reject::Unauthorized("invalid credentials"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Reject::Unauthorized("malformed token"))?;
+        let (key, alg) = jwt
+            .keys
+            .get(&header.kid)
+            .or_else(|| jwt.keys.get(&None))
+            .ok_or(Reject::Unauthorized("token signed with an unknown key"))?;
+        if header.alg != *alg {
+            return Err(Reject::Unauthorized(
+                "token signed with an unexpected algorithm",
+            ));
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &jwt.validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            Reject::Unauthorized(match e.kind() {
+                K::ExpiredSignature => "token expired",
+                K::ImmatureSignature => "token not valid yet",
+                K::InvalidAudience => "token for another audience",
+                K::InvalidIssuer => "token from another issuer",
+                K::InvalidSignature => "token signature invalid",
+                _ => "invalid token",
+            })
+        })?;
+        let claims = data.claims;
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let name = text(&jwt.principal_claim)
+            .filter(|n| !n.is_empty())
+            .ok_or(Reject::Unauthorized("token names no principal"))?;
+        let principal = Arc::new(Principal {
+            name,
+            tier: jwt
+                .tier_claim
+                .as_deref()
+                .and_then(text)
+                .unwrap_or_else(|| "default".into()),
+            scopes: text(&jwt.scope_claim)
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        });
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(now);
+        if self.cache.len() >= MAX_CACHED_TOKENS {
+            self.cache.retain(|_, (_, e)| *e > now);
+            if self.cache.len() >= MAX_CACHED_TOKENS {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(hash, (Arc::clone(&principal), exp));
+        Ok(principal)
+    }
+}
+
+/// What the matching rule lets a principal do.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pools: Option<Vec<String>>,
+    allow_tools: Option<Vec<String>>,
+    deny_tools: Vec<String>,
+    required_scope: Option<String>,
+}
+
+impl Grant {
+    pub fn may_reach(&self, pool: &str) -> bool {
+        self.pools
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|x| x == pool))
+    }
+
+    pub fn may_call(&self, tool: &str) -> bool {
+        !self.deny_tools.iter().any(|t| t == tool)
+            && self
+                .allow_tools
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|t| t == tool))
+    }
+
+    /// Whether some tools are off limits (then `tools/list` answers are filtered).
+    pub fn restricts_tools(&self) -> bool {
+        self.allow_tools.is_some() || !self.deny_tools.is_empty()
+    }
+
+    pub fn required_scope(&self) -> Option<&str> {
+        self.required_scope.as_deref()
+    }
+}
+
+pub struct Rules(Vec<(RuleConfig, Arc<Grant>)>);
+
+impl Rules {
+    pub fn new(rules: &[RuleConfig]) -> Self {
+        Self(
+            rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        Arc::new(Grant {
+                            pools: r.pools.clone(),
+                            allow_tools: r.allow_tools.clone(),
+                            deny_tools: r.deny_tools.clone(),
+                            required_scope: r.required_scope.clone(),
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The grant of the first rule matching `who` (everything, if none does).
+    pub fn grant(&self, who: &Principal) -> Arc<Grant> {
+        for (rule, grant) in &self.0 {
+            let everybody =
+                rule.principals.is_empty() && rule.scopes.is_empty() && rule.tiers.is_empty();
+            if everybody
+                || rule.principals.contains(&who.name)
+                || rule.tiers.contains(&who.tier)
+                || rule.scopes.iter().any(|s| who.scopes.contains(s))
+            {
+                return Arc::clone(grant);
+            }
+        }
+        Arc::new(Grant::default())
+    }
+}
+
+/// A `tools/list` answer with the tools `grant` does not allow taken out;
+/// `None` when the message is not such an answer or nothing is removed.
+pub fn filter_tools_list(message: &str, grant: &Grant) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(message).ok()?;
+    let tools = v.pointer_mut("/result/tools")?.as_array_mut()?;
+    let before = tools.len();
+    tools.retain(|t| {
+        t.get("name")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| grant.may_call(n))
+    });
+    (tools.len() != before).then(|| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{JwtConfig, KeyConfig};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            keys: vec![
+                KeyConfig {
+                    principal: "ops".into(),
+                    sha256: hex(&sha256(b"ops-key")),
+                    tier: "gold".into(),
+                    scopes: vec!["registry:write".into()],
+                    revoked: false,
+                },
+                KeyConfig {
+                    principal: "old".into(),
+                    sha256: hex(&sha256(b"old-key")),
+                    tier: "default".into(),
+                    scopes: vec![],
+                    revoked: true,
+                },
+            ],
+            ..AuthConfig::default()
+        }
+    }
+
+    fn headers(name: &str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn api_keys_by_hash_either_header_and_revocation() {
+        let a = Authenticator::new(&config()).unwrap();
+        assert!(a.configured());
+        let ops = a
+            .authenticate(
+                &headers("authorization", "Bearer ops-key"),
+                AuthMode::Required,
+            )
+            .unwrap();
+        assert_eq!((ops.name.as_str(), ops.tier.as_str()), ("ops", "gold"));
+        assert_eq!(
+            a.authenticate(&headers("x-api-key", "ops-key"), AuthMode::Required)
+                .unwrap()
+                .name,
+            "ops"
+        );
+        for bad in ["Bearer nope", "Bearer old-key", "Basic b3BzOm9wcw=="] {
+            assert!(matches!(
+                a.authenticate(&headers("authorization", bad), AuthMode::Required),
+                Err(Reject::Unauthorized(_))
+            ));
+        }
+        assert!(
+            a.authenticate(&HeaderMap::new(), AuthMode::Required)
+                .is_err()
+        );
+        assert!(
+            a.authenticate(&HeaderMap::new(), AuthMode::Optional)
+                .unwrap()
+                .is_anonymous()
+        );
+        assert!(
+            a.authenticate(&headers("x-api-key", "wrong"), AuthMode::Optional)
+                .is_err(),
+            "presented credentials must be valid"
+        );
+    }
+
+    #[test]
+    fn hs256_tokens_are_checked_and_remembered() {
+        let secret = "an-hs256-secret-of-at-least-32-bytes!!";
+        // SAFETY: tests in this module read this variable only.
+        unsafe { std::env::set_var("AUTH_TEST_JWT_SECRET", secret) };
+        let mut c = config();
+        c.jwt = Some(JwtConfig {
+            audience: "mcp".into(),
+            issuer: Some("https://issuer.test".into()),
+            hs256_secret_env: Some("AUTH_TEST_JWT_SECRET".into()),
+            jwks_file: None,
+            leeway_secs: 0,
+            principal_claim: "sub".into(),
+            tier_claim: Some("tier".into()),
+            scope_claim: "scope".into(),
+        });
+        let a = Authenticator::new(&c).unwrap();
+        let now = now_secs();
+        let mint = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let good = mint(
+            serde_json::json!({"sub":"alice","aud":"mcp","iss":"https://issuer.test","exp":now+60,"tier":"gold","scope":"a b"}),
+        );
+        let who = a
+            .authenticate(
+                &headers("authorization", &format!("Bearer {good}")),
+                AuthMode::Required,
+            )
+            .unwrap();
+        assert_eq!(who.name, "alice");
+        assert_eq!(who.scopes, vec!["a", "b"]);
+        for (claims, why) in [
+            (
+                serde_json::json!({"sub":"a","aud":"mcp","iss":"https://issuer.test","exp":now-10}),
+                "token expired",
+            ),
+            (
+                serde_json::json!({"sub":"a","aud":"mcp","iss":"https://issuer.test","exp":now+60,"nbf":now+600}),
+                "token not valid yet",
+            ),
+            (
+                serde_json::json!({"sub":"a","aud":"other","iss":"https://issuer.test","exp":now+60}),
+                "token for another audience",
+            ),
+            (
+                serde_json::json!({"sub":"a","aud":"mcp","iss":"https://evil.test","exp":now+60}),
+                "token from another issuer",
+            ),
+            (
+                serde_json::json!({"sub":"a","iss":"https://issuer.test","exp":now+60}),
+                "invalid token",
+            ),
+        ] {
+            let t = mint(claims);
+            assert_eq!(
+                a.authenticate(
+                    &headers("authorization", &format!("Bearer {t}")),
+                    AuthMode::Required
+                ),
+                Err(Reject::Unauthorized(why))
+            );
+        }
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub":"a","aud":"mcp","iss":"https://issuer.test","exp":now+60}),
+            &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.authenticate(
+                &headers("authorization", &format!("Bearer {forged}")),
+                AuthMode::Required
+            ),
+            Err(Reject::Unauthorized("token signature invalid"))
+        );
+    }
+
+    #[test]
+    fn rules_grant_pools_and_tools_and_filter_listings() {
+        let rules = Rules::new(&[
+            RuleConfig {
+                principals: vec!["reader".into()],
+                allow_tools: Some(vec!["get_agent".into(), "list_agents".into()]),
+                pools: Some(vec!["registry".into()]),
+                required_scope: Some("registry:write".into()),
+                ..RuleConfig::default()
+            },
+            RuleConfig {
+                scopes: vec!["registry:write".into()],
+                deny_tools: vec!["delete_agent".into()],
+                ..RuleConfig::default()
+            },
+        ]);
+        let reader = Principal {
+            name: "reader".into(),
+            tier: "default".into(),
+            scopes: vec![],
+        };
+        let g = rules.grant(&reader);
+        assert!(g.may_call("get_agent") && !g.may_call("delete_agent"));
+        assert!(g.may_reach("registry") && !g.may_reach("other"));
+        let writer = Principal {
+            name: "w".into(),
+            tier: "default".into(),
+            scopes: vec!["registry:write".into()],
+        };
+        let g2 = rules.grant(&writer);
+        assert!(g2.may_call("register_agent") && !g2.may_call("delete_agent"));
+        let nobody = rules.grant(&Principal::anonymous());
+        assert!(
+            nobody.may_call("delete_agent"),
+            "no matching rule: everything"
+        );
+        let listing = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"get_agent"},{"name":"delete_agent"}]}}"#;
+        let filtered = filter_tools_list(listing, &g).unwrap();
+        assert!(filtered.contains("get_agent") && !filtered.contains("delete_agent"));
+        assert!(filter_tools_list(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, &g).is_none());
+    }
+}

@@ -1,0 +1,82 @@
+//! The reloadable part of the request path: who may come in
+//! ([`Authenticator`]), what they may do ([`Rules`]), how fast ([`Limits`]),
+//! and each pool's credential mode. Built whole from the configuration and
+//! swapped whole on reload (SIGHUP, `POST /reload`), so a request sees one
+//! consistent set; an invalid file leaves the running set in place.
+
+use std::sync::Arc;
+
+use super::auth::{Authenticator, Rules};
+use super::limits::Limits;
+use crate::config::{AuthMode, Config};
+
+pub struct Guard {
+    pub auth: Authenticator,
+    pub rules: Rules,
+    pub limits: Arc<Limits>,
+    /// Credential mode per pool, by pool index.
+    modes: Vec<AuthMode>,
+    /// Header carrying the verified principal to backends.
+    pub principal_header: http::HeaderName,
+    /// For the protected-resource metadata document.
+    pub resource: Option<String>,
+    pub authorization_servers: Vec<String>,
+}
+
+impl Guard {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let auth = Authenticator::new(&config.auth)?;
+        let default = if auth.configured() {
+            AuthMode::Required
+        } else {
+            AuthMode::None
+        };
+        let modes = config
+            .pools
+            .iter()
+            .map(|p| p.auth.unwrap_or(default))
+            .collect::<Vec<_>>();
+        if !auth.configured() && modes.iter().any(|m| *m != AuthMode::None) {
+            anyhow::bail!("a pool asks for credentials but no [auth] keys or jwt are configured");
+        }
+        for tier in config.limits.tiers.values() {
+            if tier.requests_per_second == 0 {
+                anyhow::bail!("a tier's requests_per_second must be at least 1");
+            }
+        }
+        Ok(Self {
+            auth,
+            rules: Rules::new(&config.auth.rules),
+            limits: Limits::new(&config.limits.tiers, &config.limits.global),
+            modes,
+            principal_header: http::HeaderName::from_bytes(
+                config.auth.principal_header.to_ascii_lowercase().as_bytes(),
+            )
+            .map_err(|_| anyhow::anyhow!("[auth] principal_header is not a header name"))?,
+            resource: config.auth.resource.clone(),
+            authorization_servers: config.auth.authorization_servers.clone(),
+        })
+    }
+
+    /// How pool `index` treats credentials.
+    pub fn mode(&self, index: u16) -> AuthMode {
+        self.modes
+            .get(index as usize)
+            .copied()
+            .unwrap_or(AuthMode::None)
+    }
+
+    /// Whether any pool asks for credentials (said at start-up).
+    pub fn summary(&self) -> String {
+        if self.modes.iter().all(|m| *m == AuthMode::None) {
+            "authentication: none (every client is anonymous; configure [auth] to require keys or JWTs)".into()
+        } else {
+            let modes: Vec<String> = self
+                .modes
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect();
+            format!("authentication: {} (by pool)", modes.join(", "))
+        }
+    }
+}

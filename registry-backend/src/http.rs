@@ -181,12 +181,18 @@ async fn live(State(state): State<AppState>) -> Response {
 
 /// Readiness: the store answers and the process is not draining.
 async fn ready(State(state): State<AppState>) -> Response {
-    let mut report = crate::tools::health_check::run(&state.registry).await;
-    report["inflight"] = json!(state.life.inflight());
     if state.life.is_draining() {
-        report["status"] = json!("draining");
+        // Not ready whatever the store says: answer without waiting on it.
+        let report = json!({
+            "status": "draining",
+            "store": state.registry.store.kind(),
+            "instance": state.registry.instance,
+            "inflight": state.life.inflight(),
+        });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(report)).into_response();
     }
+    let mut report = crate::tools::health_check::run(&state.registry).await;
+    report["inflight"] = json!(state.life.inflight());
     let code = if report["status"] == "healthy" {
         StatusCode::OK
     } else {

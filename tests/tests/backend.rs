@@ -600,16 +600,41 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
     lock.execute_batch("BEGIN IMMEDIATE")?;
     let url = backend.url.clone();
     let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let inflight = tokio::spawn(async move {
         let m = Mcp::connect(&url).await?;
         let _ = connected_tx.send(());
+        go_rx.await?;
         let out = register(&m, "during-drain").await;
         let _ = m.close().await;
         out
     });
     connected_rx.await?;
-    // wait until the backend counts the call as in flight (it is blocked on our lock)
     let http = reqwest::Client::new();
+    // The server may still hold the response bodies of earlier POSTs for a
+    // moment after the client has read them; wait until nothing is counted,
+    // so the next count can only be the blocked write.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = http
+            .get(format!("{}/health", backend.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["inflight"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "earlier calls never left the in-flight count"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    go_tx
+        .send(())
+        .map_err(|_| anyhow::anyhow!("in-flight task ended early"))?;
+    // wait until the backend counts the call as in flight (it is blocked on our lock)
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let body: Value = http
@@ -676,5 +701,54 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
         |r| r.get(0),
     )?;
     assert_eq!(n, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_answers_while_a_write_waits_on_the_database_lock() -> Result<()> {
+    let (_dir, db) = tempdb();
+    let backend = Backend::embedded(&db, &[])?;
+    let mcp = Mcp::connect(&backend.url).await?;
+    register(&mcp, "first").await?;
+
+    let lock = rusqlite::Connection::open(&db)?;
+    lock.execute_batch("BEGIN IMMEDIATE")?;
+    let writer = Mcp::connect(&backend.url).await?;
+    let blocked = tokio::spawn(async move { register(&writer, "waiting").await });
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = http
+            .get(format!("{}/livez", backend.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let health: Value = http
+            .get(format!("{}/health", backend.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(body["status"], "alive");
+        if health["inflight"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every pooled connection gets a turn; none may queue behind the write
+    // (a queued probe would return only after the write gave up).
+    for _ in 0..8 {
+        let r = http.get(format!("{}/readyz", backend.base)).send().await?;
+        assert_eq!(r.status(), 200);
+        assert!(!blocked.is_finished(), "the write should still be waiting");
+    }
+    lock.execute_batch("COMMIT")?;
+    let out = blocked.await??;
+    assert_eq!(out["status"], "success", "{out}");
     Ok(())
 }

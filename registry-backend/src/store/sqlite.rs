@@ -119,12 +119,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        let conn = Arc::clone(&self.pool[slot]);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let pool: Vec<_> = (0..self.pool.len())
+            .map(|i| Arc::clone(&self.pool[(start + i) % self.pool.len()]))
+            .collect();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Internal("connection poisoned".into()))?;
+            // Take the first idle connection, so a write waiting on the
+            // database lock does not hold up reads queued behind it; wait
+            // on the round-robin choice only when every connection is busy.
+            let idle = pool.iter().find_map(|conn| conn.try_lock().ok());
+            let mut guard = match idle {
+                Some(guard) => guard,
+                None => pool[0]
+                    .lock()
+                    .map_err(|_| StoreError::Internal("connection poisoned".into()))?,
+            };
             f(&mut guard)
         })
         .await

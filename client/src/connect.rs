@@ -46,6 +46,10 @@ pub struct ConnectArgs {
     /// API key, sent as `Authorization: Bearer …`.
     #[arg(long, env = "MCP_API_KEY", hide_env_values = true, global = true)]
     pub api_key: Option<String>,
+    /// A JWT (access token), sent as `Authorization: Bearer …`; with
+    /// `--api-key` too, the key goes as `X-API-Key`.
+    #[arg(long, env = "MCP_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 impl ConnectArgs {
@@ -72,15 +76,32 @@ impl ConnectArgs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some(key) = &self.api_key {
-            let mut headers = reqwest::header::HeaderMap::new();
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
-                .context("API key is not a valid header value")?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let secret = |text: String, what: &str| -> Result<reqwest::header::HeaderValue> {
+            let mut value = reqwest::header::HeaderValue::from_str(&text)
+                .with_context(|| format!("{what} is not a valid header value"))?;
             value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            builder = builder.default_headers(headers);
+            Ok(value)
+        };
+        match (&self.token, &self.api_key) {
+            (Some(token), key) => {
+                headers.insert(
+                    reqwest::header::AUTHORIZATION,
+                    secret(format!("Bearer {token}"), "the token")?,
+                );
+                if let Some(key) = key {
+                    headers.insert("x-api-key", secret(key.clone(), "the API key")?);
+                }
+            }
+            (None, Some(key)) => {
+                headers.insert(
+                    reqwest::header::AUTHORIZATION,
+                    secret(format!("Bearer {key}"), "the API key")?,
+                );
+            }
+            (None, None) => {}
         }
-        Ok(builder.build()?)
+        Ok(builder.default_headers(headers).build()?)
     }
 }
 
@@ -270,10 +291,10 @@ impl Connection {
             Value::Null => Default::default(),
             other => bail!("tool arguments must be a JSON object, got {other}"),
         };
-        Ok(self
-            .service
+        self.service
             .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments))
-            .await?)
+            .await
+            .map_err(|e| explain_refusal(tool, anyhow::Error::from(e)))
     }
 
     pub async fn close(self) {
@@ -298,4 +319,61 @@ pub fn result_text(result: &CallToolResult) -> String {
     } else {
         texts.join("\n")
     }
+}
+
+/// If the gateway rate-limited this call: how long it asked us to wait.
+/// Streamable HTTP surfaces the 429 and its `Retry-After`; legacy SSE the
+/// JSON-RPC error (-32023, `data.retryAfterSeconds`) its stream carried.
+pub fn rate_limited(e: &anyhow::Error) -> Option<Duration> {
+    use rmcp::transport::streamable_http_client::HttpStatusError;
+    for cause in e.chain() {
+        if let Some(h) = cause.downcast_ref::<HttpStatusError>()
+            && h.status == 429
+        {
+            let secs = h.retry_after.as_deref().and_then(|v| v.trim().parse().ok());
+            return Some(Duration::from_secs(secs.unwrap_or(1)));
+        }
+        if let Some(rmcp::ServiceError::McpError(m)) = cause.downcast_ref::<rmcp::ServiceError>()
+            && m.code.0 == RATE_LIMITED_CODE
+        {
+            let secs = m
+                .data
+                .as_ref()
+                .and_then(|d| d.get("retryAfterSeconds"))
+                .and_then(serde_json::Value::as_u64);
+            return Some(Duration::from_secs(secs.unwrap_or(1)));
+        }
+    }
+    let text = format!("{e:#}");
+    (text.contains("HTTP 429") || text.contains("rate limited")).then(|| Duration::from_secs(1))
+}
+
+/// The gateway's JSON-RPC code for "rate limited" (SEP-3304's proposal).
+const RATE_LIMITED_CODE: i32 = -32023;
+
+/// Puts the gateway's refusal of a call in words (keeping the cause chain).
+fn explain_refusal(tool: &str, e: anyhow::Error) -> anyhow::Error {
+    if let Some(wait) = rate_limited(&e) {
+        return e.context(format!(
+            "the gateway is rate-limiting this client (HTTP 429); retry after {} s",
+            wait.as_secs()
+        ));
+    }
+    let text = format!("{e:#}");
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("insufficient scope")
+        || lower.contains("http 403")
+        || lower.contains("forbidden")
+    {
+        let scope = text
+            .split("scope=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|s| format!(" (it needs scope {s})"))
+            .unwrap_or_default();
+        return e.context(format!(
+            "the gateway says these credentials may not call '{tool}' (HTTP 403){scope}"
+        ));
+    }
+    e
 }

@@ -124,6 +124,10 @@ impl Admin {
             ("mcp_gateway_failovers_total", &m.failovers),
             ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
             ("mcp_gateway_legacy_relayed_total", &m.legacy_relayed),
+            (
+                "mcp_gateway_connections_refused_total",
+                &m.connections_refused,
+            ),
         ];
         for (name, c) in counters {
             let _ = writeln!(
@@ -141,6 +145,8 @@ impl Admin {
                 m.rejected(reason)
             );
         }
+        m.post_seconds
+            .render("mcp_gateway_post_duration_seconds", &mut out);
         let _ = writeln!(
             out,
             "# TYPE mcp_gateway_inflight gauge\nmcp_gateway_inflight {}",

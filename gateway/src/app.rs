@@ -161,3 +161,28 @@ impl pingora::server::ShutdownSignalWatch for DrainingSignals {
         kind
     }
 }
+
+/// Checks each new connection against its address's connection rate, at
+/// accept and before TLS (pingora's connection filter).
+#[derive(Debug)]
+pub struct AcceptFilter {
+    pub gw: Arc<Gateway>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gateway")
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::ConnectionFilter for AcceptFilter {
+    async fn should_accept(&self, addr: Option<&std::net::SocketAddr>) -> bool {
+        let Some(addr) = addr else { return true };
+        let ok = self.gw.guard().limits.accept_connection(addr.ip());
+        if !ok {
+            crate::metrics::Metrics::inc(&self.gw.state.metrics.connections_refused);
+        }
+        ok
+    }
+}

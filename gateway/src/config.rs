@@ -419,6 +419,11 @@ pub struct GlobalLimits {
     pub per_ip_requests_per_second: Option<u32>,
     /// Requests in flight at once per client IP.
     pub per_ip_inflight: Option<usize>,
+    /// New connections per second per client IP, checked at accept before
+    /// TLS (a refused connection is closed at once).
+    pub per_ip_connections_per_second: Option<u32>,
+    /// Burst of new connections above that rate (default: the rate).
+    pub per_ip_connection_burst: Option<u32>,
     /// Most keys a limiter remembers (principals, IPs, principal×tool).
     pub max_keys: usize,
 }
@@ -429,6 +434,8 @@ impl Default for GlobalLimits {
             requests_per_second: None,
             per_ip_requests_per_second: None,
             per_ip_inflight: None,
+            per_ip_connections_per_second: None,
+            per_ip_connection_burst: None,
             max_keys: 100_000,
         }
     }

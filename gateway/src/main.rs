@@ -203,6 +203,9 @@ fn main() -> Result<()> {
         "mcp-gateway",
     );
     let mut banner = Vec::new();
+    proxy.set_connection_filter(Arc::new(mcp_gateway::app::AcceptFilter {
+        gw: Arc::clone(&gw),
+    }));
     if let Some(addr) = config.listen.http {
         proxy.add_tcp(&addr.to_string());
         banner.push(format!(

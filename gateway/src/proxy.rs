@@ -242,7 +242,12 @@ impl McpProxy {
             });
         }
         let key = Limits::key(&who, ip);
-        guard.limits.check_request(&who, &key)?;
+        // A legacy message over its limit is still read, so that its
+        // stream can carry the error for its id.
+        let mut over = guard.limits.check_request(&who, &key).err();
+        if let Some(r) = over.take_if(|_| endpoint != Endpoint::Messages) {
+            return Err(r);
+        }
         ctx.who = Some(Arc::clone(&who));
         ctx.grant = Some(Arc::clone(&grant));
         edge::check_method(
@@ -257,19 +262,36 @@ impl McpProxy {
             let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
             let req = session.req_header();
             jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;
-            if let Method::ToolsCall { name } = &rpc.method {
-                if !grant.may_call(name) {
-                    return Err(Reject::ToolDenied {
-                        tool: name.clone(),
-                        scope: grant.required_scope().map(str::to_owned),
-                    });
+            let checked = (|| {
+                if let Some(r) = over {
+                    return Err(r);
                 }
-                guard.limits.check_tool(&who, &key, name)?;
-            }
-            if rpc.is_initialize() {
-                guard.limits.check_new_session(&who, &key)?;
+                if let Method::ToolsCall { name } = &rpc.method {
+                    if !grant.may_call(name) {
+                        return Err(Reject::ToolDenied {
+                            tool: name.clone(),
+                            scope: grant.required_scope().map(str::to_owned),
+                        });
+                    }
+                    guard.limits.check_tool(&who, &key, name)?;
+                }
+                if rpc.is_initialize() {
+                    guard.limits.check_new_session(&who, &key)?;
+                }
+                Ok(())
+            })();
+            if let Err(refused) = checked {
+                if endpoint == Endpoint::Messages {
+                    // The legacy client reads answers from its stream: the
+                    // error for this id goes there too.
+                    let query = session.req_header().uri.query();
+                    gw.legacy.refuse_message(query, rpc, &refused, &who.name);
+                }
+                return Err(refused);
             }
             Some(body)
+        } else if let Some(r) = over {
+            return Err(r);
         } else {
             None
         };
@@ -451,6 +473,13 @@ impl ProxyHttp for McpProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if session.req_header().method == http::Method::POST {
+            self.gw
+                .state
+                .metrics
+                .post_seconds
+                .observe(ctx.started.elapsed());
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let status = session
                 .response_written()

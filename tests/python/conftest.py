@@ -115,8 +115,10 @@ class Backend:
 class Gateway:
     def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY,
                  pool=None, expect_backends=None, sessions="", pool_options='health_interval = "300ms"',
-                 extra_config="", http_port=None):
+                 extra_config="", http_port=None, env=None, admin_token=None):
         self.tls_dir = tmp / "tls"
+        self.admin_headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self.config_path = tmp / f"{name}.toml"
         backend_list = ", ".join(f'"{b}"' for b in backends)
         for attempt in range(4):
             self.http_port, self.https_port, self.admin_port = http_port or free_port(), free_port(), free_port()
@@ -145,7 +147,7 @@ discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
             path = tmp / f"{name}.toml"
             path.write_text(config)
             self.proc = Proc([str(BIN / "mcp-gateway"), "--config", str(path)],
-                             env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn"}, name=name)
+                             env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn", **(env or {})}, name=name)
             self.proc.read_line_matching(r"mcp-gateway ready")
             ports = (self.http_port, self.https_port, self.admin_port)
             pid = self.proc.p.pid
@@ -165,7 +167,7 @@ discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
         wait_until(lambda: len(self.healthy_backends("registry")) == want, 30, f"{name} health checks")
 
     def backends(self, pool="registry"):
-        data = httpx2.get(f"{self.admin}/backends", timeout=5).json()
+        data = httpx2.get(f"{self.admin}/backends", headers=self.admin_headers, timeout=5).json()
         return next(p for p in data["pools"] if p["name"] == pool)["backends"]
 
     def healthy_backends(self, pool="registry"):
@@ -390,23 +392,25 @@ def initialize(client: httpx2.Client, url: str, headers=None):
                    "clientInfo": {"name": "pytest", "version": "1"}}})
     assert r.status_code == 200, r.text
     sid = r.headers["mcp-session-id"]
-    n = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+    n = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18",
+                                  **(headers or {})},
                     json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     assert n.status_code == 202, n.text
-    return sid, instance_of(client, url, sid)
+    return sid, instance_of(client, url, sid, headers)
 
 
-def instance_of(client: httpx2.Client, url: str, sid: str) -> str:
+def instance_of(client: httpx2.Client, url: str, sid: str, headers=None) -> str:
     """Which registry instance serves a session (its health_check says; the
     gateway hides the backend's own header)."""
-    r = rpc(client, url, sid, "tools/call", {"name": "health_check", "arguments": {}}, id_=77)
+    r = rpc(client, url, sid, "tools/call", {"name": "health_check", "arguments": {}}, id_=77, headers=headers)
     assert r.status_code == 200, r.text
     msgs = sse_messages(r.text) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
     return json.loads(msgs[-1]["result"]["content"][0]["text"])["instance"]
 
 
-def rpc(client: httpx2.Client, url: str, sid: str, method: str, params=None, id_=2):
-    r = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+def rpc(client: httpx2.Client, url: str, sid: str, method: str, params=None, id_=2, headers=None):
+    r = client.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18",
+                                  **(headers or {})},
                     json={"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}})
     return r
 

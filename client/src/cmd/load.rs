@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Output;
-use crate::connect::{ConnectArgs, Connection, TransportChoice, connect};
+use crate::connect::{ConnectArgs, Connection, TransportChoice, connect, rate_limited};
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
@@ -61,6 +61,10 @@ pub struct LoadArgs {
     /// Most calls outstanding at once in open loop (beyond: counted as "client_saturated").
     #[arg(long, default_value_t = 10_000)]
     pub max_outstanding: u64,
+    /// Closed loop: after a rate-limited call (HTTP 429 / JSON-RPC -32023),
+    /// the session waits out the gateway's Retry-After before calling again.
+    #[arg(long)]
+    pub honour_retry_after: bool,
 }
 
 /// A weighted choice of tools.
@@ -154,17 +158,21 @@ fn classify(e: &anyhow::Error) -> String {
     }
 }
 
+/// One call: its error kind (None: ok) and, when rate-limited, the wait asked for.
 async fn call_once(
     conn: &Connection,
     tool: &str,
     args: Value,
     timeout: Duration,
-) -> Option<String> {
+) -> (Option<String>, Option<Duration>) {
     match tokio::time::timeout(timeout, conn.call(tool, args)).await {
-        Err(_) => Some("timeout".into()),
-        Ok(Err(e)) => Some(classify(&e)),
-        Ok(Ok(r)) if r.is_error.unwrap_or(false) => Some("tool_error".into()),
-        Ok(Ok(_)) => None,
+        Err(_) => (Some("timeout".into()), None),
+        Ok(Err(e)) => match rate_limited(&e) {
+            Some(wait) => (Some("rate_limited".into()), Some(wait)),
+            None => (Some(classify(&e)), None),
+        },
+        Ok(Ok(r)) if r.is_error.unwrap_or(false) => (Some("tool_error".into()), None),
+        Ok(Ok(_)) => (None, None),
     }
 }
 
@@ -187,9 +195,22 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
         if !args.transports.is_empty() {
             a.transport = args.transports[i % args.transports.len()];
         }
-        conns.push(Arc::new(
-            connect(&a).await.with_context(|| format!("session {i}"))?,
-        ));
+        let mut attempts = 0;
+        let conn = loop {
+            match connect(&a).await {
+                Ok(c) => break c,
+                // A polite client waits out a rate limit here too (a few times).
+                Err(e) if args.honour_retry_after && attempts < 10 => match rate_limited(&e) {
+                    Some(wait) => {
+                        attempts += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e.context(format!("session {i}"))),
+                },
+                Err(e) => return Err(e.context(format!("session {i}"))),
+            }
+        };
+        conns.push(Arc::new(conn));
     }
     // Seed agents for reads to find (already-exists is fine).
     for i in 0..args.seed_agents {
@@ -256,7 +277,7 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
                         outstanding.fetch_add(1, Ordering::Relaxed);
                         let timeout = args.timeout;
                         tokio::spawn(async move {
-                            let error = call_once(&conn, &tool, call_args, timeout).await;
+                            let (error, _) = call_once(&conn, &tool, call_args, timeout).await;
                             outstanding.fetch_sub(1, Ordering::Relaxed);
                             let done = start.elapsed();
                             let latency_us = done.saturating_sub(intended).as_micros() as u64;
@@ -300,7 +321,8 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
                                 let tool = mix.pick(r).to_owned();
                                 let call_args =
                                     arguments(&tool, &run_id, n, r >> 8, args.seed_agents);
-                                let error = call_once(&conn, &tool, call_args, args.timeout).await;
+                                let (error, wait) =
+                                    call_once(&conn, &tool, call_args, args.timeout).await;
                                 let done = start.elapsed();
                                 let latency_us = (done - sent).as_micros() as u64;
                                 let _ = tx.send(Sample {
@@ -310,6 +332,11 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
                                     done_at: done,
                                     measured,
                                 });
+                                if let Some(wait) = wait.filter(|_| args.honour_retry_after) {
+                                    // Never past the end of the run.
+                                    let until = (start + end_at).min(Instant::now() + wait);
+                                    tokio::time::sleep_until(until.into()).await;
+                                }
                                 n += args.sessions as u64;
                             }
                         }));

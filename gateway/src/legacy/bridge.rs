@@ -135,8 +135,15 @@ impl Out {
     }
 
     async fn reject(&self, rpc: &Rpc, reject: &Reject) {
-        self.error(Some(rpc), reject.code(), &reject.to_string())
-            .await;
+        if let Some(id) = rpc.id.as_ref() {
+            let body = jsonrpc::error_body_with(
+                Some(id),
+                reject.code(),
+                &reject.to_string(),
+                reject.data(),
+            );
+            let _ = self.send(message(&String::from_utf8_lossy(&body))).await;
+        }
     }
 }
 
@@ -286,6 +293,19 @@ impl Bridge {
         }
     }
 
+    /// Tells a legacy session's stream that its client's message was refused
+    /// (the POST itself is answered with the refusal's status).
+    pub fn refuse_message(&self, query: Option<&str>, rpc: &Rpc, reject: &Reject, principal: &str) {
+        if rpc.id.is_none() {
+            return;
+        }
+        if let Ok(Located::Here(id)) = self.locate(query)
+            && let Some(entry) = self.table.get(&id).filter(|e| e.principal() == principal)
+        {
+            entry.queue_refusal(rpc.clone(), reject.clone());
+        }
+    }
+
     /// Relays a message to the replica holding its stream; returns that
     /// replica's status. A replica that cannot be reached means the stream is
     /// gone with it: the client must open a new one.
@@ -366,8 +386,18 @@ impl Bridge {
         let mut links: Option<Arc<Links>> = None;
         let mut calls = JoinSet::new();
         let mut listener = None;
-        while let Some(Inbound { body, rpc, _queued }) = inbox.recv().await {
+        while let Some(Inbound {
+            body,
+            rpc,
+            refused,
+            _queued,
+        }) = inbox.recv().await
+        {
             drop(_queued);
+            if let Some(r) = refused {
+                out.reject(&rpc, &r).await;
+                continue;
+            }
             while calls.try_join_next().is_some() {}
             // Each backend call holds one unit of the gateway's in-flight budget
             // and one of this session's concurrency permits.

@@ -16,6 +16,9 @@ use crate::policy::jsonrpc::Rpc;
 pub struct Inbound {
     pub body: Bytes,
     pub rpc: Rpc,
+    /// Set when the gateway refused the message (a limit, a denied tool):
+    /// the worker tells the client on its stream instead of calling a backend.
+    pub refused: Option<crate::reject::Reject>,
     /// Returns the message's bytes to the inbox budget once the worker took it.
     pub _queued: Queued,
 }
@@ -79,12 +82,28 @@ impl Entry {
         match self.inbox.try_send(Inbound {
             body,
             rpc,
+            refused: None,
             _queued: queued,
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
         }
+    }
+
+    /// Queues the answer to a refused message, so the stream carries the
+    /// JSON-RPC error for its id; best effort (a full inbox drops it: the
+    /// POST's own status already said no).
+    pub fn queue_refusal(&self, rpc: Rpc, reject: crate::reject::Reject) {
+        let _ = self.inbox.try_send(Inbound {
+            body: Bytes::new(),
+            rpc,
+            refused: Some(reject),
+            _queued: Queued {
+                counter: Arc::clone(&self.queued),
+                bytes: 0,
+            },
+        });
     }
 
     pub fn queued_bytes(&self) -> usize {

@@ -51,8 +51,8 @@ impl Principal {
 }
 
 struct Jwt {
-    keys: HashMap<Option<String>, (DecodingKey, Algorithm)>,
-    validation: Validation,
+    /// By `kid` (None: the HS256 secret, used for tokens without a known `kid`).
+    keys: HashMap<Option<String>, (DecodingKey, Algorithm, Validation)>,
     principal_claim: String,
     tier_claim: Option<String>,
     scope_claim: String,
@@ -146,18 +146,25 @@ impl Authenticator {
                 if found.is_empty() {
                     anyhow::bail!("[auth.jwt] needs hs256_secret_env or jwks_file");
                 }
-                let mut validation = Validation::new(Algorithm::HS256);
-                validation.algorithms = found.values().map(|(_, a)| *a).collect();
-                validation.set_audience(&[&j.audience]);
-                if let Some(iss) = &j.issuer {
-                    validation.set_issuer(&[iss]);
-                }
-                validation.validate_nbf = true;
-                validation.leeway = j.leeway_secs;
-                validation.set_required_spec_claims(&["exp", "aud"]);
+                // One validation per key: jsonwebtoken checks a token
+                // against its key's algorithm family, so each key allows
+                // exactly its own algorithm.
+                let keys = found
+                    .into_iter()
+                    .map(|(kid, (key, alg))| {
+                        let mut validation = Validation::new(alg);
+                        validation.set_audience(&[&j.audience]);
+                        if let Some(iss) = &j.issuer {
+                            validation.set_issuer(&[iss]);
+                        }
+                        validation.validate_nbf = true;
+                        validation.leeway = j.leeway_secs;
+                        validation.set_required_spec_claims(&["exp", "aud"]);
+                        (kid, (key, alg, validation))
+                    })
+                    .collect();
                 Some(Jwt {
-                    keys: found,
-                    validation,
+                    keys,
                     principal_claim: j.principal_claim.clone(),
                     tier_claim: j.tier_claim.clone(),
                     scope_claim: j.scope_claim.clone(),
@@ -234,7 +241,7 @@ impl Authenticator {
             .ok_or(Reject::Unauthorized("invalid credentials"))?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Reject::Unauthorized("malformed token"))?;
-        let (key, alg) = jwt
+        let (key, alg, validation) = jwt
             .keys
             .get(&header.kid)
             .or_else(|| jwt.keys.get(&None))
@@ -245,9 +252,7 @@ impl Authenticator {
             ));
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            key,
-            &jwt.validation,
+            token, key, validation,
         )
         .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;

@@ -95,6 +95,7 @@ pub struct Limits {
     tiers: BTreeMap<String, Tier>,
     global: Option<DefaultDirectRateLimiter>,
     per_ip: Option<Keyed<IpAddr>>,
+    per_ip_connections: Option<Keyed<IpAddr>>,
     per_ip_inflight: Option<usize>,
     ip_inflight: DashMap<IpAddr, usize>,
     streams: DashMap<Arc<str>, usize>,
@@ -139,6 +140,12 @@ impl Limits {
             per_ip: global
                 .per_ip_requests_per_second
                 .map(|n| Keyed::new(Quota::per_second(nz(n)))),
+            per_ip_connections: global.per_ip_connections_per_second.map(|n| {
+                Keyed::new(
+                    Quota::per_second(nz(n))
+                        .allow_burst(nz(global.per_ip_connection_burst.unwrap_or(n))),
+                )
+            }),
             per_ip_inflight: global.per_ip_inflight,
             ip_inflight: DashMap::new(),
             streams: DashMap::new(),
@@ -159,6 +166,16 @@ impl Limits {
         } else {
             Arc::from(who.name.as_str())
         }
+    }
+
+    /// A new connection from `ip`: within its address's connection rate?
+    /// (Checked at accept, before TLS; a refused connection is closed.)
+    pub fn accept_connection(&self, ip: IpAddr) -> bool {
+        let Some(l) = &self.per_ip_connections else {
+            return true;
+        };
+        self.bound(l);
+        l.check_key(&ip).is_ok()
     }
 
     /// Before authentication: the client IP's rate and in-flight cap.
@@ -298,6 +315,9 @@ impl Limits {
         if let Some(l) = &self.per_ip {
             l.retain_recent();
         }
+        if let Some(l) = &self.per_ip_connections {
+            l.retain_recent();
+        }
     }
 
     /// Keys held now, over all tables (for /metrics and the bound's test).
@@ -310,6 +330,7 @@ impl Limits {
             n += t.sessions.as_ref().map_or(0, |l| l.len());
         }
         n + self.per_ip.as_ref().map_or(0, |l| l.len())
+            + self.per_ip_connections.as_ref().map_or(0, |l| l.len())
     }
 
     /// How often [`Limits::tidy`] should run.

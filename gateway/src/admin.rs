@@ -26,8 +26,12 @@ impl Admin {
     /// Who may use the admin API: the token holder when one is configured;
     /// without one (loopback only), anything but a browser — a state change
     /// carrying `Origin` or `Sec-Fetch-Site` is a cross-site request (CSRF).
-    /// Returns the refusal to send, if any.
+    /// `GET /health` (up or draining, nothing else) is open to all, so
+    /// orchestrator probes need no secret. Returns the refusal to send, if any.
     fn refusal(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
+        if req.method == http::Method::GET && req.uri.path() == "/health" {
+            return None;
+        }
         if let Some(token) = &self.token {
             let presented = req
                 .headers
@@ -124,6 +128,10 @@ impl Admin {
             ("mcp_gateway_failovers_total", &m.failovers),
             ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
             ("mcp_gateway_legacy_relayed_total", &m.legacy_relayed),
+            (
+                "mcp_gateway_connections_accepted_total",
+                &m.connections_accepted,
+            ),
             (
                 "mcp_gateway_connections_refused_total",
                 &m.connections_refused,

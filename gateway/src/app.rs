@@ -178,6 +178,7 @@ impl std::fmt::Debug for Gateway {
 #[async_trait::async_trait]
 impl pingora::listeners::ConnectionFilter for AcceptFilter {
     async fn should_accept(&self, addr: Option<&std::net::SocketAddr>) -> bool {
+        crate::metrics::Metrics::inc(&self.gw.state.metrics.connections_accepted);
         let Some(addr) = addr else { return true };
         let ok = self.gw.guard().limits.accept_connection(addr.ip());
         if !ok {

@@ -63,6 +63,16 @@ pub struct Cli {
     /// Worker threads for the proxy.
     #[arg(long, env = "MCP_GATEWAY_THREADS")]
     pub threads: Option<usize>,
+    /// Bearer token for the admin API, 16+ characters (required when --admin
+    /// is not on loopback; `rollout` sends it). Prefer the environment
+    /// variable: flags show in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 }
 
 /// Operator commands that talk to a running gateway's admin listener.
@@ -458,8 +468,11 @@ pub enum AuthMode {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Environment variable holding the admin bearer token. Required when the
-    /// admin listener is not on loopback.
+    /// admin listener is not on loopback (or set MCP_GATEWAY_ADMIN_TOKEN).
     pub token_env: Option<String>,
+    /// The token itself, resolved at load from `--admin-token` or `token_env`.
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 /// Several gateway replicas in front of the same pools.
@@ -592,6 +605,16 @@ impl Config {
                 },
             ));
         }
+        config.admin.token = match (&cli.admin_token, &config.admin.token_env) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(env)) => std::env::var(env).ok(),
+            (None, None) => None,
+        };
+        if let Some(token) = &config.admin.token
+            && token.len() < 16
+        {
+            bail!("the admin token (--admin-token / [admin] token_env) must have 16+ characters");
+        }
         config.validate()?;
         Ok(config)
     }
@@ -619,10 +642,10 @@ impl Config {
         }
         if let Some(admin) = self.listen.admin
             && !admin.ip().is_loopback()
-            && self.admin.token_env.is_none()
+            && self.admin.token.is_none()
         {
             bail!(
-                "the admin listener {admin} is not on loopback: set [admin] token_env (an environment variable holding its bearer token)"
+                "the admin listener {admin} is not on loopback: give it a bearer token (MCP_GATEWAY_ADMIN_TOKEN, or [admin] token_env naming a variable that holds one)"
             );
         }
         Ok(())

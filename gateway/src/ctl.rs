@@ -14,15 +14,24 @@ async fn call(
     admin: SocketAddr,
     method: http::Method,
     path: &str,
+    token: Option<&str>,
 ) -> Result<(u16, serde_json::Value)> {
     let fwd = Forwarded::default();
+    let mut headers = http::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the admin token is not a valid header value")?,
+        );
+    }
     let (parts, mut frames) = up
         .send(
             admin,
             Outgoing {
                 method,
                 path,
-                client_headers: None,
+                client_headers: Some(&headers),
                 session: None,
                 protocol_version: None,
                 accept: Some("application/json"),
@@ -30,7 +39,7 @@ async fn call(
                 body: Bytes::new(),
                 forwarded: &fwd,
                 principal: None,
-                keep_credentials: false,
+                keep_credentials: true,
             },
         )
         .await
@@ -41,10 +50,10 @@ async fn call(
 }
 
 /// Starts (or joins) a rollout and prints each line of progress; Ok(true) if it succeeded.
-pub async fn rollout(admin: SocketAddr, pool: &str) -> Result<bool> {
+pub async fn rollout(admin: SocketAddr, pool: &str, token: Option<&str>) -> Result<bool> {
     let up = Upstream::new(Duration::from_secs(2), Duration::from_secs(60));
     let path = format!("/pools/{pool}/rollout");
-    let (status, body) = call(&up, admin, http::Method::POST, &path).await?;
+    let (status, body) = call(&up, admin, http::Method::POST, &path, token).await?;
     if status != 202 {
         bail!(
             "{}",
@@ -60,6 +69,7 @@ pub async fn rollout(admin: SocketAddr, pool: &str) -> Result<bool> {
             admin,
             http::Method::GET,
             &format!("{path}?from={seen}"),
+            token,
         )
         .await?;
         for line in body["lines"].as_array().into_iter().flatten() {

@@ -142,7 +142,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Rollout { admin, pool }) = &cli.command {
         let rt = tokio::runtime::Runtime::new()?;
-        let ok = rt.block_on(mcp_gateway::ctl::rollout(*admin, pool))?;
+        let ok = rt.block_on(mcp_gateway::ctl::rollout(
+            *admin,
+            pool,
+            cli.admin_token.as_deref(),
+        ))?;
         std::process::exit(if ok { 0 } else { 1 });
     }
     tracing_subscriber::fmt()
@@ -176,17 +180,7 @@ fn main() -> Result<()> {
     for (i, pc) in config.pools.iter().enumerate() {
         pools.push(build_pool(&mut server, i as u16, pc)?);
     }
-    let admin_token = match &config.admin.token_env {
-        Some(env) => Some(
-            std::env::var(env)
-                .ok()
-                .filter(|t| t.len() >= 16)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("[admin] token_env: {env} must hold a token of 16+ characters")
-                })?,
-        ),
-        None => None,
-    };
+    let admin_token = config.admin.token.clone();
     let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
     let auth_summary = guard.summary();
     let gw = Gateway::new(&config, cli.config.clone(), guard, pools, sealer);

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub outcome_unknown: AtomicU64,
     /// Legacy messages relayed to the replica holding their stream.
     pub legacy_relayed: AtomicU64,
+    /// Downstream TCP connections accepted (before TLS).
+    pub connections_accepted: AtomicU64,
     /// Connections closed at accept (per-IP connection rate).
     pub connections_refused: AtomicU64,
     /// How long POST requests took, first byte in to last byte out.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark in one run: the same MCP load (mcp-client load)
 # against (1) a registry backend directly, (2) nginx in front of it,
-# (3) mcp-gateway in front of it. All three front the same single backend,
-# so the differences are the proxies'. Prints one table and the ratios.
+# (3) mcp-gateway in front of it — over HTTP, over TLS, through the legacy
+# SSE bridge, with stateless requests, and with authentication + rate limits
+# on. All front the same single backend, so the differences are the proxies'.
+# Prints one table (calls/s, latency percentiles, proxy CPU per 1,000 calls,
+# downstream connections accepted per 1,000 requests) and the ratios.
 #   tests/bench/compare.sh                     # defaults below
-#   DURATION=20s SESSIONS=16 RATE= tests/bench/compare.sh
-# Needs: cargo build --release --workspace; nginx (apt-get install nginx).
+#   DURATION=20s SESSIONS=16 RATE=1000 tests/bench/compare.sh
+# Needs: cargo build --release --workspace; nginx (apt-get install nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -17,21 +20,26 @@ SESSIONS=${SESSIONS:-8}
 # table would penalise whichever target runs last).
 MIX=${MIX:-get_agent=80,list_agents=20}
 ROUNDS=${ROUNDS:-2}
+THREADS=${THREADS:-2}   # gateway worker threads and nginx worker processes
 TMP=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; return 1; }
+wait_http() { for _ in $(seq 200); do curl -sfk -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; return 1; }
 
-BPORT=$(free_port); NPORT=$(free_port); GPORT=$(free_port); APORT=$(free_port)
+BPORT=$(free_port); NPORT=$(free_port); NSTAT=$(free_port)
+GPORT=$(free_port); GTLS=$(free_port); APORT=$(free_port)
+XPORT=$(free_port); XADMIN=$(free_port)
 "$BIN/registry-backend" --listen "127.0.0.1:$BPORT" --db "$TMP/bench.db" --instance bench \
   --allowed-host "127.0.0.1,localhost" > /dev/null 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$BPORT/health"
 
+# nginx as fairly as we can: keep-alive upstream, buffering off, sticky on
+# Mcp-Session-Id (a no-op with one backend, but it is the work nginx would do).
 cat > "$TMP/nginx.conf" <<NGINX
-worker_processes 2;
+worker_processes $THREADS;
 error_log $TMP/nginx-error.log warn;
 pid $TMP/nginx.pid;
 events { worker_connections 4096; }
@@ -39,7 +47,7 @@ http {
   access_log off;
   client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy;
   fastcgi_temp_path $TMP/fcgi; uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
-  upstream registry { server 127.0.0.1:$BPORT; keepalive 64; }
+  upstream registry { hash \$http_mcp_session_id consistent; server 127.0.0.1:$BPORT; keepalive 64; }
   server {
     listen 127.0.0.1:$NPORT;
     location / {
@@ -48,62 +56,130 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Host 127.0.0.1:$BPORT;
       proxy_buffering off;
+      proxy_request_buffering off;
       proxy_read_timeout 3600s;
     }
   }
+  server { listen 127.0.0.1:$NSTAT; location / { stub_status; } }
 }
 NGINX
 nginx -c "$TMP/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+NPID=$!
+pids+=($NPID)
 wait_http "http://127.0.0.1:$NPORT/health"
 
-MCP_GATEWAY_SESSION_KEY=bench-session-key-0123456789abcdef "$BIN/mcp-gateway" \
-  --http "127.0.0.1:$GPORT" --admin "127.0.0.1:$APORT" --backend "127.0.0.1:$BPORT" > /dev/null 2>&1 &
+export MCP_GATEWAY_SESSION_KEY=bench-session-key-0123456789abcdef
+"$BIN/mcp-gateway" --threads "$THREADS" --http "127.0.0.1:$GPORT" --https "127.0.0.1:$GTLS" --dev-tls-dir "$TMP/tls" \
+  --admin "127.0.0.1:$APORT" --backend "127.0.0.1:$BPORT" > /dev/null 2>&1 &
 GPID=$!
 pids+=($GPID)
 wait_http "http://127.0.0.1:$GPORT/health"
-for _ in $(seq 100); do curl -s "http://127.0.0.1:$APORT/backends" | grep -q '"healthy": true' && break; sleep 0.05; done
 
-run() { # label url transport round
-  "$BIN/mcp-client" --url "$2" -o json load --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
-    --mix "$MIX" --transports "$3" --seed-agents 200 ${RATE:+--rate "$RATE"} > "$TMP/$1.$4.json"
+# The same gateway with authentication (an API key) and rate limits on,
+# limits high enough that none is hit: the cost of checking them.
+KEY=bench-api-key-0123456789
+cat > "$TMP/auth.toml" <<TOML
+[listen]
+http = "127.0.0.1:$XPORT"
+admin = "127.0.0.1:$XADMIN"
+[[auth.keys]]
+principal = "bench"
+sha256 = "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+[[auth.rules]]
+deny_tools = ["delete_agent"]
+[limits.tiers.default]
+requests_per_second = 1000000
+tool_calls_per_minute = 100000000
+sessions_per_minute = 100000
+max_streams = 1000
+[limits.global]
+per_ip_requests_per_second = 1000000
+per_ip_connections_per_second = 10000
+[[pools]]
+name = "registry"
+discovery = { static = { backends = ["127.0.0.1:$BPORT"] } }
+TOML
+"$BIN/mcp-gateway" --threads "$THREADS" --config "$TMP/auth.toml" > /dev/null 2>&1 &
+XPID=$!
+pids+=($XPID)
+wait_http "http://127.0.0.1:$XPORT/health"
+for a in $APORT $XADMIN; do
+  for _ in $(seq 100); do curl -s "http://127.0.0.1:$a/backends" | grep -q '"healthy": true' && break; sleep 0.05; done
+done
+
+nginx_pids() { echo "$NPID $(pgrep -P "$NPID" | tr '\n' ' ')" | xargs | tr ' ' ','; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+# counters: "accepted requests" for the proxy in front, before and after a run
+counters() { # target
+  case $1 in
+    nginx) curl -s "http://127.0.0.1:$NSTAT/" | awk 'NR==3 {print $1, $3}' ;;
+    gateway-auth) echo "$(metric "$XADMIN" mcp_gateway_connections_accepted_total) $(metric "$XADMIN" mcp_gateway_requests_total)" ;;
+    gateway*) echo "$(metric "$APORT" mcp_gateway_connections_accepted_total) $(metric "$APORT" mcp_gateway_requests_total)" ;;
+    *) echo "0 0" ;;
+  esac
+}
+run() { # label url transport round cpu-pids [extra args]
+  local label=$1 url=$2 transport=$3 round=$4 cpu=$5; shift 5
+  read -r a0 r0 < <(counters "$label")
+  "$BIN/mcp-client" --url "$url" "$@" -o json load --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
+    --mix "$MIX" --transports "$transport" --seed-agents 200 ${RATE:+--rate "$RATE"} ${cpu:+--cpu-pid "$cpu"} \
+    > "$TMP/$label.$round.json"
+  read -r a1 r1 < <(counters "$label")
+  echo "$((a1 - a0)) $((r1 - r0))" > "$TMP/$label.$round.conns"
 }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 gw_rss_before=$(rss $GPID)
-targets=("direct http://127.0.0.1:$BPORT streamable" "nginx http://127.0.0.1:$NPORT streamable"
-         "gateway http://127.0.0.1:$GPORT streamable" "gateway-legacy-sse http://127.0.0.1:$GPORT sse"
-         "gateway-stateless http://127.0.0.1:$GPORT stateless")
+targets=("direct|http://127.0.0.1:$BPORT|streamable|"
+         "nginx|http://127.0.0.1:$NPORT|streamable|NGINX"
+         "gateway|http://127.0.0.1:$GPORT|streamable|$GPID"
+         "gateway-tls|https://127.0.0.1:$GTLS|streamable|$GPID|--ca|$TMP/tls/ca.pem"
+         "gateway-legacy-sse|http://127.0.0.1:$GPORT|sse|$GPID"
+         "gateway-stateless|http://127.0.0.1:$GPORT|stateless|$GPID"
+         "gateway-auth|http://127.0.0.1:$XPORT|streamable|$XPID|--api-key|$KEY")
 # Rounds alternate the order (A B C … then … C B A) so drift over time evens out.
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then order=("${targets[@]}"); else order=(); for ((i=${#targets[@]}-1; i>=0; i--)); do order+=("${targets[$i]}"); done; fi
-  for t in "${order[@]}"; do set -- $t; run "$1" "$2" "$3" "$round"; done
+  for t in "${order[@]}"; do
+    IFS='|' read -r -a f <<< "$t"
+    cpu=${f[3]:-}; [ "$cpu" = NGINX ] && cpu=$(nginx_pids)
+    run "${f[0]}" "${f[1]}" "${f[2]}" "$round" "$cpu" "${f[@]:4}"
+  done
 done
 gw_rss_after=$(rss $GPID)
 
-python3 - "$TMP" "$gw_rss_before" "$gw_rss_after" "$ROUNDS" <<'PY'
+python3 - "$TMP" "$gw_rss_before" "$gw_rss_after" "$ROUNDS" "$THREADS" <<'PY'
 import glob, json, sys
-tmp, rss0, rss1, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rows = ["direct", "nginx", "gateway", "gateway-legacy-sse", "gateway-stateless"]
+tmp, rss0, rss1, rounds, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows = ["direct", "nginx", "gateway", "gateway-tls", "gateway-legacy-sse", "gateway-stateless", "gateway-auth"]
 
 def mean_report(label):
     runs = [json.load(open(f)) for f in sorted(glob.glob(f"{tmp}/{label}.*.json"))]
+    conns = [list(map(int, open(f).read().split())) for f in sorted(glob.glob(f"{tmp}/{label}.*.conns"))]
     out = json.loads(json.dumps(runs[0]))
     t = out["total"]
     t["calls_per_sec"] = sum(r["total"]["calls_per_sec"] for r in runs) / len(runs)
     t["errors"] = sum(r["total"]["errors"] for r in runs)
     for k in t["latency"]:
         t["latency"][k] = sum(r["total"]["latency"][k] for r in runs) / len(runs)
+    cpus = [r["cpu"]["ms_per_1000_calls"] for r in runs if "cpu" in r]
+    t["cpu"] = sum(cpus) / len(cpus) if cpus else None
+    accepted, requests = sum(c[0] for c in conns), sum(c[1] for c in conns)
+    t["conns"] = 1000 * accepted / requests if requests else None
     return out
 
 data = {r: mean_report(r) for r in rows}
 cfg = data["direct"]["config"]
 print(f"mode {cfg['mode']}, {cfg['sessions']} sessions, {cfg['duration_s']}s measured x {rounds} rounds (means), mix {cfg['mix']}")
-print(f"{'target':<20} {'calls/s':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
+print(f"gateway worker threads {threads}, nginx worker processes {threads}")
+print(f"{'target':<20} {'calls/s':>8} {'errors':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'CPU ms/1k calls':>15} {'conns/1k req':>12}")
 for r in rows:
     t = data[r]["total"]; l = t["latency"] or {}
-    print(f"{r:<20} {t['calls_per_sec']:>9.0f} {t['errors']:>7} {l.get('p50_ms',0):>8.2f} {l.get('p90_ms',0):>8.2f} {l.get('p99_ms',0):>8.2f} {l.get('p999_ms',0):>9.2f}")
-d, n, g = (data[r]["total"] for r in ["direct", "nginx", "gateway"])
-print(f"throughput ratio gateway/direct {g['calls_per_sec']/d['calls_per_sec']:.2f}, gateway/nginx {g['calls_per_sec']/n['calls_per_sec']:.2f}")
-print(f"p99 ratio gateway/direct {g['latency']['p99_ms']/d['latency']['p99_ms']:.2f}, gateway/nginx {g['latency']['p99_ms']/n['latency']['p99_ms']:.2f}")
+    cpu = f"{t['cpu']:.0f}" if t["cpu"] is not None else "–"
+    conns = f"{t['conns']:.2f}" if t["conns"] is not None else "–"
+    print(f"{r:<20} {t['calls_per_sec']:>8.0f} {t['errors']:>6} {l.get('p50_ms',0):>7.2f} {l.get('p90_ms',0):>7.2f} {l.get('p99_ms',0):>7.2f} {l.get('p999_ms',0):>8.2f} {cpu:>15} {conns:>12}")
+d, n, g, a = (data[r]["total"] for r in ["direct", "nginx", "gateway", "gateway-auth"])
+print(f"throughput ratio gateway/direct {g['calls_per_sec']/d['calls_per_sec']:.2f}, gateway/nginx {g['calls_per_sec']/n['calls_per_sec']:.2f}, auth+limits on/off {a['calls_per_sec']/g['calls_per_sec']:.2f}")
+print(f"p99 ratio gateway/direct {g['latency']['p99_ms']/d['latency']['p99_ms']:.2f}, gateway/nginx {g['latency']['p99_ms']/n['latency']['p99_ms']:.2f}, auth+limits on/off {a['latency']['p99_ms']/g['latency']['p99_ms']:.2f}")
+print(f"proxy CPU per call gateway/nginx {g['cpu']/n['cpu']:.2f}, auth+limits on/off {a['cpu']/g['cpu']:.2f}")
 print(f"gateway RSS {rss0/1024:.1f} MiB before, {rss1/1024:.1f} MiB after the runs")
 PY

@@ -579,6 +579,11 @@ def test_the_admin_api_needs_its_token(authstack):
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
     assert httpx2.post(f"{gw.admin}/reload", headers=bearer("alice-key"), timeout=5).status_code == 401
     assert httpx2.get(f"{gw.admin}/backends", headers=gw.admin_headers, timeout=5).status_code == 200
+    assert httpx2.get(f"{gw.admin}/metrics", timeout=5).status_code == 401
+    # the probe path alone is open, and says nothing but up/draining
+    health = httpx2.get(f"{gw.admin}/health", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert httpx2.post(f"{gw.admin}/health", timeout=5).status_code == 401
 
 
 def test_without_a_token_the_admin_api_refuses_browser_writes(tmp_path):
@@ -601,9 +606,14 @@ def test_an_admin_listener_beyond_loopback_needs_a_token(tmp_path):
     config = tmp_path / "exposed.toml"
     config.write_text('[listen]\nhttp = "127.0.0.1:0"\nadmin = "0.0.0.0:0"\n'
                       '[[pools]]\nname = "r"\ndiscovery = { static = { backends = ["127.0.0.1:9"] } }\n')
-    out = subprocess.run([str(BIN / "mcp-gateway"), "--config", str(config)], capture_output=True, text=True, timeout=30)
+    env = {k: v for k, v in os.environ.items() if k != "MCP_GATEWAY_ADMIN_TOKEN"}
+    out = subprocess.run([str(BIN / "mcp-gateway"), "--config", str(config)], capture_output=True, text=True,
+                         timeout=30, env=env)
     assert out.returncode != 0
-    assert "not on loopback" in out.stderr and "token_env" in out.stderr, out.stderr
+    assert "not on loopback" in out.stderr and "MCP_GATEWAY_ADMIN_TOKEN" in out.stderr, out.stderr
+    short = subprocess.run([str(BIN / "mcp-gateway"), "--config", str(config)], capture_output=True, text=True,
+                           timeout=30, env={**env, "MCP_GATEWAY_ADMIN_TOKEN": "too-short"})
+    assert short.returncode != 0 and "16+ characters" in short.stderr, short.stderr
 
 
 # --- reloads --------------------------------------------------------------------------------

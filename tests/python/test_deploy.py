@@ -84,6 +84,30 @@ def test_manifests_parse_and_hang_together():
     assert "registry-backend.default.svc.cluster.local" in gateway_toml
 
 
+def test_the_kubernetes_admin_port_is_fenced_and_has_a_token():
+    docs = k8s_docs()
+    gateway = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mcp-gateway")
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    admin_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "admin")
+    # bound beyond loopback, so the token must come from a Secret
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["MCP_GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"]
+    # no Service exposes it
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mcp-gateway")
+    assert "admin" not in {p["targetPort"] for p in svc["spec"]["ports"]}
+    # a NetworkPolicy selecting the gateway admits the admin port only from labelled pods
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"]["matchLabels"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()]
+    assert policies, "no NetworkPolicy selects the gateway"
+    rules = [r for p in policies for r in p["spec"]["ingress"]]
+    admin_rules = [r for r in rules if any(port["port"] in (admin_port, "admin") for port in r.get("ports", []))]
+    assert admin_rules and all(r.get("from") for r in admin_rules), admin_rules
+    # and no rule opens every port (a rule without ports)
+    assert all(r.get("ports") for r in rules)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert "MCP_GATEWAY_ADMIN_TOKEN" in compose["services"]["gateway"]["environment"]
+
+
 def test_every_flag_and_variable_exists_in_the_binaries():
     helps = {b: helptext(b) for b in ["registry-backend", "mcp-gateway"]}
     seen = 0

@@ -65,6 +65,27 @@ pub struct LoadArgs {
     /// the session waits out the gateway's Retry-After before calling again.
     #[arg(long)]
     pub honour_retry_after: bool,
+    /// Processes whose CPU time (user + system, from /proc) over the
+    /// measured window is reported per 1,000 calls, e.g. a proxy's pids.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pid: Vec<u32>,
+}
+
+/// CPU time (user + system) the given processes have used so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // fields after the command name (which may hold spaces) in parentheses
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
 }
 
 /// A weighted choice of tools.
@@ -227,6 +248,14 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
     let outstanding = Arc::new(AtomicU64::new(0));
     let limit = args.calls;
 
+    let cpu_probe = (!args.cpu_pid.is_empty()).then(|| {
+        let pids = args.cpu_pid.clone();
+        let from = start + measure_from;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            cpu_seconds(&pids)
+        })
+    });
     let driver = {
         let conns = conns.clone();
         let mix = mix.clone();
@@ -408,6 +437,11 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
         }
     }
     let _ = driver.await;
+    // the measured window ends here, before the sessions are closed
+    let cpu_used = match cpu_probe.filter(|p| p.is_finished()) {
+        Some(probe) => Some(cpu_seconds(&args.cpu_pid) - probe.await.unwrap_or(0.0)),
+        None => None,
+    };
     let elapsed = start
         .elapsed()
         .saturating_sub(measure_from)
@@ -425,6 +459,15 @@ pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Re
 
     let mut report = build_report(&tools, &errors, &all, elapsed, args, &timeline);
     report["config"]["run_id"] = json!(run_id);
+    if let Some(cpu) = cpu_used {
+        let calls = report["total"]["ok"].as_u64().unwrap_or(0)
+            + report["total"]["errors"].as_u64().unwrap_or(0);
+        report["cpu"] = json!({
+            "pids": args.cpu_pid,
+            "seconds": cpu,
+            "ms_per_1000_calls": if calls > 0 { cpu * 1_000_000.0 / calls as f64 } else { 0.0 },
+        });
+    }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Pretty => print!("{}", render_table(&report)),

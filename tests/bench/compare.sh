@@ -7,7 +7,8 @@
 # Prints one table (calls/s, latency percentiles, proxy CPU per 1,000 calls,
 # downstream connections accepted per 1,000 requests) and the ratios.
 #   tests/bench/compare.sh                     # defaults below
-#   DURATION=20s SESSIONS=16 RATE=1000 tests/bench/compare.sh
+#   DURATION=20s SESSIONS=16 RATE=1000 SESSION_BENCH=0 tests/bench/compare.sh
+# then the session benchmarks (tests/bench/sessions.py) unless SESSION_BENCH=0.
 # Needs: cargo build --release --workspace; nginx (apt-get install nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -183,3 +184,10 @@ print(f"p99 ratio gateway/direct {g['latency']['p99_ms']/d['latency']['p99_ms']:
 print(f"proxy CPU per call gateway/nginx {g['cpu']/n['cpu']:.2f}, auth+limits on/off {a['cpu']/g['cpu']:.2f}")
 print(f"gateway RSS {rss0/1024:.1f} MiB before, {rss1/1024:.1f} MiB after the runs")
 PY
+
+# Session setup rate (gateway vs direct) and idle-session capacity
+# (IDLE_LEGACY + IDLE_STREAMABLE sessions held open through the gateway).
+if [ "${SESSION_BENCH:-1}" = 1 ]; then
+  python3 tests/bench/sessions.py --gateway "127.0.0.1:$GPORT" --gateway-pid "$GPID" --direct "127.0.0.1:$BPORT" \
+    --legacy "${IDLE_LEGACY:-2000}" --streamable "${IDLE_STREAMABLE:-2000}" --setup "${SETUP:-2000}"
+fi

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Session capacity and session setup rate, gateway vs direct, one run.
+
+Capacity: opens LEGACY idle legacy SSE sessions (GET /sse, endpoint event
+read) and STREAMABLE idle Streamable HTTP sessions (initialize +
+notifications/initialized + an open GET /mcp stream) through the gateway
+and reports the gateway's RSS growth per session. Setup rate: sessions
+(initialize + notifications/initialized) per second, gateway vs the backend
+directly, same concurrency. Standard library only (asyncio, raw HTTP/1.1).
+
+  python3 tests/bench/sessions.py --gateway 127.0.0.1:8080 --gateway-pid PID \
+      --direct 127.0.0.1:8091 [--legacy 2000 --streamable 2000 --setup 2000]
+"""
+import argparse
+import asyncio
+import json
+import time
+
+INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}).encode()
+INITIALIZED = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+async def read_head(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    return status, headers
+
+
+async def read_body(reader, headers):
+    if "content-length" in headers:
+        return await reader.readexactly(int(headers["content-length"]))
+    body = b""
+    while True:  # chunked
+        size = int((await reader.readline()).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return body
+        body += chunk[:-2]
+
+
+async def post(reader, writer, host, body, sid=None):
+    extra = f"Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n" if sid else ""
+    writer.write(f"POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Accept: application/json, text/event-stream\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+                 .encode() + body)
+    await writer.drain()
+    status, headers = await read_head(reader)
+    if status != 202:
+        await read_body(reader, headers)
+    elif "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    return status, headers
+
+
+async def new_session(host):
+    """initialize + notifications/initialized on one keep-alive connection."""
+    h, p = host.split(":")
+    reader, writer = await asyncio.open_connection(h, int(p))
+    status, headers = await post(reader, writer, host, INIT)
+    assert status == 200, status
+    sid = headers["mcp-session-id"]
+    status, _ = await post(reader, writer, host, INITIALIZED, sid)
+    assert status == 202, status
+    return reader, writer, sid
+
+
+async def streamable_idle(host, held):
+    reader, writer, sid = await new_session(host)
+    writer.write(f"GET /mcp HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+                 f"Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n\r\n".encode())
+    await writer.drain()
+    status, _ = await read_head(reader)
+    assert status == 200, status
+    held.append(writer)
+
+
+async def legacy_idle(host, held):
+    h, p = host.split(":")
+    reader, writer = await asyncio.open_connection(h, int(p))
+    writer.write(f"GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    await writer.drain()
+    status, _ = await read_head(reader)
+    assert status == 200, status
+    while b"endpoint" not in await reader.readline():
+        pass
+    held.append(writer)
+
+
+async def bounded(n, concurrency, make):
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one():
+        async with sem:
+            await make()
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def setup_rate(host, n, concurrency):
+    async def one():
+        _, writer, _ = await new_session(host)
+        writer.close()
+    t0 = time.perf_counter()
+    await bounded(n, concurrency, one)
+    return n / (time.perf_counter() - t0)
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gateway", required=True)
+    ap.add_argument("--gateway-pid", type=int, required=True)
+    ap.add_argument("--direct", required=True)
+    ap.add_argument("--legacy", type=int, default=2000)
+    ap.add_argument("--streamable", type=int, default=2000)
+    ap.add_argument("--setup", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    a = ap.parse_args()
+
+    rates = {"direct": [], "gateway": []}
+    for _ in range(2):  # alternate, two rounds
+        for name, host in (("direct", a.direct), ("gateway", a.gateway)):
+            rates[name].append(await setup_rate(host, a.setup, a.concurrency))
+    d, g = (sum(rates[k]) / 2 for k in ("direct", "gateway"))
+    print(f"session setup (initialize + initialized), {a.setup} sessions x 2 rounds, concurrency {a.concurrency}:")
+    print(f"  direct {d:.0f}/s, gateway {g:.0f}/s, ratio gateway/direct {g / d:.2f}")
+
+    held = []
+    base = rss_kib(a.gateway_pid)
+    await bounded(a.legacy, 64, lambda: legacy_idle(a.gateway, held))
+    after_legacy = rss_kib(a.gateway_pid)
+    await bounded(a.streamable, 64, lambda: streamable_idle(a.gateway, held))
+    after_both = rss_kib(a.gateway_pid)
+    print(f"idle sessions held open through the gateway: {a.legacy} legacy SSE + {a.streamable} Streamable HTTP with a GET stream")
+    print(f"  gateway RSS {base / 1024:.1f} MiB before, {after_legacy / 1024:.1f} MiB with the legacy ones, "
+          f"{after_both / 1024:.1f} MiB with all")
+    if a.legacy:
+        print(f"  per legacy session {(after_legacy - base) / a.legacy:.1f} KiB")
+    if a.streamable:
+        print(f"  per Streamable HTTP session {(after_both - after_legacy) / a.streamable:.1f} KiB")
+    print(f"  per session overall {(after_both - base) / max(1, a.legacy + a.streamable):.1f} KiB")
+    for w in held:
+        w.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

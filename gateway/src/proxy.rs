@@ -19,6 +19,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
+use tracing::Instrument;
 
 use crate::app::Gateway;
 use crate::legacy::bridge::{Caller, Located};
@@ -423,10 +424,31 @@ impl ProxyHttp for McpProxy {
             // client's next request opens a new one elsewhere.
             session.set_keepalive(None);
         }
-        let outcome = match self.admit(session, ctx).await {
-            Ok(route) => self.dispatch(session, ctx, route).await,
-            Err(reject) => Err(Failure::Reject(reject)),
-        };
+        // A span per request, at debug level: at info, an enabled span (and
+        // its enter/exit on every poll of a stream) cost 10-20 % more CPU per
+        // call in an A/B run (BENCHMARKS.md). `RUST_LOG=mcp_gateway=debug`
+        // turns it on; every event inside then carries the session tag.
+        let req = session.req_header();
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method,
+            path = %req.uri.path(),
+            session = %session_tag(req).unwrap_or_default(),
+        );
+        let outcome = async {
+            let outcome = match self.admit(session, ctx).await {
+                Ok(route) => self.dispatch(session, ctx, route).await,
+                Err(reject) => Err(Failure::Reject(reject)),
+            };
+            match &outcome {
+                Ok(()) => tracing::debug!("answered"),
+                Err(Failure::Reject(r)) => tracing::debug!(refused = %r, "refused"),
+                Err(_) => tracing::debug!("backend lost"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
         match outcome {
             Ok(()) => Ok(true),
             Err(Failure::Reject(reject)) => {
@@ -504,4 +526,17 @@ impl ProxyHttp for McpProxy {
         ctx.ip_held = None;
         ctx.slot = None;
     }
+}
+
+/// The first 8 characters of the session id a request carries (Streamable
+/// HTTP header or legacy query), for log correlation; never the whole id,
+/// which is a bearer of the session.
+fn session_tag(req: &RequestHeader) -> Option<&str> {
+    let id = header(req, SESSION_HEADER).or_else(|| {
+        req.uri.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == "sessionId" || k == "session_id").then_some(v)
+        })
+    })?;
+    id.get(..8).or(Some(id))
 }

@@ -695,6 +695,10 @@ def test_logs_never_carry_keys_tokens_or_whole_session_ids(tmp_path):
     assert "DEBUG" in text or "debug" in text, "debug logging was on"
     for secret in ("alice-key", "wrong-key-xyz", jwt_token, jwt_token.split(".")[2], sid, SECRET, ADMIN_TOKEN):
         assert secret not in text, f"the log carries {secret[:12]}…"
+    # each request's span carries the session's tag (its first 8 characters), enough to follow it
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    tagged = [line for line in plain.splitlines() if f"session={sid[:8]}" in line and "request{" in line]
+    assert tagged, "no span with the session tag"
 
 
 # --- mcp-client ---------------------------------------------------------------------------------

@@ -260,6 +260,11 @@ pub struct PoolConfig {
     #[serde(default = "default_route")]
     pub route: String,
     pub discovery: Discovery,
+    /// How backends are checked: `http` (GET `health_path`, 200 = ready),
+    /// `mcp` (an `initialize` answered with a result; for MCP servers with
+    /// no health endpoint) or `tcp` (a connection is accepted).
+    #[serde(default)]
+    pub health: HealthKind,
     #[serde(default = "default_health_path")]
     pub health_path: String,
     #[serde(with = "duration", default = "default_health_interval")]
@@ -270,6 +275,16 @@ pub struct PoolConfig {
     /// Credentials for this pool (default: required when any key or JWT is
     /// configured, else none).
     pub auth: Option<AuthMode>,
+}
+
+/// A pool's active health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    #[default]
+    Http,
+    Mcp,
+    Tcp,
 }
 
 fn default_route() -> String {
@@ -658,6 +673,7 @@ impl PoolConfig {
             name: name.into(),
             route: default_route(),
             discovery,
+            health: HealthKind::Http,
             health_path: default_health_path(),
             health_interval: default_health_interval(),
             eject_for: default_eject(),

@@ -8,15 +8,16 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
-use mcp_gateway::config::{Cli, Command, Config, Discovery, PoolConfig};
+use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, PoolConfig};
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
+use mcp_gateway::pool::health::McpHealthCheck;
 use mcp_gateway::pool::supervisor::Supervisor;
 use mcp_gateway::pool::{MemberTable, Pool};
 use mcp_gateway::proxy::McpProxy;
 use mcp_gateway::tls::ensure_dev_tls;
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
-use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::listeners::tls::TlsSettings;
@@ -105,12 +106,24 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
         members: Arc::clone(&members),
     };
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
-    let mut hc = HttpHealthCheck::new("localhost", false);
-    hc.req
-        .set_uri(pc.health_path.parse().context("health_path")?);
-    hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
-    hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
-    lb.set_health_check(Box::new(hc));
+    match pc.health {
+        HealthKind::Http => {
+            let mut hc = HttpHealthCheck::new("localhost", false);
+            hc.req
+                .set_uri(pc.health_path.parse().context("health_path")?);
+            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+            hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
+            lb.set_health_check(Box::new(hc));
+        }
+        HealthKind::Mcp => {
+            lb.set_health_check(Box::new(McpHealthCheck::new(Duration::from_secs(2))))
+        }
+        HealthKind::Tcp => {
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+            lb.set_health_check(hc);
+        }
+    }
     lb.health_check_frequency = Some(pc.health_interval);
     lb.update_frequency = Some(update);
     let svc = background_service(&format!("pool {}", pc.name), lb);

@@ -9,6 +9,7 @@
 //! switch. The table holds exactly the current members: bounded by the pool.
 
 pub mod discovery;
+pub mod health;
 pub mod supervisor;
 
 use std::cell::Cell;

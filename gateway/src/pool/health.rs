@@ -1,0 +1,144 @@
+//! Active health checks for servers we did not write. Besides pingora's HTTP
+//! GET of a health path (the registry's `/readyz`), a pool may check that a
+//! backend speaks MCP — `initialize` answered with a result, the probe
+//! session then ended with DELETE — or only that it accepts TCP connections.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::lb::Backend;
+use pingora::lb::health_check::HealthCheck;
+use pingora::{Error, ErrorType, Result};
+
+use crate::upstream::{Forwarded, Outgoing, SESSION_HEADER, Upstream};
+
+/// `initialize` on `/mcp`, as a client would; healthy when the answer is a
+/// JSON-RPC result (a draining or broken server answers otherwise).
+pub struct McpHealthCheck {
+    upstream: Upstream,
+}
+
+const PROBE: &str = r#"{"jsonrpc":"2.0","id":"health","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcp-gateway-health","version":"1"}}}"#;
+
+impl McpHealthCheck {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            upstream: Upstream::new(timeout, timeout),
+        }
+    }
+}
+
+fn failed(why: String) -> Box<Error> {
+    Error::explain(ErrorType::CustomCode("mcp health check", 0), why)
+}
+
+/// Whether a body (JSON, or SSE whose `data:` carries JSON) holds a
+/// JSON-RPC result.
+fn has_result(body: &[u8]) -> bool {
+    let json = |text: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(text)
+            .is_ok_and(|v| v.get("result").is_some_and(|r| r.is_object()))
+    };
+    json(body)
+        || body
+            .split(|b| *b == b'\n')
+            .filter_map(|line| line.strip_prefix(b"data:"))
+            .any(|d| json(d.trim_ascii()))
+}
+
+#[async_trait]
+impl HealthCheck for McpHealthCheck {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let addr = *target
+            .addr
+            .as_inet()
+            .ok_or_else(|| failed("not an IP backend".into()))?;
+        let fwd = Forwarded::default();
+        let (parts, mut frames) = self
+            .upstream
+            .send(
+                addr,
+                Outgoing {
+                    method: http::Method::POST,
+                    path: "/mcp",
+                    client_headers: None,
+                    session: None,
+                    protocol_version: None,
+                    accept: Some("application/json, text/event-stream"),
+                    content_type: Some("application/json"),
+                    body: Bytes::from_static(PROBE.as_bytes()),
+                    forwarded: &fwd,
+                    principal: None,
+                    keep_credentials: false,
+                },
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let body = frames
+            .read_all(256 * 1024)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let session = parts
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(session) = session {
+            // End the probe's session so checks do not pile sessions up.
+            if let Ok((_, mut rest)) = self
+                .upstream
+                .send(
+                    addr,
+                    Outgoing {
+                        method: http::Method::DELETE,
+                        path: "/mcp",
+                        client_headers: None,
+                        session: Some(&session),
+                        protocol_version: Some("2025-06-18"),
+                        accept: None,
+                        content_type: None,
+                        body: Bytes::new(),
+                        forwarded: &fwd,
+                        principal: None,
+                        keep_credentials: false,
+                    },
+                )
+                .await
+            {
+                let _ = rest.read_all(64 * 1024).await;
+            }
+        }
+        if parts.status != http::StatusCode::OK || !has_result(&body) {
+            return Err(failed(format!(
+                "initialize answered {} without a result",
+                parts.status
+            )));
+        }
+        Ok(())
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_result;
+
+    #[test]
+    fn results_are_found_in_json_and_in_sse() {
+        assert!(has_result(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"x"}}"#
+        ));
+        assert!(has_result(
+            b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
+        ));
+        assert!(!has_result(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"draining"}}"#
+        ));
+        assert!(!has_result(b"<html>Bad Request</html>"));
+        assert!(!has_result(b"data: {\"result\": 3}\n\n"));
+    }
+}

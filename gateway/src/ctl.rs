@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 
 use crate::upstream::{Forwarded, Outgoing, Upstream};
 
@@ -29,17 +28,10 @@ async fn call(
         .send(
             admin,
             Outgoing {
-                method,
-                path,
                 client_headers: Some(&headers),
-                session: None,
-                protocol_version: None,
                 accept: Some("application/json"),
-                content_type: None,
-                body: Bytes::new(),
-                forwarded: &fwd,
-                principal: None,
                 keep_credentials: true,
+                ..Outgoing::own(method, path, &fwd)
             },
         )
         .await

@@ -121,6 +121,26 @@ pub struct Outgoing<'a> {
     pub keep_credentials: bool,
 }
 
+impl<'a> Outgoing<'a> {
+    /// A request of the gateway's own (no client behind it): no headers but
+    /// the gateway's, an empty body; set the other fields as needed.
+    pub fn own(method: http::Method, path: &'a str, forwarded: &'a Forwarded) -> Self {
+        Outgoing {
+            method,
+            path,
+            client_headers: None,
+            session: None,
+            protocol_version: None,
+            accept: None,
+            content_type: None,
+            body: Bytes::new(),
+            forwarded,
+            principal: None,
+            keep_credentials: false,
+        }
+    }
+}
+
 pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     idle: Duration,

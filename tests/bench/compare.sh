@@ -10,24 +10,9 @@
 #   DURATION=20s SESSIONS=16 RATE=1000 SESSION_BENCH=0 tests/bench/compare.sh
 # then the session benchmarks (tests/bench/sessions.py) unless SESSION_BENCH=0.
 # Needs: cargo build --release --workspace; nginx (apt-get install nginx-light).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-ROOT=$(pwd)
-BIN="$ROOT/target/release"
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
-SESSIONS=${SESSIONS:-8}
-# Read-only by default so the store does not grow between targets (a growing
-# table would penalise whichever target runs last).
-MIX=${MIX:-get_agent=80,list_agents=20}
+source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-2}   # gateway worker threads and nginx worker processes
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -sfk -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; return 1; }
 
 BPORT=$(free_port); NPORT=$(free_port); NSTAT=$(free_port)
 GPORT=$(free_port); GTLS=$(free_port); APORT=$(free_port)

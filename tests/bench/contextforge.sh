@@ -6,25 +6,12 @@
 # ContextForge's own auth stays on; a token is minted with its CLI.
 #   tests/bench/contextforge.sh          # installs ContextForge into .venv-contextforge once
 # Needs: cargo build --release --workspace.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-ROOT=$(pwd)
-BIN="$ROOT/target/release"
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
-SESSIONS=${SESSIONS:-8}
-MIX=${MIX:-get_agent=80,list_agents=20}
+source "$(dirname "$0")/common.sh"
 VENV="$ROOT/.venv-contextforge"
 if [ ! -x "$VENV/bin/mcpgateway" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "mcp-contextforge-gateway==1.0.7.post20260921"
 fi
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 
 BPORT=$(free_port); CPORT=$(free_port); GPORT=$(free_port); APORT=$(free_port)
 "$BIN/registry-backend" --listen "127.0.0.1:$BPORT" --db "$TMP/bench.db" --instance bench \
@@ -38,11 +25,14 @@ export PLATFORM_ADMIN_EMAIL=admin@example.com PLATFORM_ADMIN_PASSWORD="Bench-Pas
 export BASIC_AUTH_PASSWORD="Bench-Basic-Passw0rd-123!"
 export DATABASE_URL="sqlite:///$TMP/contextforge.db" MCPGATEWAY_UI_ENABLED=false MCPGATEWAY_ADMIN_API_ENABLED=true
 export SSRF_ALLOW_LOCALHOST=true SSRF_ALLOW_PRIVATE_NETWORKS=true LOG_LEVEL=ERROR ENVIRONMENT=development
+# its rate limiter (100 MCP requests per minute, then a 15-minute lockout) is
+# turned off: we measure the proxy path, as with ours (limits off by default)
+export RATE_LIMITING_ENABLED=false TOOL_RATE_LIMIT=1000000 RATE_LIMIT_LOCKOUT_ENABLED=false
 export CACHE_TYPE=memory HOST=127.0.0.1 PORT=$CPORT
 (cd "$TMP" && exec "$VENV/bin/mcpgateway" --host 127.0.0.1 --port "$CPORT" > "$TMP/contextforge.log" 2>&1) &
 CFPID=$!
 pids+=($CFPID)
-wait_http "http://127.0.0.1:$CPORT/health" || { tail -30 "$TMP/contextforge.log"; exit 1; }
+wait_http "http://127.0.0.1:$CPORT/health" 600 any || { tail -30 "$TMP/contextforge.log"; exit 1; }
 TOKEN=$("$VENV/bin/python" -m mcpgateway.utils.create_jwt_token --username admin@example.com --exp 120 \
   --secret "$JWT_SECRET_KEY" --admin 2>/dev/null | tail -1)
 auth=(-H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json")

@@ -60,17 +60,10 @@ impl HealthCheck for McpHealthCheck {
             .send(
                 addr,
                 Outgoing {
-                    method: http::Method::POST,
-                    path: "/mcp",
-                    client_headers: None,
-                    session: None,
-                    protocol_version: None,
                     accept: Some("application/json, text/event-stream"),
                     content_type: Some("application/json"),
                     body: Bytes::from_static(PROBE.as_bytes()),
-                    forwarded: &fwd,
-                    principal: None,
-                    keep_credentials: false,
+                    ..Outgoing::own(http::Method::POST, "/mcp", &fwd)
                 },
             )
             .await
@@ -91,17 +84,9 @@ impl HealthCheck for McpHealthCheck {
                 .send(
                     addr,
                     Outgoing {
-                        method: http::Method::DELETE,
-                        path: "/mcp",
-                        client_headers: None,
                         session: Some(&session),
                         protocol_version: Some("2025-06-18"),
-                        accept: None,
-                        content_type: None,
-                        body: Bytes::new(),
-                        forwarded: &fwd,
-                        principal: None,
-                        keep_credentials: false,
+                        ..Outgoing::own(http::Method::DELETE, "/mcp", &fwd)
                     },
                 )
                 .await

@@ -6,9 +6,10 @@
 # on. All front the same single backend, so the differences are the proxies'.
 # Prints one table (calls/s, latency percentiles, proxy CPU per 1,000 calls,
 # downstream connections accepted per 1,000 requests) and the ratios.
-#   tests/bench/compare.sh                     # defaults below
-#   DURATION=20s SESSIONS=16 RATE=1000 SESSION_BENCH=0 tests/bench/compare.sh
-# then the session benchmarks (tests/bench/sessions.py) unless SESSION_BENCH=0.
+#   tests/bench/compare.sh        # closed loop, session benchmarks, then open loop at 1,000 calls/s (~9 min)
+#   DURATION=20s SESSIONS=16 RATE=500 SESSION_BENCH=0 tests/bench/compare.sh   # one open-loop pass only
+# The session benchmarks (tests/bench/sessions.py) run unless SESSION_BENCH=0,
+# the open-loop pass unless RATE is given or OPEN_LOOP=0.
 # Needs: cargo build --release --workspace; nginx (apt-get install nginx-light).
 source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-2}
@@ -175,4 +176,10 @@ PY
 if [ "${SESSION_BENCH:-1}" = 1 ]; then
   python3 tests/bench/sessions.py --gateway "127.0.0.1:$GPORT" --gateway-pid "$GPID" --direct "127.0.0.1:$BPORT" \
     --legacy "${IDLE_LEGACY:-2000}" --streamable "${IDLE_STREAMABLE:-2000}" --setup "${SETUP:-2000}"
+fi
+
+# Then the same targets at a moderate fixed rate (open loop), unless asked not to.
+if [ -z "${RATE:-}" ] && [ "${OPEN_LOOP:-1}" = 1 ]; then
+  echo
+  RATE=1000 SESSION_BENCH=0 OPEN_LOOP=0 bash "$ROOT/tests/bench/compare.sh"
 fi

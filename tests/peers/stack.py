@@ -74,11 +74,21 @@ def _start(args, pattern, env=None):
 
 
 class Stack:
-    def __init__(self, backends=3):
+    def __init__(self, backends=3, fixture=False):
+        """`fixture`: also start tests' conformance-fixture server as a second
+        pool at /fixture (checked by the MCP health check)."""
         self.backends = backends
+        self.fixture = fixture
         self.procs = []
 
     def __enter__(self):
+        try:
+            return self._start_all()
+        except BaseException:
+            self.__exit__(None, None, None)  # no orphans holding the caller's pipes
+            raise
+
+    def _start_all(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="peer-stack-")
         tmp = Path(self.tmp.name)
         addrs = []
@@ -87,6 +97,17 @@ class Stack:
                            "--instance", f"peer-{i}"], r"listening on http://([0-9.:]+)/mcp")
             self.procs.append(p)
             addrs.append(m.group(1))
+        extra = ""
+        if self.fixture:
+            p, m = _start([str(BIN / "conformance-fixture")], r"listening on http://([0-9.:]+)/mcp")
+            self.procs.append(p)
+            extra = f"""[[pools]]
+name = "fixture"
+route = "/fixture"
+health = "mcp"
+health_interval = "300ms"
+discovery = {{ static = {{ backends = ["{m.group(1)}"] }} }}
+"""
         for _ in range(4):
             self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()
             conf = tmp / "gateway.toml"
@@ -103,7 +124,7 @@ dev_dir = "{tmp / 'tls'}"
 name = "registry"
 health_interval = "300ms"
 discovery = {{ static = {{ backends = {json.dumps(addrs)} }} }}
-""")
+{extra}""")
             p, _ = _start([str(BIN / "mcp-gateway"), "--config", str(conf)], r"mcp-gateway ready",
                           env={"MCP_GATEWAY_SESSION_KEY": "peer-stack-session-key-0123456789"})
             ports = (self.http_port, self.https_port, self.admin_port)
@@ -121,7 +142,9 @@ discovery = {{ static = {{ backends = {json.dumps(addrs)} }} }}
         def ready():
             with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/backends", timeout=2) as r:
                 pools = json.load(r)["pools"]
-            return sum(b["healthy"] for b in pools[0]["backends"]) == self.backends
+            registry = next(p for p in pools if p["name"] == "registry")
+            return (sum(b["healthy"] for b in registry["backends"]) == self.backends
+                    and all(b["healthy"] for p in pools for b in p["backends"] if p["name"] != "registry"))
         wait_until(ready, 30, "gateway health checks")
         return self
 

@@ -60,6 +60,13 @@ pub enum Reject {
         "the backend handling this request went away before answering; it may or may not have run, and it is not safe to repeat automatically"
     )]
     OutcomeUnknown,
+    /// A client's answer to a server→client request (sampling, elicitation)
+    /// whose backend is gone: the request died with it, and no other backend
+    /// may receive the answer.
+    #[error(
+        "the server request this answers was lost with its backend; the answer was not passed to another backend"
+    )]
+    AnswerUndeliverable,
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
     /// The principal may not reach this pool.
@@ -86,7 +93,7 @@ impl Reject {
             Reject::NotAcceptable(_) => 406,
             Reject::BodyTooLarge => 413,
             Reject::BadRequest(_) | Reject::Parse(_) | Reject::Invalid(_) => 400,
-            Reject::BadGateway => 502,
+            Reject::BadGateway | Reject::AnswerUndeliverable => 502,
             // An answer, not a refusal: the JSON-RPC error says what happened.
             Reject::OutcomeUnknown => 200,
             Reject::Unauthorized(_) => 401,
@@ -103,6 +110,7 @@ impl Reject {
                 SERVER_ERROR
             }
             Reject::BadGateway => -32603,
+            Reject::AnswerUndeliverable => SERVER_ERROR,
             Reject::OutcomeUnknown => OUTCOME_UNKNOWN,
             Reject::Unauthorized(_) => UNAUTHORIZED,
             Reject::Forbidden { .. } | Reject::ToolDenied { .. } => FORBIDDEN,
@@ -152,7 +160,9 @@ impl Reject {
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => Reason::Session,
             Reject::SessionBusy => Reason::Busy,
             Reject::NoBackend => Reason::NoBackend,
-            Reject::BadGateway | Reject::OutcomeUnknown => Reason::Upstream,
+            Reject::BadGateway | Reject::OutcomeUnknown | Reject::AnswerUndeliverable => {
+                Reason::Upstream
+            }
             Reject::Unauthorized(_) => Reason::Auth,
             Reject::Forbidden { .. } | Reject::ToolDenied { .. } => Reason::Policy,
             Reject::RateLimited { .. } => Reason::Limit,

@@ -380,6 +380,17 @@ impl Exchange<'_> {
             .await?;
         self.moved = true;
         Metrics::inc(&self.t.state.metrics.failovers);
+        if matches!(
+            self.req.rpc,
+            Some(Rpc {
+                method: Method::Response,
+                ..
+            })
+        ) {
+            // The session lives on elsewhere, but the request this answers
+            // died with its backend: never hand the answer to another one.
+            return Err(Reject::AnswerUndeliverable.into());
+        }
         Ok(())
     }
 

@@ -123,3 +123,57 @@ def test_the_registry_pool_still_answers_beside_it(everything):
                     return sorted(x.name for x in (await s.list_tools()).tools)
     names = asyncio.run(main())
     assert "register_agent" in names and "echo" not in names
+
+
+def test_an_answer_to_a_lost_server_request_goes_to_no_other_backend(tmp_path):
+    """A sampling request is pending when its backend dies: the tool call gets
+    a clear error (-32003, outcome unknown), the client's answer is refused
+    with 502 instead of being handed to the session's new backend, and the
+    session carries on there."""
+    servers = {}
+    for _ in range(2):
+        port = free_port()
+        p = Proc([shutil.which("node") or "node", "--require", str(LOOPBACK), str(EVERYTHING), "streamableHttp"],
+                 env={**os.environ, "PORT": str(port)}, name="server-everything")
+        wait_until(lambda: p.p.poll() is not None or listens_on(p.p.pid, port), 30, "server-everything")
+        servers[f"127.0.0.1:{port}"] = p
+    backend = Backend(tmp_path / "registry.db", "lost-0")
+    addrs = ", ".join(f'"{a}"' for a in servers)
+    pool = (f'[[pools]]\nname = "everything"\nroute = "/everything"\nhealth = "mcp"\nhealth_interval = "300ms"\n'
+            f'discovery = {{ static = {{ backends = [{addrs}] }} }}\n')
+    gw = Gateway(tmp_path, "lost", [backend.addr], extra_pools=pool)
+    wait_until(lambda: len(gw.healthy_backends("everything")) == 2, 30, "the everything pool")
+    killed = []
+    try:
+        async def sampling_then_kill(context, params):
+            # the backend running the tool call is the one with a request in flight
+            busy = [b["addr"] for b in gw.backends("everything") if b["inflight"] > 0]
+            assert len(busy) == 1, busy
+            servers[busy[0]].p.kill()
+            servers[busy[0]].p.wait(10)
+            killed.append(busy[0])
+            return t.CreateMessageResult(role="assistant", model="test-model",
+                                         content=t.TextContent(type="text", text="too late"))
+
+        async def main():
+            async with httpx2.AsyncClient(timeout=30) as http:
+                async with streamable_http_client(f"{gw.http}/everything/mcp", http_client=http) as (r, w, *_):
+                    async with ClientSession(r, w, sampling_callback=sampling_then_kill) as s:
+                        await s.initialize()
+                        with pytest.raises(Exception) as lost:
+                            await s.call_tool("trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+                        # the same session goes on, on the other backend
+                        echo = await s.call_tool("echo", {"message": "still here"})
+                        return str(lost.value), echo.content[0].text
+        lost, echo = asyncio.run(main())
+        assert killed, "the sampling callback never ran"
+        assert "may or may not have run" in lost, lost
+        assert echo == "Echo: still here"
+        metrics = httpx2.get(f"{gw.admin}/metrics", timeout=5).text
+        assert 'mcp_gateway_rejected_total{reason="upstream"} 2' in metrics, \
+            [l for l in metrics.splitlines() if "rejected" in l or "failover" in l]
+    finally:
+        gw.proc.stop()
+        backend.proc.stop()
+        for p in servers.values():
+            p.stop()

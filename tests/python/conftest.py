@@ -62,6 +62,22 @@ def wait_until(predicate, timeout=30.0, what="condition"):
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
+def metric(gw, name, labels=""):
+    """One counter or gauge from a gateway's admin /metrics (with its admin token, if any)."""
+    text = httpx2.get(f"{gw.admin}/metrics", headers=getattr(gw, "admin_headers", {}), timeout=5).text
+    m = re.search(rf"^{re.escape(name + labels)} (\d+)$", text, re.M)
+    assert m, f"{name}{labels} not in /metrics"
+    return int(m.group(1))
+
+
+# A stateless (2026-07-28) server/discover request and its headers.
+DISCOVER = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {}}}}
+STATELESS = {"accept": ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "server/discover"}
+
+
 
 class Proc:
     def __init__(self, args, env=None, name="proc"):

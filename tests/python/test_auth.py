@@ -23,7 +23,8 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ACCEPT, BIN, Backend, Gateway, free_port, initialize, rpc, sse_messages, wait_until
+from conftest import (ACCEPT, BIN, DISCOVER, STATELESS, Backend, Gateway, free_port, initialize, metric, rpc,
+                      sse_messages, wait_until)
 
 CLIENT = str(BIN / "mcp-client")
 SECRET = "an-hs256-secret-of-at-least-32-bytes!!"
@@ -43,11 +44,6 @@ KEYS = {  # key → (principal, tier, scopes, revoked)
     "load-key": ("loady", "load", [], False),
 }
 WRITE_TOOLS = {"register_agent", "update_agent", "delete_agent"}
-DISCOVER = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-    "io.modelcontextprotocol/clientCapabilities": {}}}}
-STATELESS = {"accept": ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "server/discover"}
 
 
 def bearer(key):
@@ -154,11 +150,6 @@ discovery = {{ static = {{ backends = ["{backends[1].addr}"] }} }}
         b.proc.stop()
 
 
-def metric(gw, name, labels=""):
-    text = httpx2.get(f"{gw.admin}/metrics", headers=gw.admin_headers, timeout=5).text
-    m = re.search(rf"^{re.escape(name + labels)} (\d+)$", text, re.M)
-    assert m, f"{name}{labels} not in /metrics"
-    return int(m.group(1))
 
 
 def backend_requests(gw, pool="registry"):

@@ -10,10 +10,8 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError as McpError
 
-from conftest import BIN, ROOT, Gateway, wait_until
+from conftest import BIN, ROOT, Gateway, metric, wait_until
 
 SECONDS = 35
 STREAMABLE, LEGACY, SEED = 36, 10, 6
@@ -32,9 +30,6 @@ OUTCOME_UNKNOWN = -32003
 VENV1 = ROOT / ".venv-mcp1" / "bin" / "python"
 
 
-def metric(gw, name):
-    text = httpx2.get(f"{gw.admin}/metrics", timeout=5).text
-    return int(re.search(rf"^{name} (\d+)$", text, re.M).group(1))
 
 
 def backend_children(parent):

@@ -6,10 +6,9 @@ import json
 import re
 import subprocess
 
-import httpx2
 import pytest
 
-from conftest import BIN
+from conftest import BIN, metric
 
 CLIENT = str(BIN / "mcp-client")
 
@@ -18,9 +17,6 @@ def run(*args, stdin=None, timeout=60):
     return subprocess.run([CLIENT, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-def metric(gw, name):
-    text = httpx2.get(f"{gw.admin}/metrics", timeout=5).text
-    return int(re.search(rf"^{name} (\d+)$", text, re.M).group(1))
 
 
 def test_tools_lists_every_tool_with_parameters(stack):

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, Gateway, initialize, rpc
+from conftest import BIN, ROOT, initialize, rpc
 
 DEPLOY = ROOT / "deploy"
 

@@ -4,8 +4,6 @@ writes that may have run are answered "outcome unknown", never run twice."""
 
 import asyncio
 import json
-import os
-import signal
 import time
 
 import httpx2
@@ -13,7 +11,7 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ACCEPT, Backend, Gateway, initialize, instance_of, rpc, wait_until
+from conftest import Backend, Gateway, initialize, instance_of, metric, rpc
 
 
 def data(result):
@@ -21,10 +19,6 @@ def data(result):
     return json.loads(result.content[0].text)
 
 
-def metric(gw, name):
-    import re
-    text = httpx2.get(f"{gw.admin}/metrics", timeout=5).text
-    return int(re.search(rf"^{name} (\d+)$", text, re.M).group(1))
 
 
 def test_a_session_moves_when_its_backend_dies_and_keeps_its_id(tmp_path):

@@ -14,7 +14,7 @@ from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ACCEPT, initialize, instance_of, rpc, sse_messages, wait_until
+from conftest import ACCEPT, initialize, instance_of, rpc, sse_messages
 
 SEED_TOOLS = {"register_agent", "list_agents", "search_agents", "get_agent", "update_agent",
               "delete_agent", "get_agent_facts", "health_check"}

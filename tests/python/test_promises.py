@@ -11,16 +11,10 @@ import subprocess
 import time
 
 import httpx2
-import pytest
 
-from conftest import (ACCEPT, BIN, ROOT, Backend, FlakyHandler, Gateway, free_port, initialize, listens_on,
-                      rpc, serve, wait_until)
+from conftest import (ACCEPT, BIN, DISCOVER, ROOT, STATELESS, Backend, FlakyHandler, Gateway, free_port, listens_on,
+                      wait_until)
 
-DISCOVER = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-    "io.modelcontextprotocol/clientCapabilities": {}}}}
-STATELESS = {"accept": ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "server/discover"}
 
 
 def test_a_sessionless_request_refused_by_one_backend_goes_to_another_which_is_ejected(tmp_path):

@@ -6,7 +6,6 @@ graceful upgrade of a gateway under load."""
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import BIN, ROOT, SESSION_KEY, Backend, Gateway, Proc, free_port, listens_on, wait_until
+from conftest import BIN, ROOT, SESSION_KEY, Backend, Gateway, free_port, listens_on, metric
 
 VENV1 = ROOT / ".venv-mcp1" / "bin" / "python"
 
@@ -118,8 +117,7 @@ def test_the_seed_client_works_through_a_balancer_over_two_replicas(tmp_path):
         assert result["failures"] == [], result["failures"][:5]
         assert result["calls"] >= 40, result
         # the seed's POSTs really crossed replicas: both served legacy streams or relays
-        relayed = [int(re.search(r"^mcp_gateway_legacy_relayed_total (\d+)$",
-                                 httpx2.get(f"{g.admin}/metrics", timeout=5).text, re.M).group(1)) for g in (a, b)]
+        relayed = [metric(g, "mcp_gateway_legacy_relayed_total") for g in (a, b)]
         assert sum(relayed) > 0, relayed
     finally:
         lb.close()
@@ -174,7 +172,6 @@ def test_streamable_sessions_move_to_the_other_replica_when_one_stops(tmp_path):
         results = await asyncio.gather(stop_a(), *loops, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
-                import traceback
                 failures.append(f"session ended {time.monotonic() - stopped[0]:.2f}s after SIGTERM: "
                                 + str([(round(t - stopped[0], 3), m, c, e) for t, m, c, e in NotingTransport.errors]))
 

@@ -3,14 +3,13 @@ backends that die mid-answer, clients that stop reading, keep-alives on
 quiet proxied streams, and a legacy client that floods its session."""
 
 import json
-import re
 import socket
 import time
 
 import httpx2
 import pytest
 
-from conftest import ACCEPT, Backend, Gateway, initialize, wait_until
+from conftest import ACCEPT, Backend, Gateway, initialize, metric, wait_until
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "streams", "version": "1"}}}
@@ -41,9 +40,6 @@ discovery = {{ static = {{ backends = ["{slow_backend}"] }} }}
     backend.proc.stop()
 
 
-def metric(gw, name):
-    text = httpx2.get(f"{gw.admin}/metrics", timeout=5).text
-    return int(re.search(rf"^{re.escape(name)} (\d+)$", text, re.M).group(1))
 
 
 def read_all(sock, timeout=15.0, until=None):

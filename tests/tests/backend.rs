@@ -21,6 +21,30 @@ async fn register(mcp: &Mcp, id: &str) -> Result<Value> {
     .await
 }
 
+/// Polls the backend's `/health` until its in-flight count satisfies `ok`
+/// (20 s at most; `what` says what never happened).
+async fn wait_for_inflight(
+    http: &reqwest::Client,
+    base: &str,
+    ok: impl Fn(u64) -> bool,
+    what: &str,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if ok(body["inflight"].as_u64().unwrap_or(0)) {
+            return Ok(());
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn lists_the_eight_seed_tools_with_schemas_and_annotations() -> Result<()> {
     let (_dir, db) = tempdb();
@@ -614,44 +638,24 @@ async fn sigterm_drains_finishes_the_inflight_call_and_exits_zero() -> Result<()
     // The server may still hold the response bodies of earlier POSTs for a
     // moment after the client has read them; wait until nothing is counted,
     // so the next count can only be the blocked write.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = http
-            .get(format!("{}/health", backend.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if body["inflight"].as_u64() == Some(0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "earlier calls never left the in-flight count"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_inflight(
+        &http,
+        &backend.base,
+        |n| n == 0,
+        "earlier calls never left the in-flight count",
+    )
+    .await?;
     go_tx
         .send(())
         .map_err(|_| anyhow::anyhow!("in-flight task ended early"))?;
     // wait until the backend counts the call as in flight (it is blocked on our lock)
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = http
-            .get(format!("{}/health", backend.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if body["inflight"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never became in flight"
-        );
-        tokio::task::yield_now().await;
-    }
+    wait_for_inflight(
+        &http,
+        &backend.base,
+        |n| n >= 1,
+        "the call never became in flight",
+    )
+    .await?;
     assert!(
         !inflight.is_finished(),
         "the write should be blocked on our lock"
@@ -716,30 +720,14 @@ async fn readiness_answers_while_a_write_waits_on_the_database_lock() -> Result<
     let writer = Mcp::connect(&backend.url).await?;
     let blocked = tokio::spawn(async move { register(&writer, "waiting").await });
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = http
-            .get(format!("{}/livez", backend.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let health: Value = http
-            .get(format!("{}/health", backend.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        assert_eq!(body["status"], "alive");
-        if health["inflight"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_inflight(&http, &backend.base, |n| n >= 1, "the write never started").await?;
+    let live: Value = http
+        .get(format!("{}/livez", backend.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(live["status"], "alive");
     // Every pooled connection gets a turn; none may queue behind the write
     // (a queued probe would return only after the write gave up).
     for _ in 0..8 {

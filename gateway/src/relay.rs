@@ -28,12 +28,33 @@ use pingora::proxy::Session;
 
 use crate::policy::jsonrpc;
 use crate::reject::Reject;
+use crate::session::asks::{self, Tag};
 use crate::state::Phase;
 use crate::upstream::{Frames, UpstreamError};
 
 /// Replaces a message on its way to the client (`None`: unchanged), e.g. a
 /// `tools/list` answer without the tools the client may not call.
 pub type Rewrite = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How messages are changed on their way to the client: the caller's
+/// [`Rewrite`], and the mark on server requests naming the backend session
+/// that asked ([`asks`]).
+#[derive(Clone, Copy, Default)]
+pub struct Shape<'a> {
+    pub rewrite: Option<&'a Rewrite>,
+    pub asks: Option<Tag>,
+}
+
+impl Shape<'_> {
+    /// The message to send instead of `data` (`None`: `data` unchanged).
+    pub fn apply(&self, data: &str) -> Option<String> {
+        let rewritten = self.rewrite.and_then(|r| r(data));
+        match self.asks {
+            Some(tag) => asks::mark(rewritten.as_deref().unwrap_or(data), tag).or(rewritten),
+            None => rewritten,
+        }
+    }
+}
 
 /// Largest single SSE event taken from a backend.
 pub const MAX_EVENT: usize = 8 * 1024 * 1024;
@@ -215,7 +236,7 @@ fn gather(
     out: &mut BytesMut,
     seen: &mut Seen,
     answer_to: Option<&str>,
-    rewrite: Option<&Rewrite>,
+    shape: Shape<'_>,
     inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<(), UpstreamError> {
     let mut events = Vec::new();
@@ -233,7 +254,7 @@ fn gather(
             {
                 seen.answered = true;
             }
-            if let Some(new) = rewrite.and_then(|r| r(&data)) {
+            if let Some(new) = shape.apply(&data) {
                 replaced = Some(mcp_sse::format(
                     ev.event_type().as_deref(),
                     ev.id().as_deref(),
@@ -310,7 +331,7 @@ pub async fn relay_events(
     mut frames: Frames,
     answer_to: Option<&str>,
     server_stream: bool,
-    rewrite: Option<&Rewrite>,
+    shape: Shape<'_>,
     inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Seen, Failure> {
     let mut splitter = Splitter::new(MAX_EVENT);
@@ -367,7 +388,7 @@ pub async fn relay_events(
                         &mut out,
                         &mut seen,
                         answer_to,
-                        rewrite,
+                        shape,
                         inspect,
                     ) {
                         step = Err(e);

@@ -29,8 +29,8 @@ use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, LoadGuard, Pool};
 use crate::reject::Reject;
 pub use crate::relay::Rewrite;
-use crate::relay::{self, Downstream, Failure};
-use crate::session::{ATTEMPTS, Pinned, Sessions, failover, replay};
+use crate::relay::{self, Downstream, Failure, Shape};
+use crate::session::{ATTEMPTS, Pinned, Sessions, asks, failover, replay};
 use crate::state::State;
 use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
 
@@ -90,6 +90,8 @@ struct Exchange<'a> {
     lost: bool,
     /// The session moved to another backend while serving this request.
     moved: bool,
+    /// A `GET` resuming a stream from the client's `Last-Event-ID`.
+    resuming: bool,
 }
 
 impl Streamable {
@@ -109,8 +111,18 @@ impl Streamable {
             }
             None => true, // a GET stream or a DELETE
         };
+        if let Some(Rpc {
+            method: Method::Response,
+            ..
+        }) = &req.rpc
+        {
+            check_answer(req)?;
+        }
+        let resuming = method == http::Method::GET
+            && session.req_header().headers.contains_key("last-event-id");
         let mut x = Exchange {
             t: self,
+            resuming,
             req,
             method,
             path,
@@ -285,13 +297,17 @@ impl Exchange<'_> {
                 }
             };
             let server_stream = self.method == http::Method::GET;
+            let shape = Shape {
+                rewrite: self.req.rewrite.as_ref(),
+                asks: self.req.pinned.as_ref().and_then(Pinned::tag),
+            };
             relay::relay_events(
                 &mut down,
                 head,
                 frames,
                 answer_to,
                 server_stream,
-                self.req.rewrite.as_ref(),
+                shape,
                 &mut inspect,
             )
             .await
@@ -333,6 +349,13 @@ impl Exchange<'_> {
                 {
                     Metrics::inc(&self.t.state.metrics.tool_calls);
                 }
+                Ok(Step::Done)
+            }
+            Err(Failure::BackendLost { open: true }) if self.resuming => {
+                // A resumption (Last-Event-ID) ends where the backend ends
+                // it: opening it again with the same id would replay the
+                // same events twice. The client resumes from its own last id.
+                Downstream::new(session, &self.t.state).finish().await?;
                 Ok(Step::Done)
             }
             Err(Failure::BackendLost { open }) if self.method == http::Method::GET => {
@@ -457,6 +480,27 @@ impl Exchange<'_> {
             }
             // A server stream with no request to answer: just end it.
             None => down.finish().await,
+        }
+    }
+}
+
+/// A client's answer to a server request goes only to the backend session
+/// that asked ([`asks`]): its original ids are restored, and an answer to
+/// another backend session (one the session has moved away from) is refused.
+fn check_answer(req: &mut Admitted) -> Result<(), Reject> {
+    match asks::unmark(&req.body) {
+        asks::Answer::Unmarked => Ok(()),
+        asks::Answer::Mixed => Err(Reject::AnswerUndeliverable),
+        asks::Answer::Marked { tag, body } => {
+            let asker_here = req.pinned.as_ref().and_then(Pinned::tag) == Some(tag);
+            if !asker_here {
+                tracing::info!(
+                    "an answer to a server request of a backend session that is gone; refused"
+                );
+                return Err(Reject::AnswerUndeliverable);
+            }
+            req.body = body;
+            Ok(())
         }
     }
 }

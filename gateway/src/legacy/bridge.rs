@@ -29,7 +29,8 @@ use crate::policy::edge;
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, Pool};
 use crate::reject::{OUTCOME_UNKNOWN, Reject};
-use crate::relay::{self, Failure, MAX_EVENT, MAX_WHOLE_BODY};
+use crate::relay::{self, Failure, MAX_EVENT, MAX_WHOLE_BODY, Shape};
+use crate::session::asks::{self, Tag};
 use crate::session::{ATTEMPTS, Sessions, failover, replay};
 use crate::state::State;
 use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
@@ -81,6 +82,13 @@ struct Link {
     session: String,
     version: String,
     generation: u64,
+}
+
+impl Link {
+    /// Names this backend session on the server requests it sends ([`asks`]).
+    fn tag(&self) -> Tag {
+        Tag::of(&self.backend.id, &self.session)
+    }
 }
 
 /// The session's current link, shared by its calls and its listener.
@@ -542,7 +550,7 @@ impl Bridge {
             Some(rpc),
             Some(&mut version),
             None,
-            None,
+            Shape::default(),
         )
         .await;
         if relayed == Relayed::ClientGone {
@@ -604,6 +612,9 @@ impl Bridge {
         fwd: &Forwarded,
         caller: &Caller,
     ) {
+        if rpc.method == Method::Response {
+            return self.answer(links, body, fwd, caller).await;
+        }
         let repeatable = replay::safe_to_repeat(&rpc.method, self.sessions.hints(&links.pool));
         let learn = rpc.method == Method::ToolsList;
         for _ in 0..2 * ATTEMPTS {
@@ -624,11 +635,14 @@ impl Bridge {
                 }
                 Ok((parts, frames)) => {
                     let hints = learn.then(|| self.sessions.hints(&links.pool));
-                    let rewrite = caller
-                        .rewrite
-                        .as_ref()
-                        .filter(|_| rpc.method == Method::ToolsList);
-                    match forward(&parts, frames, out, Some(rpc), None, hints, rewrite).await {
+                    let shape = Shape {
+                        rewrite: caller
+                            .rewrite
+                            .as_ref()
+                            .filter(|_| rpc.method == Method::ToolsList),
+                        asks: Some(link.tag()),
+                    };
+                    match forward(&parts, frames, out, Some(rpc), None, hints, shape).await {
                         Relayed::Done => {
                             if matches!(rpc.method, Method::ToolsCall { .. })
                                 && parts.status.is_success()
@@ -671,6 +685,55 @@ impl Bridge {
         out.reject(rpc, &Reject::NoBackend).await;
     }
 
+    /// The client's answer to a server request: to the backend session that
+    /// asked, or nowhere. Never moved and never sent twice: the request it
+    /// answers died with its backend session. The client's POST was
+    /// accepted already, so a refusal is logged and counted; the client
+    /// learns of the loss from the call that made the server ask.
+    async fn answer(&self, links: &Links, body: &Bytes, fwd: &Forwarded, caller: &Caller) {
+        let link = Arc::clone(&links.current.borrow());
+        let body = match asks::unmark(body) {
+            asks::Answer::Unmarked => body.clone(),
+            asks::Answer::Marked { tag, body } if tag == link.tag() => body,
+            asks::Answer::Marked { .. } | asks::Answer::Mixed => {
+                self.refuse_answer("its backend session is gone");
+                return;
+            }
+        };
+        let _load = link.backend.start_request();
+        let sent = self
+            .upstream
+            .send(
+                link.backend.addr,
+                post(&body, Some(&link.session), Some(&link.version), fwd, caller),
+            )
+            .await;
+        match sent {
+            Ok((parts, frames)) => {
+                let status = parts.status;
+                failover::read_messages(&parts.headers, frames).await;
+                if !status.is_success() {
+                    self.refuse_answer("the backend refused it");
+                }
+            }
+            Err(e) => {
+                if e.never_reached() {
+                    self.sessions.eject(&links.pool, &link.backend);
+                }
+                self.refuse_answer("the backend is unreachable");
+            }
+        }
+    }
+
+    fn refuse_answer(&self, why: &str) {
+        let r = Reject::AnswerUndeliverable;
+        self.state.metrics.reject(r.reason());
+        tracing::info!(
+            why,
+            "legacy bridge: an answer to a server request was not delivered"
+        );
+    }
+
     /// The backend's server-to-client stream (GET /mcp), if it offers one,
     /// opened again on the session's new backend when the session moves.
     async fn listen(&self, links: &Links, out: &Out, caller: &Caller) {
@@ -678,6 +741,10 @@ impl Bridge {
         let fwd = Forwarded::default();
         loop {
             let link = Arc::clone(&changes.borrow_and_update());
+            let shape = Shape {
+                rewrite: None,
+                asks: Some(link.tag()),
+            };
             let sent = self
                 .upstream
                 .send(
@@ -699,7 +766,8 @@ impl Bridge {
                 .await;
             if let Ok((parts, frames)) = sent
                 && parts.status.is_success()
-                && forward(&parts, frames, out, None, None, None, None).await == Relayed::ClientGone
+                && forward(&parts, frames, out, None, None, None, shape).await
+                    == Relayed::ClientGone
             {
                 return;
             }
@@ -776,7 +844,7 @@ async fn forward(
     rpc: Option<&Rpc>,
     mut version: Option<&mut Option<String>>,
     hints: Option<&replay::ToolHints>,
-    rewrite: Option<&relay::Rewrite>,
+    shape: Shape<'_>,
 ) -> Relayed {
     let status = parts.status;
     let answer_to = rpc.and_then(Rpc::id_text);
@@ -804,7 +872,7 @@ async fn forward(
                 if let Some(h) = hints {
                     h.learn(&text);
                 }
-                let text = rewrite.and_then(|r| r(&text)).map_or(text, Into::into);
+                let text = shape.apply(&text).map_or(text, Into::into);
                 if out.send(message(&text)).await {
                     Relayed::Done
                 } else {
@@ -869,7 +937,7 @@ async fn forward(
                     h.learn(&data);
                 }
             }
-            let data = rewrite.and_then(|r| r(&data)).map_or(data, Into::into);
+            let data = shape.apply(&data).map_or(data, Into::into);
             if !out.send(message(&data)).await {
                 return Relayed::ClientGone;
             }

@@ -5,6 +5,7 @@
 //! refused a connection out of rotation for a while, and moves a session to
 //! another backend when its own is gone ([`failover`]).
 
+pub mod asks;
 pub mod failover;
 pub mod rebind;
 pub mod replay;
@@ -34,6 +35,15 @@ pub struct Pinned {
     pub backend: Option<Arc<BackendState>>,
     /// The backend's own session id (never shown to the client).
     pub backend_session: String,
+}
+
+impl Pinned {
+    /// Names the backend session that server requests relayed now come
+    /// from ([`asks`]); `None` while the session has no backend.
+    pub fn tag(&self) -> Option<asks::Tag> {
+        let b = self.backend.as_ref()?;
+        Some(asks::Tag::of(&b.id, &self.backend_session))
+    }
 }
 
 pub struct Sessions {

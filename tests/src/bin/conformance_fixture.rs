@@ -9,6 +9,7 @@
 
 #![allow(deprecated)] // the suite still tests sampling, logging and resources/subscribe
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +22,8 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
     UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::model::{CreateMessageRequest, ServerRequest};
+use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
@@ -49,6 +51,9 @@ fn str_arg(args: &serde_json::Map<String, Value>, name: &str) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// Tool calls `gw_wait_for_cancel` saw cancelled, in this process.
+static CANCELLED: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Clone, Default)]
 struct Fixture;
@@ -246,6 +251,40 @@ impl ServerHandler for Fixture {
                 }))
                 .await?;
                 text_result(format!("Elicitation completed: action={}, content={}", out["action"], out["content"]))
+            }
+            // Gateway test hooks, not conformance fixtures (unlisted).
+            "gw_wait_for_cancel" => {
+                // Runs until the client cancels it (notifications/cancelled)
+                // or 30 s pass; counts the cancellations it saw.
+                tokio::select! {
+                    _ = context.ct.cancelled() => {
+                        CANCELLED.fetch_add(1, Ordering::SeqCst);
+                        text_result("cancelled")
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => text_result("never cancelled"),
+                }
+            }
+            "gw_cancellations" => text_result(CANCELLED.load(Ordering::SeqCst).to_string()),
+            "gw_sampling_times_out" => {
+                // Asks the client's LLM with a short timeout: rmcp cancels its
+                // request (notifications/cancelled to the client) when it expires.
+                let params = from(json!({
+                    "messages": [{"role": "user", "content": {"type": "text", "text": "never answered"}}],
+                    "maxTokens": 10
+                }))?;
+                let asked = context
+                    .peer
+                    .send_request_with_option(
+                        ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params)),
+                        PeerRequestOptions::with_timeout(Duration::from_millis(300)),
+                    )
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                match asked.await_response().await {
+                    Err(ServiceError::Timeout { .. }) => text_result("sampling timed out"),
+                    Err(e) => text_result(format!("sampling failed: {e}")),
+                    Ok(_) => text_result("sampling answered"),
+                }
             }
             other => Err(ErrorData::invalid_params(format!("unknown tool {other}"), None)),
         }

@@ -29,11 +29,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"
 fi
+# Packages taken for their data alone (the Compose file schema), without
+# their dependencies, which do not install on this Python.
+REQ_DATA="$ROOT/tests/requirements-data.txt"
 stamp="$VENV/.requirements.sha256"
-want=$(sha256sum "$REQ" | cut -d' ' -f1)
+want=$(cat "$REQ" "$REQ_DATA" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r "$REQ_DATA"
   echo "$want" > "$stamp"
 fi
 export SECANTUSD="$VENV/bin/secantusd-py"

@@ -26,10 +26,12 @@ impl Admin {
     /// Who may use the admin API: the token holder when one is configured;
     /// without one (loopback only), anything but a browser — a state change
     /// carrying `Origin` or `Sec-Fetch-Site` is a cross-site request (CSRF).
-    /// `GET /health` (up or draining, nothing else) is open to all, so
-    /// orchestrator probes need no secret. Returns the refusal to send, if any.
+    /// `GET /health`, `/readyz` and `/livez` (up or draining, nothing else)
+    /// are open to all, so orchestrator probes need no secret. Returns the refusal to send, if any.
     fn refusal(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
-        if req.method == http::Method::GET && req.uri.path() == "/health" {
+        if req.method == http::Method::GET
+            && matches!(req.uri.path(), "/health" | "/livez" | "/readyz")
+        {
             return None;
         }
         if let Some(token) = &self.token {
@@ -136,6 +138,7 @@ impl Admin {
                 "mcp_gateway_connections_refused_total",
                 &m.connections_refused,
             ),
+            ("mcp_gateway_tls_reloads_total", &m.tls_reloads),
         ];
         for (name, c) in counters {
             let _ = writeln!(
@@ -269,16 +272,18 @@ impl ServeHttp for Admin {
             ("POST", "/reload") => match self.gw.reload() {
                 Ok(summary) => json_reply(200, json!({"reloaded": true, "summary": summary})),
                 Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the running configuration stays");
+                    tracing::error!(error = %e, "reload failed; what did not load stays as it was");
                     json_reply(400, json!({"reloaded": false, "error": e.to_string()}))
                 }
             },
             // Readiness: 503 from the moment the gateway is told to stop, so
             // balancers move new connections away before its listeners close.
-            ("GET", "/health") if self.gw.state.is_draining() => {
+            ("GET", "/health" | "/readyz") if self.gw.state.is_draining() => {
                 json_reply(503, json!({"status": "draining"}))
             }
-            ("GET", "/health") => json_reply(200, json!({"status": "ok"})),
+            ("GET", "/health" | "/readyz") => json_reply(200, json!({"status": "ok"})),
+            // Liveness: the process answers; draining is not a reason to restart it.
+            ("GET", "/livez") => json_reply(200, json!({"status": "alive"})),
             ("GET", "/metrics") => reply(
                 200,
                 "text/plain; version=0.0.4",
@@ -296,7 +301,7 @@ impl ServeHttp for Admin {
             }
             _ => json_reply(
                 404,
-                json!({"error": "GET /health, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…, /reload; POST/GET /pools/NAME/rollout"}),
+                json!({"error": "GET /health, /readyz, /livez, /metrics, /backends; POST /backends/disable?addr=…, /backends/enable?addr=…, /reload; POST/GET /pools/NAME/rollout"}),
             ),
         }
     }

@@ -2,16 +2,19 @@
 //! proxy service and the admin listener.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::legacy::Bridge;
+use crate::metrics::Metrics;
 use crate::policy::guard::Guard;
 use crate::pool::Pool;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
 use crate::streamable::Streamable;
+use crate::tls::ServedCert;
 use crate::token::TokenSealer;
 use crate::upstream::Upstream;
 
@@ -24,6 +27,12 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     pub streamable: Streamable,
     pub legacy: Arc<Bridge>,
+    /// The HTTPS listener's certificate, when there is one.
+    pub tls: Option<Arc<ServedCert>>,
+    /// How often its files are checked for a change (zero: never).
+    pub tls_reload_interval: Duration,
+    /// One info-level line per request (`access_log`).
+    pub access_log: bool,
 }
 
 impl Gateway {
@@ -33,6 +42,7 @@ impl Gateway {
         guard: Guard,
         pools: Vec<Arc<Pool>>,
         sealer: TokenSealer,
+        tls: Option<Arc<ServedCert>>,
     ) -> Arc<Self> {
         let limits = config.limits.clone();
         let max_legacy_sessions = config.sessions.max_legacy_sessions;
@@ -62,6 +72,9 @@ impl Gateway {
             sessions,
             streamable,
             legacy,
+            tls,
+            tls_reload_interval: config.tls.reload_interval,
+            access_log: config.access_log,
         })
     }
 }
@@ -72,10 +85,21 @@ impl Gateway {
         self.guard.load_full()
     }
 
+    /// Reloads the configuration's credentials, rules and limits, and the
+    /// TLS certificate from its files (SIGHUP, `POST /reload`).
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let summary = self.reload_config()?;
+        if let Some(tls) = &self.tls {
+            tls.reload()
+                .map_err(|e| anyhow::anyhow!("TLS certificate not reloaded: {e}"))?;
+        }
+        Ok(summary)
+    }
+
     /// Reads the configuration file again and swaps in its credentials,
     /// rules and limits. An invalid file changes nothing; the error says why.
     /// Sessions, streams and pools are untouched.
-    pub fn reload(&self) -> anyhow::Result<String> {
+    fn reload_config(&self) -> anyhow::Result<String> {
         let path = self
             .config_path
             .as_ref()
@@ -106,11 +130,24 @@ impl pingora::services::background::BackgroundService for Reloader {
             return;
         };
         let mut tidy = tokio::time::interval(crate::policy::limits::Limits::TIDY_EVERY);
+        // The certificate files, checked for a change on their own timer.
+        let check_every = self.0.tls_reload_interval;
+        let mut certs = tokio::time::interval(check_every.max(Duration::from_millis(100)));
+        certs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = certs.tick(), if !check_every.is_zero() => {
+                    if let Some(tls) = &self.0.tls {
+                        match tls.reload_if_changed() {
+                            Ok(true) => Metrics::inc(&self.0.state.metrics.tls_reloads),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "TLS certificate files changed but do not load; the served certificate stays"),
+                        }
+                    }
+                }
                 _ = hup.recv() => {
                     if let Err(e) = self.0.reload() {
-                        tracing::error!(error = %e, "reload refused; the running configuration stays");
+                        tracing::error!(error = %e, "reload failed; what did not load stays as it was");
                     }
                 }
                 _ = tidy.tick() => self.0.guard().limits.tidy(),

@@ -73,6 +73,33 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// Log lines on stderr as text, or as JSON (one object per line, for log
+    /// collectors); the level comes from RUST_LOG (default info).
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// One access-log line per request at info level (target `access`):
+    /// status, method, path, JSON-RPC method and name, session id's first 8
+    /// characters, principal, client address, backend, milliseconds. Never
+    /// credentials or whole session ids.
+    #[arg(long, env = "MCP_GATEWAY_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Load and check the configuration (file, flags, environment: syntax,
+    /// unknown keys, values, pools, auth rules, limits), print a summary and
+    /// exit. Files it names for later (certificate, key, session key) are
+    /// not read: they exist where the gateway is deployed.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Operator commands that talk to a running gateway's admin listener.
@@ -115,13 +142,34 @@ impl Default for Listen {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     /// Generate (once) and use a development CA + certificate in this directory.
     pub dev_dir: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a change
+    /// (as cert-manager rotates them); "0s" checks only on SIGHUP and
+    /// `POST /reload`. New handshakes get the new certificate; open
+    /// connections keep theirs.
+    #[serde(with = "duration", default = "ten_secs")]
+    pub reload_interval: Duration,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            dev_dir: None,
+            reload_interval: ten_secs(),
+        }
+    }
+}
+
+fn ten_secs() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -522,6 +570,9 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     #[serde(default)]
     pub threads: Option<usize>,
+    /// The access log (see `--access-log`).
+    #[serde(default)]
+    pub access_log: bool,
     /// Seconds between SIGTERM/SIGQUIT and closing the listeners, while the
     /// gateway drains (admin /health 503, every answer closes its
     /// connection). Longer than your balancer's health-check interval.
@@ -595,6 +646,7 @@ impl Config {
         if cli.threads.is_some() {
             config.threads = cli.threads;
         }
+        config.access_log |= cli.access_log;
         if !cli.backends.is_empty() {
             config.pools.retain(|p| p.name != "default");
             config.pools.push(PoolConfig::new(

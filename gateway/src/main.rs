@@ -8,13 +8,13 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
-use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, PoolConfig};
+use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, LogFormat, PoolConfig};
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::health::McpHealthCheck;
 use mcp_gateway::pool::supervisor::Supervisor;
 use mcp_gateway::pool::{MemberTable, Pool};
 use mcp_gateway::proxy::McpProxy;
-use mcp_gateway::tls::ensure_dev_tls;
+use mcp_gateway::tls::{ServedCert, ensure_dev_tls};
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
@@ -162,13 +162,39 @@ fn main() -> Result<()> {
         ))?;
         std::process::exit(if ok { 0 } else { 1 });
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let config = Config::load(&cli)?;
+    if cli.check_config {
+        let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
+        let listeners = [
+            ("http", config.listen.http),
+            ("https", config.listen.https),
+            ("admin", config.listen.admin),
+        ]
+        .iter()
+        .filter_map(|(k, a)| a.map(|a| format!("{k} {a}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| format!("{} at {}", p.name, p.route))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "configuration OK: {listeners}; pools: {pools}; {}",
+            guard.summary()
+        );
+        return Ok(());
+    }
     let sealer = TokenSealer::new(&session_secret(&config)?, config.sessions.max_age)
         .map_err(|e| anyhow::anyhow!("session key: {e}"))?;
 
@@ -196,7 +222,30 @@ fn main() -> Result<()> {
     let admin_token = config.admin.token.clone();
     let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
     let auth_summary = guard.summary();
-    let gw = Gateway::new(&config, cli.config.clone(), guard, pools, sealer);
+    let mut banner = Vec::new();
+    let tls = match config.listen.https {
+        None => None,
+        Some(_) => {
+            let (cert, key) = match (&config.tls.cert, &config.tls.key, &config.tls.dev_dir) {
+                (Some(c), Some(k), _) => (c.clone(), k.clone()),
+                (_, _, Some(dir)) => {
+                    let dev = ensure_dev_tls(dir)?;
+                    banner.push(format!("development CA:    {}", dev.ca.display()));
+                    (dev.cert, dev.key)
+                }
+                _ => bail!("HTTPS needs a certificate"),
+            };
+            Some((ServedCert::load(&cert, &key)?, cert, key))
+        }
+    };
+    let gw = Gateway::new(
+        &config,
+        cli.config.clone(),
+        guard,
+        pools,
+        sealer,
+        tls.as_ref().map(|(served, _, _)| Arc::clone(served)),
+    );
     server.add_service(background_service(
         "reloader",
         mcp_gateway::app::Reloader(Arc::clone(&gw)),
@@ -209,7 +258,6 @@ fn main() -> Result<()> {
         },
         "mcp-gateway",
     );
-    let mut banner = Vec::new();
     proxy.set_connection_filter(Arc::new(mcp_gateway::app::AcceptFilter {
         gw: Arc::clone(&gw),
     }));
@@ -219,21 +267,14 @@ fn main() -> Result<()> {
             "MCP (plain HTTP):  http://{addr}/mcp   legacy SSE: http://{addr}/sse"
         ));
     }
-    if let Some(addr) = config.listen.https {
-        let (cert, key) = match (&config.tls.cert, &config.tls.key, &config.tls.dev_dir) {
-            (Some(c), Some(k), _) => (c.clone(), k.clone()),
-            (_, _, Some(dir)) => {
-                let dev = ensure_dev_tls(dir)?;
-                banner.push(format!("development CA:    {}", dev.ca.display()));
-                (dev.cert, dev.key)
-            }
-            _ => bail!("HTTPS needs a certificate"),
-        };
+    if let (Some(addr), Some((served, cert, key))) = (config.listen.https, tls) {
         let mut tls = TlsSettings::intermediate(
             cert.to_str().context("cert path")?,
             key.to_str().context("key path")?,
         )
         .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?;
+        // Served from memory, reloaded when the files change.
+        tls.set_cert_resolver(served);
         tls.enable_h2();
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
         banner.push(format!(

@@ -502,29 +502,53 @@ impl ProxyHttp for McpProxy {
                 .post_seconds
                 .observe(ctx.started.elapsed());
         }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0);
-            let method = ctx
-                .rpc
-                .as_ref()
-                .and_then(|r| r.method.as_str())
-                .unwrap_or("-");
-            tracing::debug!(
-                status,
-                rpc = method,
-                id = ctx.rpc.as_ref().and_then(|r| r.id_text()).unwrap_or("-"),
-                backend = ?ctx.served.as_ref().map(|s| s.backend.id.as_str()),
-                ms = ctx.started.elapsed().as_millis() as u64,
-                "request"
-            );
+        if self.gw.access_log || tracing::enabled!(tracing::Level::DEBUG) {
+            self.access_line(session, ctx);
         }
         ctx.served = None;
         ctx.stream_held = None;
         ctx.ip_held = None;
         ctx.slot = None;
+    }
+}
+
+impl McpProxy {
+    /// One line per request: `target: "access"` at info when the access log
+    /// is on (`--access-log`), else at debug. No credentials, no whole
+    /// session id (its first 8 characters), no request body.
+    fn access_line(&self, session: &Session, ctx: &Ctx) {
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let rpc = ctx.rpc.as_ref();
+        let ms = ctx.started.elapsed().as_secs_f64() * 1e3;
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    status,
+                    http_method = req.method.as_str(),
+                    path = req.uri.path(),
+                    rpc = rpc.and_then(|r| r.method.as_str()).unwrap_or("-"),
+                    name = rpc.and_then(|r| r.method.name()).unwrap_or("-"),
+                    id = rpc.and_then(|r| r.id_text()).unwrap_or("-"),
+                    session = session_tag(req).unwrap_or("-"),
+                    principal = ctx.who.as_ref().map(|w| w.name.as_str()).filter(|n| !n.is_empty()).unwrap_or("-"),
+                    client = %client_ip(session).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                    backend = ctx.served.as_ref().map(|s| s.backend.id.as_str()).unwrap_or("-"),
+                    ms,
+                    "request"
+                )
+            };
+        }
+        if self.gw.access_log {
+            line!(tracing::Level::INFO);
+        } else {
+            line!(tracing::Level::DEBUG);
+        }
     }
 }
 

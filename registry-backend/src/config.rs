@@ -73,9 +73,38 @@ pub struct Config {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Check the flags and environment, print what would run, and exit
+    /// (nothing is opened: neither the store nor the listener).
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Config {
+    /// What this configuration runs, in one line (never the MongoDB URI,
+    /// which may hold credentials).
+    pub fn summary(&self) -> String {
+        let store = match self.mongodb_uri() {
+            Some(_) => format!(
+                "MongoDB (database {}, transactions {:?})",
+                self.mongodb_database, self.mongodb_transactions
+            ),
+            None => format!("embedded ({})", self.db.display()),
+        };
+        format!(
+            "listen {}, instance {}, store {store}, hosts {}, drain {:?}, log {:?}",
+            self.listen,
+            self.instance_name(),
+            if self.allow_any_host {
+                "any".to_owned()
+            } else {
+                self.allowed_hosts.join(",")
+            },
+            self.drain_timeout,
+            self.log_format
+        )
+    }
+
     /// The MongoDB URI from the flag, MONGODB_URI, or ATLAS_URL; `None` means the embedded store.
     pub fn mongodb_uri(&self) -> Option<String> {
         self.mongodb_uri

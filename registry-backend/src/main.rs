@@ -54,6 +54,10 @@ async fn terminated() -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if config.check_config {
+        println!("configuration OK: {}", config.summary());
+        return Ok(());
+    }
     init_logging(config.log_format);
     let store = open_store(&config).await?;
     let registry = Arc::new(Registry {

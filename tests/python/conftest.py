@@ -80,10 +80,10 @@ STATELESS = {"accept": ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method
 
 
 class Proc:
-    def __init__(self, args, env=None, name="proc"):
+    def __init__(self, args, env=None, name="proc", stderr=None):
         self.name = name
         self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL,
+            args, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, text=True,
         )
 
@@ -131,7 +131,7 @@ class Backend:
 class Gateway:
     def __init__(self, tmp: Path, name: str, backends, extra_pools="", limits="", key=SESSION_KEY,
                  pool=None, expect_backends=None, sessions="", pool_options='health_interval = "300ms"',
-                 extra_config="", http_port=None, env=None, admin_token=None):
+                 extra_config="", http_port=None, env=None, admin_token=None, tls="", stderr=None):
         self.tls_dir = tmp / "tls"
         self.admin_headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.config_path = tmp / f"{name}.toml"
@@ -148,6 +148,7 @@ https = "127.0.0.1:{self.https_port}"
 admin = "127.0.0.1:{self.admin_port}"
 [tls]
 dev_dir = "{self.tls_dir}"
+{tls}
 [sessions]
 {sessions}
 [limits]
@@ -163,7 +164,8 @@ discovery = {pool or f"{{ static = {{ backends = [{backend_list}] }} }}"}
             path = tmp / f"{name}.toml"
             path.write_text(config)
             self.proc = Proc([str(BIN / "mcp-gateway"), "--config", str(path)],
-                             env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn", **(env or {})}, name=name)
+                             env={"MCP_GATEWAY_SESSION_KEY": key, "RUST_LOG": "warn", **(env or {})}, name=name,
+                             stderr=stderr)
             self.proc.read_line_matching(r"mcp-gateway ready")
             ports = (self.http_port, self.https_port, self.admin_port)
             pid = self.proc.p.pid

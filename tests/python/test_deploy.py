@@ -1,14 +1,22 @@
-"""The deploy files, checked offline (no container engine here): every
-manifest parses and is internally consistent, every flag and variable they
-use exists in the real binaries, and the gateway configurations they ship
-really start a gateway that serves MCP (paths and addresses rewritten to
-this machine)."""
+"""The deploy files, checked offline (no container engine here): the
+Kubernetes manifests against the Kubernetes schemas (kubernetes-validate,
+strict), the Dockerfile with hadolint, compose.yaml against the Compose
+schema, the systemd units with `systemd-analyze verify`; every process they
+start passes the real binary's `--check-config`; the manifests keep the
+production rules (probes, drains, budgets, policies, TLS-only Service,
+securityContext); and the gateway configurations they ship really start a
+gateway that serves MCP (paths and addresses rewritten to this machine)."""
 
 import configparser
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import httpx2
@@ -18,6 +26,8 @@ import yaml
 from conftest import BIN, ROOT, initialize, rpc
 
 DEPLOY = ROOT / "deploy"
+VENV_BIN = Path(sys.executable).parent
+KUBERNETES_VERSION = "1.34.0"
 
 
 def helptext(binary):
@@ -72,8 +82,9 @@ def test_manifests_parse_and_hang_together():
             ports = {p["name"] for p in c["ports"]}
             # the registry: liveness must not depend on the store, readiness must;
             # the gateway: its admin listener's /health
-            want = ({"readinessProbe": "/readyz", "livenessProbe": "/livez"} if d["metadata"]["name"] == "registry-backend"
-                    else {"readinessProbe": "/health", "livenessProbe": "/health"})
+            # both: readiness on the draining/store-aware endpoint, liveness on
+            # one that depends on neither
+            want = {"readinessProbe": "/readyz", "livenessProbe": "/livez"}
             for probe, path in want.items():
                 assert c[probe]["httpGet"]["path"] == path, (d["metadata"]["name"], probe)
                 assert c[probe]["httpGet"]["port"] in ports
@@ -173,3 +184,151 @@ def test_shipped_gateway_configs_really_serve_mcp(stack, tmp_path, source):
             assert rpc(c, f"{stack.gw.http}/mcp", sid, "tools/list").status_code == 200
     finally:
         proc.stop()
+
+
+def run(args, **kw):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_kubernetes_manifests_pass_strict_schema_validation():
+    files = sorted((DEPLOY / "k8s").glob("*.yaml"))
+    r = run([VENV_BIN / "kubernetes-validate", "--strict", "-k", KUBERNETES_VERSION, *files])
+    assert r.returncode == 0, r.stdout + r.stderr
+    # every document was checked
+    assert r.stdout.count(" passed for resource ") == len(k8s_docs()), r.stdout
+
+
+def test_the_dockerfile_passes_hadolint():
+    r = run([VENV_BIN / "hadolint", "--no-color", DEPLOY / "docker" / "Dockerfile"])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_compose_file_matches_the_compose_schema():
+    import jsonschema
+    schema = json.loads((resources.files("compose") / "config" / "compose_spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)  # the draft the schema is written in
+    validator.validate(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
+    # and the schema does reject what Compose rejects
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"services": {"x": {"stop_grace_period": 45}}})
+
+
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze is not installed here")
+    units = []
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        # the binaries as built here (verify checks ExecStart is executable)
+        text = unit.read_text().replace("/usr/local/bin/", f"{BIN}/")
+        (tmp_path / unit.name).write_text(text)
+        units.append(tmp_path / unit.name)
+    assert len(units) == 2
+    r = run([analyze, "verify", *units], cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def configs_for_check(tmp_path):
+    """The gateway configuration files the deploy files name, on this machine."""
+    k8s = tmp_path / "k8s-gateway.toml"
+    k8s.write_text(next(d for d in k8s_docs() if d["kind"] == "ConfigMap")["data"]["gateway.toml"])
+    return {"/etc/mcp-gateway/gateway.toml": k8s, "/etc/mcp/gateway.toml": DEPLOY / "systemd" / "gateway.toml.example"}
+
+
+def test_every_process_the_deploy_files_start_passes_check_config(tmp_path):
+    configs = configs_for_check(tmp_path)
+    checked = 0
+    for binary, argv, _envs in invocations():
+        # systemd's instance specifier, as for registry-backend@1
+        argv = [str(configs.get(a, a)).replace("%i", "1") for a in argv]
+        # what the manifests give from Secrets and env files
+        env = {**os.environ, "MCP_GATEWAY_ADMIN_TOKEN": "t" * 32}
+        r = run([BIN / binary, *argv, "--check-config"], env=env)
+        assert r.returncode == 0 and r.stdout.startswith("configuration OK"), (binary, argv, r.stdout, r.stderr)
+        checked += 1
+    assert checked >= 8, checked
+
+
+def test_check_config_refuses_what_the_gateway_would_refuse(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[listen]\nhttp = "127.0.0.1:1"\nadmin = "0.0.0.0:9090"\n[[pools]]\nname = "r"\n'
+                   'discovery = { static = { backends = ["127.0.0.1:2"] } }\n')
+    env = {k: v for k, v in os.environ.items() if k != "MCP_GATEWAY_ADMIN_TOKEN"}
+    r = run([BIN / "mcp-gateway", "--config", bad, "--check-config"], env=env)
+    assert r.returncode != 0 and "not on loopback" in r.stderr, r.stderr
+    bad.write_text('[listen]\nhttp = "127.0.0.1:1"\nbogus = 1\n')
+    r = run([BIN / "mcp-gateway", "--config", bad, "--check-config"], env=env)
+    assert r.returncode != 0 and "bogus" in r.stderr, r.stderr
+    r = run([BIN / "registry-backend", "--listen", "nowhere", "--check-config"])
+    assert r.returncode != 0 and "listen" in r.stderr, r.stderr
+
+
+def deployment(name):
+    return next(d for d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+
+
+def selects(selector, labels):
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_kubernetes_deployments_keep_the_production_rules():
+    docs = k8s_docs()
+    gateway_toml = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"])
+    for name in ("mcp-gateway", "registry-backend"):
+        d = deployment(name)
+        spec = d["spec"]["template"]["spec"]
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        (c,) = spec["containers"]
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+        assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
+        pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+        # the pod's grace period covers preStop and the process's whole stop
+        if name == "registry-backend":
+            drain = int(c["args"][c["args"].index("--drain-timeout") + 1].rstrip("s"))
+        else:
+            drain = gateway_toml["shutdown_grace_secs"] + gateway_toml["shutdown_timeout_secs"]
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + drain, name
+        assert any(p["kind"] == "PodDisruptionBudget" and selects(p["spec"]["selector"], labels) for p in docs), name
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "registry-backend" and hpa["spec"]["minReplicas"] >= 2
+
+
+def test_the_public_service_serves_tls_only_and_backends_take_traffic_only_from_the_gateway():
+    docs = k8s_docs()
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mcp-gateway")
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(443, "https")]
+    gateway_toml = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"])
+    assert "http" not in gateway_toml["listen"], "no plain-HTTP listener in the cluster"
+    gw_labels = deployment("mcp-gateway")["spec"]["template"]["metadata"]["labels"]
+    backend_labels = deployment("registry-backend")["spec"]["template"]["metadata"]["labels"]
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], backend_labels))
+    sources = [f for rule in policy["spec"]["ingress"] for f in rule["from"]]
+    assert sources and all(selects(f["podSelector"], gw_labels) and "namespaceSelector" not in f for f in sources)
+    gw_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], gw_labels))
+    admin = [r for r in gw_policy["spec"]["ingress"] if any(p["port"] == 9090 for p in r["ports"])]
+    assert admin and all(f["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+                         for r in admin for f in r["from"])
+
+
+def test_compose_and_systemd_run_the_same_shape():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    compose_backends = sorted(n for n, s in compose.items() if "build" in s and "entrypoint" not in s)
+    gateway_args = compose["gateway"]["command"]
+    assert sorted(a.split(":")[0] for a in gateway_args if a.endswith(":8090")) == compose_backends
+    assert len(compose_backends) == 3 and "mongo" in compose
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((DEPLOY / "systemd" / "mcp-gateway.service").read_text())
+    wanted = unit["Unit"]["Wants"].split()
+    example = tomllib.loads((DEPLOY / "systemd" / "gateway.toml.example").read_text())
+    backends = example["pools"][0]["discovery"]["static"]["backends"]
+    assert len(wanted) == len(backends) == 3
+    assert [f"127.0.0.1:809{w.split('@')[1].split('.')[0]}" for w in wanted] == backends
+    service = unit["Service"]
+    assert service["ExecReload"].endswith("-HUP $MAINPID")
+    for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp"):
+        assert service[key] in ("true", "strict"), key
+    # stop timeouts longer than the drains
+    assert int(service["TimeoutStopSec"]) > example["shutdown_grace_secs"] + example["shutdown_timeout_secs"]

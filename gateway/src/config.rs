@@ -82,6 +82,11 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Export a span per MCP request over OTLP/HTTP (protobuf) to this
+    /// receiver's base URL, e.g. http://127.0.0.1:4318 (spans go to
+    /// URL/v1/traces); W3C traceparent goes on to the backend. Off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// One access-log line per request at info level (target `access`):
     /// status, method, path, JSON-RPC method and name, session id's first 8
     /// characters, principal, client address, backend, milliseconds. Never

@@ -26,4 +26,5 @@ pub mod state;
 pub mod streamable;
 pub mod tls;
 pub mod token;
+pub mod trace;
 pub mod upstream;

@@ -25,7 +25,6 @@ use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing_subscriber::EnvFilter;
 
 const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
 
@@ -162,15 +161,14 @@ fn main() -> Result<()> {
         ))?;
         std::process::exit(if ok { 0 } else { 1 });
     }
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    let telemetry = telemetry::init(
+        "mcp-gateway",
+        match cli.log_format {
+            LogFormat::Text => telemetry::Format::Text,
+            LogFormat::Json => telemetry::Format::Json,
+        },
+        cli.otlp_endpoint.as_deref(),
+    )?;
     let config = Config::load(&cli)?;
     if cli.check_config {
         let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
@@ -307,5 +305,6 @@ fn main() -> Result<()> {
             drain_for: config.drain_secs(),
         }),
     });
+    drop(telemetry); // the last spans go out
     std::process::exit(0)
 }

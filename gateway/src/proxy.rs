@@ -36,6 +36,7 @@ use crate::relay::Failure;
 use crate::session::Pinned;
 use crate::state::Slot;
 use crate::streamable::{Admitted, Rewrite, Served};
+use crate::trace;
 use crate::upstream::{Forwarded, SESSION_HEADER};
 
 /// Per-request state: what the steps learned, and the guards to return.
@@ -52,6 +53,8 @@ pub struct Ctx {
     /// Places held in per-address and per-principal caps until the end.
     ip_held: Option<Held<std::net::IpAddr>>,
     stream_held: Option<Held<Arc<str>>>,
+    /// The request's exported span (OTLP on), ended in `logging`.
+    exported: Option<tracing::Span>,
 }
 
 pub struct McpProxy {
@@ -408,6 +411,7 @@ impl ProxyHttp for McpProxy {
             guard: None,
             ip_held: None,
             stream_held: None,
+            exported: None,
         }
     }
 
@@ -435,6 +439,14 @@ impl ProxyHttp for McpProxy {
             path = %req.uri.path(),
             session = %session_tag(req).unwrap_or_default(),
         );
+        // With OTLP export on, the exported span wraps it (a disabled debug
+        // span leaves the exported one current, so upstream calls inject it).
+        let exported = telemetry::exporting().then(|| trace::request_span(req));
+        let span = match &exported {
+            Some(outer) => outer.in_scope(|| span),
+            None => span,
+        };
+        ctx.exported = exported.clone();
         let outcome = async {
             let outcome = match self.admit(session, ctx).await {
                 Ok(route) => self.dispatch(session, ctx, route).await,
@@ -448,6 +460,7 @@ impl ProxyHttp for McpProxy {
             outcome
         }
         .instrument(span)
+        .instrument(exported.unwrap_or_else(tracing::Span::none))
         .await;
         match outcome {
             Ok(()) => Ok(true),
@@ -504,6 +517,14 @@ impl ProxyHttp for McpProxy {
         }
         if self.gw.access_log || tracing::enabled!(tracing::Level::DEBUG) {
             self.access_line(session, ctx);
+        }
+        if let Some(span) = ctx.exported.take() {
+            trace::finish(
+                &span,
+                session,
+                ctx.rpc.as_ref(),
+                ctx.served.as_ref().map(|s| s.backend.id.as_str()),
+            );
         }
         ctx.served = None;
         ctx.stream_held = None;

@@ -225,6 +225,11 @@ fn build_request(
         "x-forwarded-proto",
         HeaderValue::from_static(if out.forwarded.tls { "https" } else { "http" }),
     );
+    if telemetry::exporting() {
+        // The backend's span joins the request's trace (replacing the
+        // client's traceparent, which is the request span's parent).
+        telemetry::inject_current(headers);
+    }
     if let Some((name, who)) = out.principal
         && !who.is_empty()
         && let Ok(v) = HeaderValue::from_str(who)

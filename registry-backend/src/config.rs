@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Export a span per HTTP request over OTLP/HTTP (protobuf) to this
+    /// receiver's base URL, e.g. http://127.0.0.1:4318 (spans go to
+    /// URL/v1/traces), joining the caller's trace (W3C traceparent). Off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Check the flags and environment, print what would run, and exit
     /// (nothing is opened: neither the store nor the listener).
     #[arg(long)]

@@ -230,7 +230,30 @@ async fn track_mcp(State(state): State<AppState>, request: Request, next: Next) 
     }
     let guard = (method == Method::POST || method == Method::DELETE).then(|| state.life.enter());
     let span = tracing::info_span!("mcp", %method, session = %session);
-    let mut response = next.run(request).instrument(span).await;
+    // With OTLP on, an exported span joins the gateway's trace (traceparent).
+    let exported = telemetry::exporting().then(|| {
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "mcp.backend.request",
+            "otel.kind" = "server",
+            "http.request.method" = %method,
+            "url.path" = request.uri().path(),
+            "http.response.status_code" = tracing::field::Empty,
+        );
+        telemetry::continue_from(&span, request.headers());
+        span
+    });
+    let mut response = next
+        .run(request)
+        .instrument(span)
+        .instrument(exported.clone().unwrap_or_else(tracing::Span::none))
+        .await;
+    if let Some(span) = exported {
+        span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+    }
     response
         .headers_mut()
         .insert(INSTANCE_HEADER, state.instance.clone());

@@ -10,18 +10,6 @@ use registry_backend::http::{self, Lifecycle, McpOptions};
 use registry_backend::store::{AgentStore, MongoStore, SqliteStore};
 use registry_backend::tools::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn AgentStore>> {
     Ok(match config.mongodb_uri() {
@@ -58,7 +46,14 @@ async fn main() -> anyhow::Result<()> {
         println!("configuration OK: {}", config.summary());
         return Ok(());
     }
-    init_logging(config.log_format);
+    let telemetry = telemetry::init(
+        "registry-backend",
+        match config.log_format {
+            LogFormat::Text => telemetry::Format::Text,
+            LogFormat::Json => telemetry::Format::Json,
+        },
+        config.otlp_endpoint.as_deref(),
+    )?;
     let store = open_store(&config).await?;
     let registry = Arc::new(Registry {
         store,
@@ -116,5 +111,6 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => tracing::warn!("connections still open after the grace period; exiting"),
     }
     tracing::info!("stopped");
+    drop(telemetry); // the last spans go out
     Ok(())
 }

@@ -120,10 +120,10 @@ class Proc:
 
 
 class Backend:
-    def __init__(self, db: Path, instance: str, listen="127.0.0.1:0", extra=()):
+    def __init__(self, db: Path, instance: str, listen="127.0.0.1:0", extra=(), env=None):
         self.instance = instance
         self.proc = Proc([str(BIN / "registry-backend"), "--listen", listen, "--db", str(db),
-                          "--instance", instance, *extra], env={"RUST_LOG": "warn"}, name=instance)
+                          "--instance", instance, *extra], env={"RUST_LOG": "warn", **(env or {})}, name=instance)
         m = self.proc.read_line_matching(r"listening on http://([0-9.:]+)/mcp")
         self.addr = m.group(1)
 

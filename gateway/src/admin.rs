@@ -13,7 +13,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::app::Gateway;
-use crate::metrics::Reason;
+use crate::metrics::{Reason, ToolLatencies, label_value, type_line};
 use crate::policy::edge;
 
 pub struct Admin {
@@ -158,6 +158,21 @@ impl Admin {
         }
         m.post_seconds
             .render("mcp_gateway_post_duration_seconds", &mut out);
+        m.latencies.render(&mut out);
+        let pools = self.gw.sessions.pools();
+        type_line(ToolLatencies::NAME, &mut out);
+        for pool in pools {
+            pool.tool_seconds.render(&pool.name, &mut out);
+        }
+        type_line("mcp_gateway_upstream_duration_seconds", &mut out);
+        for pool in pools {
+            pool.upstream_seconds.render_series(
+                "mcp_gateway_upstream_duration_seconds",
+                &format!("pool=\"{}\"", label_value(&pool.name)),
+                &mut out,
+            );
+        }
+        self.rollout_metrics(&mut out);
         let _ = writeln!(
             out,
             "# TYPE mcp_gateway_inflight gauge\nmcp_gateway_inflight {}",
@@ -178,31 +193,63 @@ impl Admin {
             "# TYPE mcp_gateway_rate_limit_keys gauge\nmcp_gateway_rate_limit_keys {}",
             self.gw.guard().limits.keys()
         );
-        let _ = writeln!(out, "# TYPE mcp_gateway_backend_inflight gauge");
-        for pool in self.gw.sessions.pools() {
-            for b in &pool.members.load().list {
-                let _ = writeln!(
-                    out,
-                    "mcp_gateway_backend_inflight{{pool=\"{}\",backend=\"{}\"}} {}",
-                    pool.name,
-                    b.addr,
-                    b.inflight()
-                );
-            }
-        }
-        let _ = writeln!(out, "# TYPE mcp_gateway_backend_requests_total counter");
-        for pool in self.gw.sessions.pools() {
-            for b in &pool.members.load().list {
-                let _ = writeln!(
-                    out,
-                    "mcp_gateway_backend_requests_total{{pool=\"{}\",backend=\"{}\"}} {}",
-                    pool.name,
-                    b.addr,
-                    b.requests()
-                );
+        type PerBackend = fn(&crate::pool::BackendState) -> i64;
+        let per_backend: [(&str, &str, PerBackend); 4] = [
+            ("mcp_gateway_backend_inflight", "gauge", |b| b.inflight()),
+            ("mcp_gateway_backend_open_streams", "gauge", |b| {
+                b.open_streams()
+            }),
+            (
+                "mcp_gateway_backend_sessions_opened_total",
+                "counter",
+                |b| b.sessions_opened() as i64,
+            ),
+            ("mcp_gateway_backend_requests_total", "counter", |b| {
+                b.requests() as i64
+            }),
+        ];
+        for (name, kind, value) in per_backend {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for pool in self.gw.sessions.pools() {
+                for b in &pool.members.load().list {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
+                        pool.name,
+                        b.addr,
+                        value(b)
+                    );
+                }
             }
         }
         out
+    }
+
+    /// Managed pools' rollouts: backends in the pool, backends replaced by
+    /// the rollout under way (or the last one), whether one is under way,
+    /// and whether the last one that ended succeeded.
+    fn rollout_metrics(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_pool_backends gauge\n# TYPE mcp_gateway_rollout_replaced gauge\n# TYPE mcp_gateway_rollout_in_progress gauge\n# TYPE mcp_gateway_rollout_succeeded gauge"
+        );
+        for pool in self.gw.sessions.pools() {
+            let Some(sup) = &pool.supervisor else {
+                continue;
+            };
+            let name = label_value(&pool.name);
+            let (replaced, done, ok) = sup
+                .last_rollout()
+                .map(|r| r.state())
+                .unwrap_or((0, true, true));
+            let _ = writeln!(
+                out,
+                "mcp_gateway_pool_backends{{pool=\"{name}\"}} {}\nmcp_gateway_rollout_replaced{{pool=\"{name}\"}} {replaced}\nmcp_gateway_rollout_in_progress{{pool=\"{name}\"}} {}\nmcp_gateway_rollout_succeeded{{pool=\"{name}\"}} {}",
+                sup.slot_count(),
+                u8::from(!done),
+                u8::from(ok),
+            );
+        }
     }
 
     /// `POST /pools/NAME/rollout` starts a rolling restart of a managed pool

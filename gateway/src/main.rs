@@ -136,6 +136,8 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
         members,
         eject_for: pc.eject_for,
         supervisor: supervisor.clone(),
+        upstream_seconds: Default::default(),
+        tool_seconds: Default::default(),
     });
     if let Some(s) = supervisor {
         // A rollout waits for the pool's own health checks to see the replacement.

@@ -1,7 +1,11 @@
 //! Counters the admin listener exposes. All relaxed atomics: the request
 //! path never waits on a metric.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
 
 /// Why a request was refused; one counter each, exported as
 /// `mcp_gateway_rejected_total{reason="…"}`.
@@ -82,6 +86,8 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// How long POST requests took, first byte in to last byte out.
     pub post_seconds: Histogram,
+    /// The same, by transport and JSON-RPC method (legacy: the bridge's call).
+    pub latencies: Latencies,
     rejected: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -99,66 +105,129 @@ impl Metrics {
     }
 }
 
-/// Upper bounds (seconds) of the latency histogram's buckets.
-pub const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+pub use telemetry::histogram::{BUCKETS, Histogram, label_value, type_line};
+
+/// How a client reached the gateway, for the latency histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP with a session (or opening one).
+    Streamable,
+    /// Streamable HTTP without a session (2026-07-28 stateless requests).
+    Stateless,
+    /// A legacy HTTP+SSE message, timed from the bridge's backend call.
+    Legacy,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [
+        Transport::Streamable,
+        Transport::Stateless,
+        Transport::Legacy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Streamable => "streamable_http",
+            Transport::Stateless => "stateless",
+            Transport::Legacy => "legacy_sse",
+        }
+    }
+}
+
+/// The JSON-RPC method labels: the protocol's own methods, then one label
+/// each for any other request, notification and response (so a client
+/// cannot add series).
+pub const METHODS: [&str; 15] = [
+    "initialize",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "prompts/list",
+    "prompts/get",
+    "server/discover",
+    "other_request",
+    "other_notification",
+    "response",
 ];
 
-/// A Prometheus histogram over fixed buckets: one relaxed atomic add per
-/// bucket the value falls in, no lock.
+/// `mcp_gateway_request_duration_seconds{transport,method}`: a fixed table,
+/// no map, so recording is an index and an atomic add.
 #[derive(Default)]
-pub struct Histogram {
-    /// Count per bucket (not cumulative); the last is `+Inf`.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    /// Sum of observations in microseconds.
-    sum_micros: AtomicU64,
+pub struct Latencies {
+    by: [[Histogram; METHODS.len()]; 3],
 }
 
-impl Histogram {
-    pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
+impl Latencies {
+    pub const NAME: &'static str = "mcp_gateway_request_duration_seconds";
 
-    /// Writes the histogram in Prometheus text format.
-    pub fn render(&self, name: &str, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut total = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Ordering::Relaxed);
-            let le = BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+    /// `method`: an index into [`METHODS`] (`Method::metric_index`).
+    pub fn observe(&self, transport: Transport, method: usize, d: Duration) {
+        if let Some(h) = self.by[transport as usize].get(method) {
+            h.observe(d);
         }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+
+    /// The series that saw a request (and the family's `# TYPE` line always).
+    pub fn render(&self, out: &mut String) {
+        type_line(Self::NAME, out);
+        for t in Transport::ALL {
+            for (i, h) in self.by[t as usize].iter().enumerate() {
+                if h.count() > 0 {
+                    let labels = format!("transport=\"{}\",method=\"{}\"", t.name(), METHODS[i]);
+                    h.render_series(Self::NAME, &labels, out);
+                }
+            }
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
+/// Most tools with a series of their own, per pool; the rest share "other".
+pub const MAX_TOOL_SERIES: usize = 256;
 
-    #[test]
-    fn histogram_buckets_are_cumulative_and_count_everything() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(60));
-        let mut out = String::new();
-        h.render("t", &mut out);
-        assert!(out.contains("t_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"0.025\"} 1\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"0.05\"} 2\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("t_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("t_count 3"), "{out}");
+/// `mcp_gateway_tool_call_duration_seconds{pool,tool}` for one pool. Only
+/// tools the pool's servers listed get a series of their own (clients cannot
+/// invent series); bounded by [`MAX_TOOL_SERIES`].
+#[derive(Default)]
+pub struct ToolLatencies {
+    named: DashMap<String, Arc<Histogram>>,
+    other: Histogram,
+}
+
+impl ToolLatencies {
+    pub const NAME: &'static str = "mcp_gateway_tool_call_duration_seconds";
+
+    /// `listed`: the pool's servers named this tool in `tools/list`.
+    pub fn observe(&self, tool: &str, listed: bool, d: Duration) {
+        if let Some(h) = self.named.get(tool) {
+            return h.observe(d);
+        }
+        if listed && self.named.len() < MAX_TOOL_SERIES {
+            self.named.entry(tool.to_owned()).or_default().observe(d);
+        } else {
+            self.other.observe(d);
+        }
+    }
+
+    pub fn render(&self, pool: &str, out: &mut String) {
+        let pool = label_value(pool);
+        let mut names: Vec<_> = self
+            .named
+            .iter()
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tool, h) in names {
+            let labels = format!("pool=\"{pool}\",tool=\"{}\"", label_value(&tool));
+            h.render_series(Self::NAME, &labels, out);
+        }
+        if self.other.count() > 0 {
+            self.other
+                .render_series(Self::NAME, &format!("pool=\"{pool}\",tool=\"other\""), out);
+        }
     }
 }

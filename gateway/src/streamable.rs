@@ -24,7 +24,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, LoadGuard, Pool};
 use crate::reject::Reject;
@@ -132,12 +132,30 @@ impl Streamable {
             lost: false,
             moved: false,
         };
+        let started = Instant::now();
         let result = x.run(session, served).await;
-        match result {
+        let result = match result {
             // Never a whole response into an open stream: the error becomes an event.
             Err(Failure::Reject(r)) if x.open => x.end_with_error(session, &r).await,
             other => other,
+        };
+        if let Some(rpc) = &req.rpc {
+            let took = started.elapsed();
+            let transport = if req.pinned.is_some() || rpc.is_initialize() {
+                Transport::Streamable
+            } else {
+                Transport::Stateless
+            };
+            let metrics = &self.state.metrics;
+            metrics
+                .latencies
+                .observe(transport, rpc.method.metric_index(), took);
+            if let Method::ToolsCall { name } = &rpc.method {
+                let listed = self.sessions.hints(&req.pool).lists(name);
+                req.pool.tool_seconds.observe(name, listed, took);
+            }
         }
+        result
     }
 }
 
@@ -174,6 +192,7 @@ impl Exchange<'_> {
                     .ok_or(Reject::NoBackend)?,
             };
             let load = backend.start_request();
+            let sent_at = Instant::now();
             let sent = self
                 .t
                 .upstream
@@ -194,6 +213,9 @@ impl Exchange<'_> {
                     },
                 )
                 .await;
+            if sent.is_ok() {
+                self.req.pool.upstream_seconds.observe(sent_at.elapsed());
+            }
             *served = Some(Served {
                 backend: Arc::clone(&backend),
                 _load: load,
@@ -285,6 +307,7 @@ impl Exchange<'_> {
         );
         let hints = self.t.sessions.hints(&self.req.pool);
         let relayed = if upstream::is_event_stream(&parts.headers) {
+            let _open = backend.stream_opened();
             let answer_to = self
                 .req
                 .rpc

@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Serve `/metrics` on this address instead of the MCP listener (so a
+    /// network policy can admit Prometheus there and only the gateway to MCP).
+    #[arg(long, env = "REGISTRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Export a span per HTTP request over OTLP/HTTP (protobuf) to this
     /// receiver's base URL, e.g. http://127.0.0.1:4318 (spans go to
     /// URL/v1/traces), joining the caller's trace (W3C traceparent). Off when unset.

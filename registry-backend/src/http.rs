@@ -123,6 +123,7 @@ struct AppState {
     registry: Arc<Registry>,
     life: Arc<Lifecycle>,
     instance: HeaderValue,
+    sessions: Arc<LocalSessionManager>,
 }
 
 /// Everything `/mcp` needs from the command line.
@@ -132,9 +133,17 @@ pub struct McpOptions {
     /// An idle MCP session ends after this long.
     pub session_idle_timeout: Duration,
     pub cancel: CancellationToken,
+    /// `/metrics` on a listener of its own (not on the MCP listener).
+    pub metrics_apart: bool,
 }
 
-pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions) -> Router {
+/// The main router, and the metrics router when `/metrics` has a listener
+/// of its own (`McpOptions::metrics_apart`).
+pub fn router(
+    registry: Arc<Registry>,
+    life: Arc<Lifecycle>,
+    options: McpOptions,
+) -> (Router, Option<Router>) {
     let mut config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(options.cancel);
@@ -145,10 +154,11 @@ pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions
     let for_sessions = Arc::clone(&registry);
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(options.session_idle_timeout);
+    let sessions = Arc::new(sessions);
     let mcp: StreamableHttpService<RegistryServer, LocalSessionManager> =
         StreamableHttpService::new(
             move || Ok(RegistryServer::new(Arc::clone(&for_sessions))),
-            Arc::new(sessions),
+            Arc::clone(&sessions),
             config,
         );
     let instance = HeaderValue::from_str(&registry.instance)
@@ -157,16 +167,44 @@ pub fn router(registry: Arc<Registry>, life: Arc<Lifecycle>, options: McpOptions
         registry,
         life,
         instance,
+        sessions,
     };
     let mcp_routes = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(state.clone(), track_mcp));
-    Router::new()
+    let metrics = metrics_router(state.clone());
+    let app = Router::new()
         .route("/health", get(ready))
         .route("/readyz", get(ready))
         .route("/livez", get(live))
         .with_state(state)
-        .merge(mcp_routes)
+        .merge(mcp_routes);
+    match options.metrics_apart {
+        true => (app, Some(metrics)),
+        false => (app.merge(metrics), None),
+    }
+}
+
+/// `GET /metrics` alone, for its own listener (`--metrics-listen`) or the main one.
+fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Prometheus text: tools by latency and failures, sessions, in flight, draining.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    state.registry.metrics.render(&mut out);
+    let open = state.sessions.sessions.read().await.len();
+    crate::metrics::gauge(&mut out, "registry_sessions_open", open);
+    crate::metrics::gauge(&mut out, "registry_inflight", state.life.inflight());
+    crate::metrics::gauge(
+        &mut out,
+        "registry_draining",
+        u8::from(state.life.is_draining()),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// Liveness: answers without touching the store.

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -58,10 +58,11 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(Registry {
         store,
         instance: config.instance_name(),
+        metrics: Default::default(),
     });
     let life = Arc::new(Lifecycle::default());
     let cancel = CancellationToken::new();
-    let app = http::router(
+    let (app, metrics_app) = http::router(
         Arc::clone(&registry),
         Arc::clone(&life),
         McpOptions {
@@ -69,8 +70,17 @@ async fn main() -> anyhow::Result<()> {
             max_body_bytes: config.max_body_bytes,
             session_idle_timeout: config.session_idle_timeout,
             cancel: cancel.clone(),
+            metrics_apart: config.metrics_listen.is_some(),
         },
     );
+    if let (Some(at), Some(metrics_app)) = (config.metrics_listen, metrics_app) {
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the metrics listener {at}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
+        // Ends with the process.
+        tokio::spawn(async move { axum::serve(listener, metrics_app).await });
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

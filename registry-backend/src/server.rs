@@ -28,6 +28,22 @@ pub struct RegistryServer {
     tool_router: ToolRouter<Self>,
 }
 
+impl RegistryServer {
+    /// Runs one tool, timing it into the backend's `/metrics`.
+    async fn timed(
+        &self,
+        tool: &str,
+        run: impl std::future::Future<Output = ToolResult>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let started = std::time::Instant::now();
+        let result = run.await;
+        self.registry
+            .metrics
+            .observe(tool, result.is_ok(), started.elapsed());
+        to_call_result(result)
+    }
+}
+
 fn to_call_result(result: ToolResult) -> Result<CallToolResult, ErrorData> {
     Ok(match result {
         Ok(value) => CallToolResult::structured(value),
@@ -62,7 +78,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<register_agent::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(register_agent::run(&self.registry, p).await)
+        self.timed("register_agent", register_agent::run(&self.registry, p))
+            .await
     }
 
     /// List registered agents, optionally by status, a page at a time (pass next_cursor back as cursor).
@@ -79,7 +96,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<list_agents::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(list_agents::run(&self.registry, p).await)
+        self.timed("list_agents", list_agents::run(&self.registry, p))
+            .await
     }
 
     /// Search agents by capabilities (any of), domain, and a case-insensitive text query over id, url and description.
@@ -96,7 +114,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<search_agents::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(search_agents::run(&self.registry, p).await)
+        self.timed("search_agents", search_agents::run(&self.registry, p))
+            .await
     }
 
     /// Get one agent's registration by its id.
@@ -113,7 +132,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<get_agent::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(get_agent::run(&self.registry, p).await)
+        self.timed("get_agent", get_agent::run(&self.registry, p))
+            .await
     }
 
     /// Update an agent's URL, capabilities, domain, description or status.
@@ -131,7 +151,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<update_agent::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(update_agent::run(&self.registry, p).await)
+        self.timed("update_agent", update_agent::run(&self.registry, p))
+            .await
     }
 
     /// Delete an agent and its AgentFacts from the registry.
@@ -149,7 +170,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<delete_agent::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(delete_agent::run(&self.registry, p).await)
+        self.timed("delete_agent", delete_agent::run(&self.registry, p))
+            .await
     }
 
     /// Get the AgentFacts document (skills, capabilities, certification) for an agent username.
@@ -166,7 +188,8 @@ impl RegistryServer {
         &self,
         Parameters(p): Parameters<get_agent_facts::Params>,
     ) -> Result<CallToolResult, ErrorData> {
-        to_call_result(get_agent_facts::run(&self.registry, p).await)
+        self.timed("get_agent_facts", get_agent_facts::run(&self.registry, p))
+            .await
     }
 
     /// Check the health of the registry and its database.
@@ -180,9 +203,12 @@ impl RegistryServer {
         )
     )]
     async fn health_check(&self) -> Result<CallToolResult, ErrorData> {
-        Ok(CallToolResult::structured(
-            tools::health_check::run(&self.registry).await,
-        ))
+        let started = std::time::Instant::now();
+        let report = tools::health_check::run(&self.registry).await;
+        self.registry
+            .metrics
+            .observe("health_check", true, started.elapsed());
+        Ok(CallToolResult::structured(report))
     }
 }
 

@@ -182,6 +182,12 @@ def test_sessions_survive_a_rollout_and_a_killed_backend_under_load(tmp_path):
         code, lines, rollout_secs = events["rollout"]
         assert code == 0, lines
         assert "rollout of pool registry done" in lines, lines
+        # the rollout's progress, as /metrics shows it to a dashboard
+        rolled = {name: metric(gw, name, '{pool="registry"}') for name in
+                  ("mcp_gateway_pool_backends", "mcp_gateway_rollout_replaced",
+                   "mcp_gateway_rollout_in_progress", "mcp_gateway_rollout_succeeded")}
+        assert rolled == {"mcp_gateway_pool_backends": 3, "mcp_gateway_rollout_replaced": 3,
+                          "mcp_gateway_rollout_in_progress": 0, "mcp_gateway_rollout_succeeded": 1}, rolled
         # the killed one is replaced by the supervisor
         wait_until(lambda: len(gw.healthy_backends()) == 3, 60, "three healthy backends again")
         failovers = metric(gw, "mcp_gateway_failovers_total")

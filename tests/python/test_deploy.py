@@ -305,8 +305,11 @@ def test_the_public_service_serves_tls_only_and_backends_take_traffic_only_from_
     gw_labels = deployment("mcp-gateway")["spec"]["template"]["metadata"]["labels"]
     backend_labels = deployment("registry-backend")["spec"]["template"]["metadata"]["labels"]
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], backend_labels))
-    sources = [f for rule in policy["spec"]["ingress"] for f in rule["from"]]
+    mcp_rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == 8090 for p in r["ports"])]
+    sources = [f for rule in mcp_rules for f in rule["from"]]
     assert sources and all(selects(f["podSelector"], gw_labels) and "namespaceSelector" not in f for f in sources)
+    # every rule names its ports (none opens the pod whole)
+    assert all(r.get("ports") for r in policy["spec"]["ingress"])
     gw_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], gw_labels))
     admin = [r for r in gw_policy["spec"]["ingress"] if any(p["port"] == 9090 for p in r["ports"])]
     assert admin and all(f["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}

@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::table::{Entry, Inbound, QueueError, Table};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::policy::edge;
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::pool::{BackendState, Pool};
@@ -426,9 +426,11 @@ impl Bridge {
                     let (out, forwarded, caller) =
                         (out.clone(), Arc::clone(&forwarded), Arc::clone(&caller));
                     calls.spawn(async move {
+                        let started = std::time::Instant::now();
                         bridge
                             .call(&l, &body, &rpc, &out, &forwarded, &caller)
                             .await;
+                        bridge.timed(&l, &rpc, started.elapsed());
                         drop((permit, slot));
                     });
                 }
@@ -620,6 +622,7 @@ impl Bridge {
         for _ in 0..2 * ATTEMPTS {
             let link = Arc::clone(&links.current.borrow());
             let _load = link.backend.start_request();
+            let sent_at = std::time::Instant::now();
             let sent = self
                 .upstream
                 .send(
@@ -627,6 +630,9 @@ impl Bridge {
                     post(body, Some(&link.session), Some(&link.version), fwd, caller),
                 )
                 .await;
+            if sent.is_ok() {
+                links.pool.upstream_seconds.observe(sent_at.elapsed());
+            }
             let may_have_run = match sent {
                 // The backend does not know the session, or is draining: not run.
                 Ok((parts, frames)) if matches!(parts.status.as_u16(), 404 | 503) => {
@@ -683,6 +689,21 @@ impl Bridge {
             }
         }
         out.reject(rpc, &Reject::NoBackend).await;
+    }
+
+    /// Records a relayed message's latency (answers to server requests aside).
+    fn timed(&self, links: &Links, rpc: &Rpc, took: Duration) {
+        if rpc.method == Method::Response {
+            return;
+        }
+        self.state
+            .metrics
+            .latencies
+            .observe(Transport::Legacy, rpc.method.metric_index(), took);
+        if let Method::ToolsCall { name } = &rpc.method {
+            let listed = self.sessions.hints(&links.pool).lists(name);
+            links.pool.tool_seconds.observe(name, listed, took);
+        }
     }
 
     /// The client's answer to a server request: to the backend session that
@@ -766,10 +787,13 @@ impl Bridge {
                 .await;
             if let Ok((parts, frames)) = sent
                 && parts.status.is_success()
-                && forward(&parts, frames, out, None, None, None, shape).await
-                    == Relayed::ClientGone
             {
-                return;
+                let _open = link.backend.stream_opened();
+                if forward(&parts, frames, out, None, None, None, shape).await
+                    == Relayed::ClientGone
+                {
+                    return;
+                }
             }
             // Ended or refused: wait for the session to move (or the worker to end).
             if changes.changed().await.is_err() {

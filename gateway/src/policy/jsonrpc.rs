@@ -104,6 +104,27 @@ impl Method {
         })
     }
 
+    /// Its label in the latency histograms: an index into `metrics::METHODS`.
+    pub fn metric_index(&self) -> usize {
+        match self {
+            Method::Initialize => 0,
+            Method::Initialized => 1,
+            Method::Cancelled => 2,
+            Method::Ping => 3,
+            Method::ToolsList => 4,
+            Method::ToolsCall { .. } => 5,
+            Method::ResourcesList => 6,
+            Method::ResourcesRead { .. } => 7,
+            Method::ResourceTemplatesList => 8,
+            Method::PromptsList => 9,
+            Method::PromptsGet { .. } => 10,
+            Method::ServerDiscover => 11,
+            Method::Other(_) => 12,
+            Method::Notification(_) => 13,
+            Method::Response => 14,
+        }
+    }
+
     /// The name the 2026-07-28 `Mcp-Name` header must carry, if any.
     pub fn name(&self) -> Option<&str> {
         match self {
@@ -305,6 +326,22 @@ pub fn error_body_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_protocol_method_has_its_own_metric_label() {
+        for name in crate::metrics::METHODS.iter().take(12) {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{name}","params":{{"name":"t","uri":"u"}}}}"#
+            );
+            let rpc = parse(body.as_bytes()).unwrap();
+            assert_eq!(crate::metrics::METHODS[rpc.method.metric_index()], *name);
+        }
+        let other = parse(br#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#).unwrap();
+        assert_eq!(
+            crate::metrics::METHODS[other.method.metric_index()],
+            "other_request"
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

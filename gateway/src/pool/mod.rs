@@ -23,6 +23,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 
+use crate::metrics::{Histogram, ToolLatencies};
+
 /// One member as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -58,6 +60,8 @@ pub struct BackendState {
     pub backend: Backend,
     pub weight: u32,
     inflight: AtomicI64,
+    /// SSE streams from this backend being relayed now.
+    streams: AtomicI64,
     sessions: AtomicU64,
     requests: AtomicU64,
     ejected_until_ms: AtomicU64,
@@ -87,6 +91,7 @@ impl BackendState {
             backend,
             weight: weight.max(1),
             inflight: AtomicI64::new(0),
+            streams: AtomicI64::new(0),
             sessions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -139,9 +144,28 @@ impl BackendState {
         LoadGuard(Arc::clone(self))
     }
 
+    /// Counts an SSE stream from this backend as open until the guard drops.
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(Arc::clone(self))
+    }
+
+    pub fn open_streams(&self) -> i64 {
+        self.streams.load(Ordering::Relaxed)
+    }
+
     /// Load per unit of weight, scaled to stay an integer.
     fn load(&self) -> i64 {
         self.inflight() * 1000 / self.weight as i64
+    }
+}
+
+/// Counts one open SSE stream on a backend until dropped.
+pub struct StreamGuard(Arc<BackendState>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -235,6 +259,10 @@ pub struct Pool {
     pub eject_for: Duration,
     /// The supervisor of a managed pool (for rollouts).
     pub supervisor: Option<Arc<supervisor::Supervisor>>,
+    /// Time to a backend's response header (`mcp_gateway_upstream_duration_seconds`).
+    pub upstream_seconds: Histogram,
+    /// Whole tool calls, by tool (`mcp_gateway_tool_call_duration_seconds`).
+    pub tool_seconds: ToolLatencies,
 }
 
 thread_local! {

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ pub struct Rollout {
     lines: Mutex<Vec<String>>,
     done: AtomicBool,
     ok: AtomicBool,
+    /// Backends replaced so far.
+    replaced: AtomicUsize,
 }
 
 impl Rollout {
@@ -53,6 +55,15 @@ impl Rollout {
         if let Ok(mut l) = self.lines.lock() {
             l.push(line);
         }
+    }
+
+    /// Backends replaced so far, whether it is over, and whether it succeeded.
+    pub fn state(&self) -> (usize, bool, bool) {
+        (
+            self.replaced.load(Ordering::Acquire),
+            self.done.load(Ordering::Acquire),
+            self.ok.load(Ordering::Acquire),
+        )
     }
 
     /// Lines from `from` on, whether it is over, and whether it succeeded.
@@ -383,6 +394,9 @@ impl Supervisor {
                     })
                     .await;
                 let slot_ok = sent.is_ok() && rx.await.unwrap_or(false);
+                if slot_ok {
+                    p.replaced.fetch_add(1, Ordering::AcqRel);
+                }
                 if !slot_ok {
                     p.say(format!(
                         "{}: not replaced; stopping the rollout",
@@ -407,6 +421,11 @@ impl Supervisor {
     /// The rollout under way or the last one, if any.
     pub fn last_rollout(&self) -> Option<Arc<Rollout>> {
         self.current.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// How many backends this pool runs.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 }
 

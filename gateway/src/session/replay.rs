@@ -66,6 +66,11 @@ impl ToolHints {
         !self.safe.is_empty()
     }
 
+    /// Whether the pool's servers named this tool in a `tools/list`.
+    pub fn lists(&self, name: &str) -> bool {
+        self.safe.contains_key(name)
+    }
+
     pub fn tool_is_safe(&self, name: &str) -> bool {
         self.safe.get(name).is_some_and(|s| *s)
     }

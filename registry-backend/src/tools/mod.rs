@@ -27,6 +27,8 @@ pub mod update_agent;
 pub struct Registry {
     pub store: Arc<dyn AgentStore>,
     pub instance: String,
+    /// Tool latency and failures, for `/metrics`.
+    pub metrics: crate::metrics::ToolMetrics,
 }
 
 #[derive(Debug, Error)]

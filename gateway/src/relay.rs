@@ -354,7 +354,11 @@ pub async fn relay_events(
             biased;
             _ = closing(&mut down.phase), if server_stream && head.is_none() => {
                 // The gateway is going away: end the stream cleanly so the
-                // client reopens it (on another replica).
+                // client reopens it (on another replica). The connection
+                // closes right after the last chunk: kept alive, the client
+                // could send its next request on it just as the listener
+                // shuts, and see it dropped unanswered.
+                down.session.set_keepalive(None);
                 if !out.is_empty() {
                     down.write(Some(out.split().freeze()), false).await?;
                 }

@@ -81,7 +81,7 @@ pub struct Cli {
         value_enum,
         default_value = "text"
     )]
-    pub log_format: LogFormat,
+    pub log_format: telemetry::Format,
     /// Export a span per MCP request over OTLP/HTTP (protobuf) to this
     /// receiver's base URL, e.g. http://127.0.0.1:4318 (spans go to
     /// URL/v1/traces); W3C traceparent goes on to the backend. Off when unset.
@@ -99,12 +99,6 @@ pub struct Cli {
     /// not read: they exist where the gateway is deployed.
     #[arg(long)]
     pub check_config: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Operator commands that talk to a running gateway's admin listener.

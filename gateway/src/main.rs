@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
-use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, LogFormat, PoolConfig};
+use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, PoolConfig};
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::health::McpHealthCheck;
 use mcp_gateway::pool::supervisor::Supervisor;
@@ -163,14 +163,7 @@ fn main() -> Result<()> {
         ))?;
         std::process::exit(if ok { 0 } else { 1 });
     }
-    let telemetry = telemetry::init(
-        "mcp-gateway",
-        match cli.log_format {
-            LogFormat::Text => telemetry::Format::Text,
-            LogFormat::Json => telemetry::Format::Json,
-        },
-        cli.otlp_endpoint.as_deref(),
-    )?;
+    let telemetry = telemetry::init("mcp-gateway", cli.log_format, cli.otlp_endpoint.as_deref())?;
     let config = Config::load(&cli)?;
     if cli.check_config {
         let guard = mcp_gateway::policy::guard::Guard::new(&config)?;

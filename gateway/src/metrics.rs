@@ -201,12 +201,13 @@ pub struct ToolLatencies {
 impl ToolLatencies {
     pub const NAME: &'static str = "mcp_gateway_tool_call_duration_seconds";
 
-    /// `listed`: the pool's servers named this tool in `tools/list`.
-    pub fn observe(&self, tool: &str, listed: bool, d: Duration) {
+    /// `listed`: whether the pool's servers named this tool in
+    /// `tools/list`, asked only for a tool without a series yet.
+    pub fn observe(&self, tool: &str, listed: impl FnOnce() -> bool, d: Duration) {
         if let Some(h) = self.named.get(tool) {
             return h.observe(d);
         }
-        if listed && self.named.len() < MAX_TOOL_SERIES {
+        if self.named.len() < MAX_TOOL_SERIES && listed() {
             self.named.entry(tool.to_owned()).or_default().observe(d);
         } else {
             self.other.observe(d);

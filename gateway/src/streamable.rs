@@ -140,20 +140,18 @@ impl Streamable {
             other => other,
         };
         if let Some(rpc) = &req.rpc {
-            let took = started.elapsed();
             let transport = if req.pinned.is_some() || rpc.is_initialize() {
                 Transport::Streamable
             } else {
                 Transport::Stateless
             };
-            let metrics = &self.state.metrics;
-            metrics
-                .latencies
-                .observe(transport, rpc.method.metric_index(), took);
-            if let Method::ToolsCall { name } = &rpc.method {
-                let listed = self.sessions.hints(&req.pool).lists(name);
-                req.pool.tool_seconds.observe(name, listed, took);
-            }
+            self.sessions.record(
+                &self.state.metrics,
+                &req.pool,
+                transport,
+                &rpc.method,
+                started.elapsed(),
+            );
         }
         result
     }

@@ -5,13 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use clap::Parser;
 
 /// The NANDA agent registry as an MCP server (Streamable HTTP on /mcp).
 #[derive(Debug, Clone, Parser)]
@@ -72,7 +66,7 @@ pub struct Config {
 
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    pub log_format: telemetry::Format,
 
     /// Serve `/metrics` on this address instead of the MCP listener (so a
     /// network policy can admit Prometheus there and only the gateway to MCP).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use clap::Parser as _;
-use registry_backend::config::{Config, LogFormat};
+use registry_backend::config::Config;
 use registry_backend::http::{self, Lifecycle, McpOptions};
 use registry_backend::store::{AgentStore, MongoStore, SqliteStore};
 use registry_backend::tools::Registry;
@@ -48,10 +48,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = telemetry::init(
         "registry-backend",
-        match config.log_format {
-            LogFormat::Text => telemetry::Format::Text,
-            LogFormat::Json => telemetry::Format::Json,
-        },
+        config.log_format,
         config.otlp_endpoint.as_deref(),
     )?;
     let store = open_store(&config).await?;

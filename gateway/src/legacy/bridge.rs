@@ -696,14 +696,13 @@ impl Bridge {
         if rpc.method == Method::Response {
             return;
         }
-        self.state
-            .metrics
-            .latencies
-            .observe(Transport::Legacy, rpc.method.metric_index(), took);
-        if let Method::ToolsCall { name } = &rpc.method {
-            let listed = self.sessions.hints(&links.pool).lists(name);
-            links.pool.tool_seconds.observe(name, listed, took);
-        }
+        self.sessions.record(
+            &self.state.metrics,
+            &links.pool,
+            Transport::Legacy,
+            &rpc.method,
+            took,
+        );
     }
 
     /// The client's answer to a server request: to the backend session that

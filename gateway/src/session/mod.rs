@@ -11,8 +11,11 @@ pub mod rebind;
 pub mod replay;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::metrics::{Metrics, Transport};
 use crate::policy::edge::{self, Endpoint};
+use crate::policy::jsonrpc::Method;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::token::{SessionRef, TokenSealer};
@@ -82,6 +85,25 @@ impl Sessions {
     /// How many sessions this replica has moved and still remembers.
     pub fn moved_sessions(&self) -> usize {
         self.rebinds.len()
+    }
+
+    /// Records a relayed message's latency by transport and method, and a
+    /// tool call's by tool (both transports come here).
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        pool: &Pool,
+        transport: Transport,
+        method: &Method,
+        took: Duration,
+    ) {
+        metrics
+            .latencies
+            .observe(transport, method.metric_index(), took);
+        if let Method::ToolsCall { name } = method {
+            pool.tool_seconds
+                .observe(name, || self.hints(pool).lists(name), took);
+        }
     }
 
     /// Which tools of a pool are safe to call twice.

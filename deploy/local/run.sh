@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v cmake >/dev/null 2>&1; then
-  echo "installing cmake (needed to build the TLS library)"
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+if ! command -v cmake >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+  echo "installing cmake and make (needed to build the TLS library and jemalloc)"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake make >/dev/null
 fi
 cargo build --release --workspace --bins
 RUN=${RUN_DIR:-$ROOT/.run}

@@ -156,6 +156,13 @@ impl Admin {
                 m.rejected(reason)
             );
         }
+        // Ids the previous session key opened: when this stops rising after
+        // a rotation, the previous key can go (deploy/RUNBOOK.md).
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_session_ids_opened_with_previous_key_total counter\nmcp_gateway_session_ids_opened_with_previous_key_total {}",
+            self.gw.sessions.sealer().opened_with_previous()
+        );
         m.post_seconds
             .render("mcp_gateway_post_duration_seconds", &mut out);
         m.latencies.render(&mut out);

@@ -17,7 +17,7 @@ use serde::Deserialize;
     name = "mcp-gateway",
     version,
     about = "The public front door for MCP servers",
-    after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)"
+    after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)\n  MCP_GATEWAY_SESSION_KEY_PREVIOUS  the key before a rotation: opens ids, never seals\n                           (or [sessions] previous_key_file)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -176,6 +176,10 @@ fn ten_secs() -> Duration {
 pub struct Sessions {
     /// File holding the session-token secret (or set MCP_GATEWAY_SESSION_KEY).
     pub key_file: Option<PathBuf>,
+    /// File holding the key before the last rotation (or set
+    /// MCP_GATEWAY_SESSION_KEY_PREVIOUS): it opens session ids, never seals
+    /// one, so rotating the key ends no session (deploy/RUNBOOK.md).
+    pub previous_key_file: Option<PathBuf>,
     /// How long a session id stays valid.
     #[serde(with = "duration", default = "day")]
     pub max_age: Duration,
@@ -195,6 +199,7 @@ impl Default for Sessions {
     fn default() -> Self {
         Self {
             key_file: None,
+            previous_key_file: None,
             max_age: day(),
             max_legacy_sessions: default_legacy_sessions(),
         }

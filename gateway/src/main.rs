@@ -18,13 +18,6 @@ use mcp_gateway::tls::{ServedCert, ensure_dev_tls};
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
-
-/// jemalloc rather than the system allocator: a request makes ~100 small
-/// allocations (heaptrack), and in an A/B run (`tests/bench/ab.sh`, 4
-/// rounds) jemalloc cut CPU per call by 6.5 % and idle-session RSS by 7 %
-/// (mimalloc cut CPU by 5 % but doubled idle-session RSS). BENCHMARKS.md.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::listeners::tls::TlsSettings;
@@ -33,28 +26,63 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
+/// jemalloc rather than the system allocator: a request makes ~100 small
+/// allocations (heaptrack), and in an A/B run (`tests/bench/ab.sh`, 4
+/// rounds) jemalloc cut CPU per call by 6.5 % and idle-session RSS by 7 %
+/// (mimalloc cut CPU by 5 % but doubled idle-session RSS). BENCHMARKS.md.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The session-token secret: env var, else key file, else a random one.
-fn session_secret(config: &Config) -> Result<Vec<u8>> {
-    if let Ok(key) = std::env::var(SESSION_KEY_ENV) {
+const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
+const PREVIOUS_SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY_PREVIOUS";
+
+/// A secret from an env var, else from a file (trimmed), else none.
+fn secret(env: &str, file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>> {
+    if let Ok(key) = std::env::var(env) {
         if key.len() < 16 {
-            bail!("{SESSION_KEY_ENV} must be at least 16 characters");
+            bail!("{env} must be at least 16 characters");
         }
-        return Ok(key.into_bytes());
+        return Ok(Some(key.into_bytes()));
     }
-    if let Some(path) = &config.sessions.key_file {
+    if let Some(path) = file {
         let key = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let key: Vec<u8> = key.trim_ascii().to_vec();
         if key.len() < 16 {
             bail!("{} must hold at least 16 bytes", path.display());
         }
-        return Ok(key);
+        return Ok(Some(key));
     }
-    tracing::warn!(
-        "no {SESSION_KEY_ENV} or sessions.key_file: using a random session key (sessions will not survive a restart or be shared between replicas)"
-    );
-    Ok(TokenSealer::random_secret().to_vec())
+    Ok(None)
+}
+
+/// The session-id sealer: the current key (env var, else key file, else a
+/// random one) and, after a rotation, the previous key, which only opens.
+fn session_sealer(config: &Config) -> Result<TokenSealer> {
+    let current = match secret(SESSION_KEY_ENV, config.sessions.key_file.as_deref())? {
+        Some(key) => key,
+        None => {
+            tracing::warn!(
+                "no {SESSION_KEY_ENV} or sessions.key_file: using a random session key (sessions will not survive a restart or be shared between replicas)"
+            );
+            TokenSealer::random_secret().to_vec()
+        }
+    };
+    let sealer = TokenSealer::new(&current, config.sessions.max_age)
+        .map_err(|e| anyhow::anyhow!("session key: {e}"))?;
+    match secret(
+        PREVIOUS_SESSION_KEY_ENV,
+        config.sessions.previous_key_file.as_deref(),
+    )? {
+        Some(previous) => {
+            tracing::info!(
+                "session ids sealed under the previous session key still open; new ones are sealed under the current key"
+            );
+            sealer
+                .with_previous(&previous)
+                .map_err(|e| anyhow::anyhow!("previous session key: {e}"))
+        }
+        None => Ok(sealer),
+    }
 }
 
 fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Pool>> {
@@ -195,8 +223,7 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let sealer = TokenSealer::new(&session_secret(&config)?, config.sessions.max_age)
-        .map_err(|e| anyhow::anyhow!("session key: {e}"))?;
+    let sealer = session_sealer(&config)?;
 
     let mut conf = ServerConf::new().context("pingora defaults")?;
     conf.threads = config.threads.unwrap_or(2);

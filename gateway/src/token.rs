@@ -8,7 +8,8 @@
 //! can route the session with no shared store, and can re-create it on
 //! another backend when its own is gone. The key is derived once at start-up
 //! (HKDF-SHA256 over the configured secret); per request there is only one
-//! AEAD open.
+//! AEAD open. A second, decrypt-only key (the one before a rotation) opens
+//! the ids the current key refuses, so a key rotation ends no session.
 //!
 //! Legacy SSE session ids are sealed the same way under another kind (they
 //! name the replica that holds the client's stream), so neither kind of id
@@ -17,6 +18,7 @@
 //! Wire form: base64url(version ‖ nonce[12] ‖ ciphertext ‖ tag[16]), all
 //! printable ASCII as the spec requires for `Mcp-Session-Id`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -77,6 +79,11 @@ pub enum TokenError {
 
 pub struct TokenSealer {
     key: LessSafeKey,
+    /// The key before the last rotation: it opens ids, never seals one, so
+    /// rotating the key does not end the sessions sealed under the old one.
+    previous: Option<LessSafeKey>,
+    /// Ids opened with `previous` (when it stops rising, drop the key).
+    opened_with_previous: AtomicU64,
     rng: SystemRandom,
     max_age: Duration,
 }
@@ -141,6 +148,22 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The AEAD key for `secret`: HKDF-SHA256, run once per key at start.
+fn derive(secret: &[u8]) -> Result<LessSafeKey, TokenError> {
+    if secret.len() < 16 {
+        return Err(TokenError::Malformed);
+    }
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mcp-gateway");
+    let prk = salt.extract(secret);
+    let okm = prk
+        .expand(&[INFO], Len(32))
+        .map_err(|_| TokenError::Malformed)?;
+    let mut key = [0u8; 32];
+    okm.fill(&mut key).map_err(|_| TokenError::Malformed)?;
+    let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| TokenError::Malformed)?;
+    Ok(LessSafeKey::new(unbound))
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -167,22 +190,29 @@ impl<'a> Reader<'a> {
 impl TokenSealer {
     /// Derives the AEAD key from `secret` (any length ≥ 16 bytes).
     pub fn new(secret: &[u8], max_age: Duration) -> Result<Self, TokenError> {
-        if secret.len() < 16 {
-            return Err(TokenError::Malformed);
-        }
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mcp-gateway");
-        let prk = salt.extract(secret);
-        let okm = prk
-            .expand(&[INFO], Len(32))
-            .map_err(|_| TokenError::Malformed)?;
-        let mut key = [0u8; 32];
-        okm.fill(&mut key).map_err(|_| TokenError::Malformed)?;
-        let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| TokenError::Malformed)?;
         Ok(Self {
-            key: LessSafeKey::new(unbound),
+            key: derive(secret)?,
+            previous: None,
+            opened_with_previous: AtomicU64::new(0),
             rng: SystemRandom::new(),
             max_age,
         })
+    }
+
+    /// Also opens ids sealed under `secret`, the key before a rotation (it
+    /// never seals). Derived here, once, like the current key.
+    pub fn with_previous(mut self, secret: &[u8]) -> Result<Self, TokenError> {
+        self.previous = Some(derive(secret)?);
+        Ok(self)
+    }
+
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// How many ids the previous key has opened since start.
+    pub fn opened_with_previous(&self) -> u64 {
+        self.opened_with_previous.load(Ordering::Relaxed)
     }
 
     /// A fresh random secret for a single gateway (sessions then do not
@@ -228,15 +258,26 @@ impl TokenSealer {
         let nonce: [u8; NONCE_LEN] = wire[1..1 + NONCE_LEN]
             .try_into()
             .map_err(|_| TokenError::Malformed)?;
-        let plain = self
-            .key
-            .open_in_place(
+        let open = |key: &LessSafeKey, sealed: &mut [u8]| {
+            key.open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from([VERSION, kind]),
-                &mut wire[1 + NONCE_LEN..],
+                sealed,
             )
-            .map_err(|_| TokenError::Forged)?;
-        Ok((plain.to_vec(), nonce))
+            .map(|plain| plain.to_vec())
+        };
+        if let Ok(plain) = open(&self.key, &mut wire[1 + NONCE_LEN..]) {
+            return Ok((plain, nonce));
+        }
+        // Only ids the current key refused pay for a second try: a failed
+        // open leaves its buffer unspecified, so decode the token again.
+        let previous = self.previous.as_ref().ok_or(TokenError::Forged)?;
+        let mut wire = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        let plain = open(previous, &mut wire[1 + NONCE_LEN..]).map_err(|_| TokenError::Forged)?;
+        self.opened_with_previous.fetch_add(1, Ordering::Relaxed);
+        Ok((plain, nonce))
     }
 
     fn check_age(&self, issued_at: u64) -> Result<(), TokenError> {
@@ -351,6 +392,45 @@ mod tests {
     }
 
     const INIT: &str = r#"{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}"#;
+
+    #[test]
+    fn a_rotated_key_still_opens_ids_sealed_under_the_previous_one() {
+        const OLD: &[u8] = b"the-old-session-key-0123456789";
+        const NEW: &[u8] = b"the-new-session-key-0123456789";
+        let day = Duration::from_secs(86_400);
+        let old = TokenSealer::new(OLD, day).unwrap();
+        let (session, sealed) = old.issue(0, "b", "s", "", INIT).unwrap();
+        let legacy = old.issue_legacy("10.0.0.1:8080", "abc").unwrap();
+
+        let rotated = TokenSealer::new(NEW, day)
+            .unwrap()
+            .with_previous(OLD)
+            .unwrap();
+        assert_eq!(rotated.open(&session).unwrap(), sealed);
+        assert_eq!(rotated.open_legacy(&legacy).unwrap().id, "abc");
+        assert_eq!(rotated.opened_with_previous(), 2);
+        // new ids are sealed with the new key only: a gateway that has
+        // dropped the old key opens them, one still on the old key alone does not
+        let (fresh, _) = rotated.issue(0, "b", "s2", "", "").unwrap();
+        assert_eq!(rotated.opened_with_previous(), 2);
+        assert!(TokenSealer::new(NEW, day).unwrap().open(&fresh).is_ok());
+        assert_eq!(old.open(&fresh), Err(TokenError::Forged));
+        // without the previous key, old ids are refused
+        let dropped = TokenSealer::new(NEW, day).unwrap();
+        assert_eq!(dropped.open(&session), Err(TokenError::Forged));
+        // an id neither key sealed is refused, and counts nothing
+        let other = TokenSealer::new(b"a-third-key-nobody-has-0123", day).unwrap();
+        let (forged, _) = other.issue(0, "b", "s", "", "").unwrap();
+        assert_eq!(rotated.open(&forged), Err(TokenError::Forged));
+        assert_eq!(rotated.opened_with_previous(), 2);
+        // a previous key is held to the same length rule
+        assert!(
+            TokenSealer::new(NEW, day)
+                .unwrap()
+                .with_previous(b"short")
+                .is_err()
+        );
+    }
 
     #[test]
     fn round_trips_identity_session_principal_and_init() {

@@ -3,7 +3,8 @@
 //! `traceparent` if it sent one, filled in and ended when the request is
 //! logged. It carries the JSON-RPC method, the tool (or prompt, or resource)
 //! name, the backend, the HTTP status and a hash of the session id — never
-//! the id itself, which is a bearer of the session.
+//! the id itself, which is a bearer of the session. A legacy SSE message
+//! gets a span of its own, a child of its POST's, around its backend call.
 
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -26,6 +27,31 @@ pub fn request_span(req: &RequestHeader) -> tracing::Span {
         "http.response.status_code" = Empty,
     );
     telemetry::continue_from(&span, &req.headers);
+    span
+}
+
+/// The exported span of one legacy SSE message, relayed by its session's
+/// worker after the `POST /messages` that brought it was answered (202): a
+/// child of that POST's span, so the backend's span joins the client's
+/// trace. `None` (OTLP off, or no span to follow) gives a disabled span.
+pub fn message_span(rpc: &Rpc, parent: Option<&telemetry::Parent>) -> tracing::Span {
+    let Some(parent) = parent else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "mcp.legacy.message",
+        "otel.kind" = "internal",
+        "mcp.method" = Empty,
+        "mcp.name" = Empty,
+    );
+    telemetry::set_parent(&span, parent);
+    if let Some(method) = rpc.method.as_str() {
+        span.record("mcp.method", method);
+    }
+    if let Some(name) = rpc.method.name() {
+        span.record("mcp.name", name);
+    }
     span
 }
 

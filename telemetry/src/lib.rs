@@ -114,6 +114,23 @@ pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// Where a span sits in its trace (trace id and span id only), to parent
+/// work done later by another task without keeping the span open.
+#[derive(Clone, Debug)]
+pub struct Parent(opentelemetry::Context);
+
+/// The trace position of `span` (activating it if it was not yet).
+pub fn parent_of(span: &tracing::Span) -> Parent {
+    use opentelemetry::trace::TraceContextExt as _;
+    let sc = span.context().span().span_context().clone();
+    Parent(opentelemetry::Context::new().with_remote_span_context(sc))
+}
+
+/// Makes `span` a child of `parent`.
+pub fn set_parent(span: &tracing::Span, parent: &Parent) {
+    let _ = span.set_parent(parent.0.clone());
+}
+
 /// Writes the current span's trace context into `headers` (replacing any
 /// `traceparent` already there), so the next hop joins the trace.
 pub fn inject_current(headers: &mut http::HeaderMap) {

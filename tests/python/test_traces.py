@@ -154,3 +154,39 @@ def test_without_an_endpoint_nothing_is_exported_and_traceparent_passes_through(
     finally:
         gw.proc.stop()
         echo.shutdown()
+
+
+def test_a_legacy_sse_message_joins_the_trace_of_the_post_that_brought_it(tmp_path):
+    from test_protocol_paths import Legacy
+    otlp = Receiver()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    backend = Backend(tmp_path / "r.db", "traced-legacy", extra=["--otlp-endpoint", otlp.url],
+                      env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
+    gw = Gateway(tmp_path, "traced-legacy", [backend.addr], env=env)
+    s = None
+    try:
+        s = Legacy(gw.http)
+        client_trace, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        r = s.http.post(s.endpoint, headers={"traceparent": f"00-{client_trace}-{client_span}-01"}, json={
+            "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "list_agents", "arguments": {}}})
+        assert r.status_code == 202, r.text
+        assert "result" in s.next(lambda m: m.get("id") == 9)
+
+        def in_trace(service, name):
+            return [x for x in otlp.find(service, name) if x["trace_id"] == client_trace]
+        wait_until(lambda: in_trace("registry-backend", "mcp.backend.request"), 20, "the backend's span")
+        wait_until(lambda: in_trace("mcp-gateway", "mcp.legacy.message"), 20, "the message's span")
+        (post,) = in_trace("mcp-gateway", "mcp.request")
+        (message,) = in_trace("mcp-gateway", "mcp.legacy.message")
+        (be_span,) = in_trace("registry-backend", "mcp.backend.request")
+        # client -> the POST's span -> the message's span -> the backend's span
+        assert post["parent"] == client_span and post["attrs"]["http.response.status_code"] == 202, post
+        assert message["parent"] == post["span_id"], (message, post)
+        assert message["attrs"]["mcp.method"] == "tools/call" and message["attrs"]["mcp.name"] == "list_agents"
+        assert be_span["parent"] == message["span_id"], (be_span, message)
+    finally:
+        if s:
+            s.close()
+        gw.proc.stop()
+        backend.proc.stop()
+        otlp.server.shutdown()

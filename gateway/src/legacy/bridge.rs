@@ -22,6 +22,7 @@ use pingora::proxy::Session;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::table::{Entry, Inbound, QueueError, Table};
 use crate::metrics::{Metrics, Transport};
@@ -33,6 +34,7 @@ use crate::relay::{self, Failure, MAX_EVENT, MAX_WHOLE_BODY, Shape};
 use crate::session::asks::{self, Tag};
 use crate::session::{ATTEMPTS, Sessions, failover, replay};
 use crate::state::State;
+use crate::trace;
 use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
 
 /// Messages a session's inbox holds before POSTs get 503.
@@ -294,7 +296,10 @@ impl Bridge {
             .get(id)
             .filter(|e| e.principal() == principal)
             .ok_or(Reject::UnknownLegacySession)?;
-        match entry.queue(body, rpc, self.state.limits.legacy_inbox_bytes) {
+        // The worker relays it after this POST's 202: it takes the POST's
+        // trace position along, not its span (which ends with the POST).
+        let trace = telemetry::exporting().then(|| telemetry::parent_of(&tracing::Span::current()));
+        match entry.queue(body, rpc, trace, self.state.limits.legacy_inbox_bytes) {
             Ok(()) => Ok(()),
             Err(QueueError::Full) => Err(Reject::SessionBusy),
             Err(QueueError::Closed) => Err(Reject::UnknownLegacySession),
@@ -398,6 +403,7 @@ impl Bridge {
             body,
             rpc,
             refused,
+            trace: parent,
             _queued,
         }) = inbox.recv().await
         {
@@ -420,24 +426,29 @@ impl Bridge {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 break;
             };
+            let span = trace::message_span(&rpc, parent.as_ref());
             match links.clone() {
                 Some(l) if !rpc.is_initialize() => {
                     let bridge = Arc::clone(&self);
                     let (out, forwarded, caller) =
                         (out.clone(), Arc::clone(&forwarded), Arc::clone(&caller));
-                    calls.spawn(async move {
-                        let started = std::time::Instant::now();
-                        bridge
-                            .call(&l, &body, &rpc, &out, &forwarded, &caller)
-                            .await;
-                        bridge.timed(&l, &rpc, started.elapsed());
-                        drop((permit, slot));
-                    });
+                    calls.spawn(
+                        async move {
+                            let started = std::time::Instant::now();
+                            bridge
+                                .call(&l, &body, &rpc, &out, &forwarded, &caller)
+                                .await;
+                            bridge.timed(&l, &rpc, started.elapsed());
+                            drop((permit, slot));
+                        }
+                        .instrument(span),
+                    );
                 }
                 _ => {
                     // Opening the backend session: inline, later messages need it.
                     let opened = self
                         .open(&pool, &body, &rpc, &out, &forwarded, &caller)
+                        .instrument(span)
                         .await;
                     drop((permit, slot));
                     match opened {

@@ -19,6 +19,8 @@ pub struct Inbound {
     /// Set when the gateway refused the message (a limit, a denied tool):
     /// the worker tells the client on its stream instead of calling a backend.
     pub refused: Option<crate::reject::Reject>,
+    /// The trace of the POST that brought it (OTLP on), for its backend call.
+    pub trace: Option<telemetry::Parent>,
     /// Returns the message's bytes to the inbox budget once the worker took it.
     pub _queued: Queued,
 }
@@ -69,7 +71,13 @@ impl Entry {
 
     /// Queues a message unless that would pass `max_bytes` waiting or the
     /// inbox's message bound.
-    pub fn queue(&self, body: Bytes, rpc: Rpc, max_bytes: usize) -> Result<(), QueueError> {
+    pub fn queue(
+        &self,
+        body: Bytes,
+        rpc: Rpc,
+        trace: Option<telemetry::Parent>,
+        max_bytes: usize,
+    ) -> Result<(), QueueError> {
         let bytes = body.len();
         let before = self.queued.fetch_add(bytes, Ordering::AcqRel);
         let queued = Queued {
@@ -83,6 +91,7 @@ impl Entry {
             body,
             rpc,
             refused: None,
+            trace,
             _queued: queued,
         }) {
             Ok(()) => Ok(()),
@@ -99,6 +108,7 @@ impl Entry {
             body: Bytes::new(),
             rpc,
             refused: Some(reject),
+            trace: None,
             _queued: Queued {
                 counter: Arc::clone(&self.queued),
                 bytes: 0,
@@ -179,19 +189,25 @@ mod tests {
     fn the_inbox_is_bounded_in_bytes_and_frees_what_the_worker_took() {
         let (tx, mut rx) = mpsc::channel(16);
         let e = Entry::new(tx, "");
-        assert_eq!(e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100), Ok(()));
         assert_eq!(
-            e.queue(Bytes::from(vec![b'x'; 60]), rpc(), 100),
+            e.queue(Bytes::from(vec![b'x'; 60]), rpc(), None, 100),
+            Ok(())
+        );
+        assert_eq!(
+            e.queue(Bytes::from(vec![b'x'; 60]), rpc(), None, 100),
             Err(QueueError::Full)
         );
         assert_eq!(e.queued_bytes(), 60, "the refused message is not counted");
         drop(rx.try_recv().unwrap());
         assert_eq!(e.queued_bytes(), 0);
         // one message larger than the budget still passes when nothing waits
-        assert_eq!(e.queue(Bytes::from(vec![b'x'; 150]), rpc(), 100), Ok(()));
+        assert_eq!(
+            e.queue(Bytes::from(vec![b'x'; 150]), rpc(), None, 100),
+            Ok(())
+        );
         drop(rx);
         assert_eq!(
-            e.queue(Bytes::from_static(b"x"), rpc(), 1000),
+            e.queue(Bytes::from_static(b"x"), rpc(), None, 1000),
             Err(QueueError::Closed)
         );
     }

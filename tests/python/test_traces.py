@@ -68,12 +68,17 @@ def span_dict(service, s):
             "attrs": {a.key: value(a.value) for a in s.attributes}}
 
 
-def test_one_trace_spans_the_gateway_and_the_backend(tmp_path):
+def traced_stack(tmp_path, name):
+    """An OTLP receiver, and a backend and a gateway both exporting to it."""
     otlp = Receiver()
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    backend = Backend(tmp_path / "r.db", "traced-0", extra=["--otlp-endpoint", otlp.url],
+    backend = Backend(tmp_path / "r.db", f"{name}-0", extra=["--otlp-endpoint", otlp.url],
                       env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
-    gw = Gateway(tmp_path, "traced", [backend.addr], env=env)
+    return otlp, backend, Gateway(tmp_path, name, [backend.addr], env=env)
+
+
+def test_one_trace_spans_the_gateway_and_the_backend(tmp_path):
+    otlp, backend, gw = traced_stack(tmp_path, "traced")
     try:
         client_trace = secrets.token_hex(16)
         client_span = secrets.token_hex(8)
@@ -158,11 +163,7 @@ def test_without_an_endpoint_nothing_is_exported_and_traceparent_passes_through(
 
 def test_a_legacy_sse_message_joins_the_trace_of_the_post_that_brought_it(tmp_path):
     from test_protocol_paths import Legacy
-    otlp = Receiver()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    backend = Backend(tmp_path / "r.db", "traced-legacy", extra=["--otlp-endpoint", otlp.url],
-                      env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
-    gw = Gateway(tmp_path, "traced-legacy", [backend.addr], env=env)
+    otlp, backend, gw = traced_stack(tmp_path, "traced-legacy")
     s = None
     try:
         s = Legacy(gw.http)

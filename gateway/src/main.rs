@@ -36,9 +36,17 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
 const PREVIOUS_SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY_PREVIOUS";
 
-/// A secret from an env var, else from a file (trimmed), else none.
-fn secret(env: &str, file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>> {
-    if let Ok(key) = std::env::var(env) {
+/// A secret from an env var, else from a file (trimmed), else none. With
+/// `empty_is_none`, an empty variable counts as unset (how Compose and env
+/// files clear an optional secret).
+fn secret(
+    env: &str,
+    file: Option<&std::path::Path>,
+    empty_is_none: bool,
+) -> Result<Option<Vec<u8>>> {
+    if let Ok(key) = std::env::var(env)
+        && !(empty_is_none && key.is_empty())
+    {
         if key.len() < 16 {
             bail!("{env} must be at least 16 characters");
         }
@@ -58,7 +66,7 @@ fn secret(env: &str, file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>> 
 /// The session-id sealer: the current key (env var, else key file, else a
 /// random one) and, after a rotation, the previous key, which only opens.
 fn session_sealer(config: &Config) -> Result<TokenSealer> {
-    let current = match secret(SESSION_KEY_ENV, config.sessions.key_file.as_deref())? {
+    let current = match secret(SESSION_KEY_ENV, config.sessions.key_file.as_deref(), false)? {
         Some(key) => key,
         None => {
             tracing::warn!(
@@ -72,6 +80,7 @@ fn session_sealer(config: &Config) -> Result<TokenSealer> {
     match secret(
         PREVIOUS_SESSION_KEY_ENV,
         config.sessions.previous_key_file.as_deref(),
+        true,
     )? {
         Some(previous) => {
             tracing::info!(

@@ -61,3 +61,20 @@ def test_a_previous_session_key_too_short_stops_the_gateway_with_a_clear_error()
                        env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "MCP_GATEWAY_SESSION_KEY_PREVIOUS must be at least 16 characters" in r.stderr, r.stderr
+
+
+def test_an_empty_previous_session_key_means_none(tmp_path):
+    # how Compose passes an optional secret that is not set: an empty variable
+    backend = Backend(tmp_path / "e.db", "keys-empty")
+    gw = None
+    try:
+        gw = Gateway(tmp_path, "gw-empty-previous", [backend.addr], key=NEW,
+                     env={"MCP_GATEWAY_SESSION_KEY_PREVIOUS": ""})
+        with httpx2.Client(timeout=10) as c:
+            sid, _ = initialize(c, f"{gw.http}/mcp")
+            assert "get_agent" in tool_names(rpc(c, f"{gw.http}/mcp", sid, "tools/list"))
+        assert metric(gw, "mcp_gateway_session_ids_opened_with_previous_key_total") == 0
+    finally:
+        if gw:
+            gw.proc.stop()
+        backend.proc.stop()

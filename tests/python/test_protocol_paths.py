@@ -213,6 +213,27 @@ def test_a_client_cancel_reaches_the_backend_over_legacy_sse(gw):
         s.close()
 
 
+def test_a_legacy_notification_reaches_the_backend_before_the_request_after_it(gw):
+    """server-everything registers its sampling tool when it receives
+    `notifications/initialized`; a legacy client posts that notification and
+    its first call back to back, so a bridge that let the call overtake the
+    notification got "tool not found" (seen once in CI). Twelve sessions,
+    each must get the tool's sampling request, never an error."""
+    for n in range(12):
+        s = Legacy(f"{gw.http}/everything", capabilities={"sampling": {}})
+        try:
+            s.post({"jsonrpc": "2.0", "id": 40, "method": "tools/call",
+                    "params": {"name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}})
+            first = s.next(lambda m: m.get("method") == "sampling/createMessage" or m.get("id") == 40)
+            assert first.get("method") == "sampling/createMessage", (n, first)
+            s.post({"jsonrpc": "2.0", "id": first["id"],
+                    "result": {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}})
+            done = s.next(lambda m: m.get("id") == 40)
+            assert "result" in done, (n, done)
+        finally:
+            s.close()
+
+
 def sampling_then_cancel(messages, cancel):
     """Checks the server's sampling request came before the call's result,
     and the server's cancellation names the request's id as the client saw it."""

@@ -429,20 +429,32 @@ impl Bridge {
             let span = trace::message_span(&rpc, parent.as_ref());
             match links.clone() {
                 Some(l) if !rpc.is_initialize() => {
+                    // A notification reaches the backend before the next
+                    // message leaves: the client's order holds across them
+                    // (servers may register tools on `notifications/initialized`,
+                    // so a call overtaking it found no such tool). Requests
+                    // and answers run side by side.
+                    let in_order = matches!(
+                        rpc.method,
+                        Method::Initialized | Method::Cancelled | Method::Notification(_)
+                    );
                     let bridge = Arc::clone(&self);
                     let (out, forwarded, caller) =
                         (out.clone(), Arc::clone(&forwarded), Arc::clone(&caller));
-                    calls.spawn(
-                        async move {
-                            let started = std::time::Instant::now();
-                            bridge
-                                .call(&l, &body, &rpc, &out, &forwarded, &caller)
-                                .await;
-                            bridge.timed(&l, &rpc, started.elapsed());
-                            drop((permit, slot));
-                        }
-                        .instrument(span),
-                    );
+                    let relay = async move {
+                        let started = std::time::Instant::now();
+                        bridge
+                            .call(&l, &body, &rpc, &out, &forwarded, &caller)
+                            .await;
+                        bridge.timed(&l, &rpc, started.elapsed());
+                        drop((permit, slot));
+                    }
+                    .instrument(span);
+                    if in_order {
+                        relay.await;
+                    } else {
+                        calls.spawn(relay);
+                    }
                 }
                 _ => {
                     // Opening the backend session: inline, later messages need it.

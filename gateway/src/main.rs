@@ -26,7 +26,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-/// jemalloc rather than the system allocator: a request makes ~100 small
+/// jemalloc rather than the system allocator: a request makes ~85 small
 /// allocations (heaptrack), and in an A/B run (`tests/bench/ab.sh`, 4
 /// rounds) jemalloc cut CPU per call by 6.5 % and idle-session RSS by 7 %
 /// (mimalloc cut CPU by 5 % but doubled idle-session RSS). BENCHMARKS.md.

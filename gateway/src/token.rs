@@ -206,10 +206,6 @@ impl TokenSealer {
         Ok(self)
     }
 
-    pub fn has_previous(&self) -> bool {
-        self.previous.is_some()
-    }
-
     /// How many ids the previous key has opened since start.
     pub fn opened_with_previous(&self) -> u64 {
         self.opened_with_previous.load(Ordering::Relaxed)

@@ -366,7 +366,7 @@ def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(stack):
     # bounded by design: 2 MiB of queued events, 8 calls in flight holding one ~1 MiB
     # event each (and its copies while it is parsed and framed), plus what the
     # allocator keeps. Measured growth: 10-36 MiB over 9 runs with the system
-    # allocator, 37-40 MiB over 3 runs with jemalloc (it keeps freed pages for
+    # allocator, 36.6-40.0 MiB over 3 runs with jemalloc (it keeps freed pages for
     # a few seconds); unbounded growth over 60 s of ~1 MiB answers would be GiBs.
     assert growth_mib < 64, f"gateway grew {growth_mib:.0f} MiB for one stuck client"
     # and everyone else is fine

@@ -434,10 +434,7 @@ impl Bridge {
                     // (servers may register tools on `notifications/initialized`,
                     // so a call overtaking it found no such tool). Requests
                     // and answers run side by side.
-                    let in_order = matches!(
-                        rpc.method,
-                        Method::Initialized | Method::Cancelled | Method::Notification(_)
-                    );
+                    let in_order = rpc.method.is_notification();
                     let bridge = Arc::clone(&self);
                     let (out, forwarded, caller) =
                         (out.clone(), Arc::clone(&forwarded), Arc::clone(&caller));

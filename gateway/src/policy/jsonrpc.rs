@@ -84,6 +84,14 @@ impl Method {
         }
     }
 
+    /// A notification from the client (no id, nothing answers it).
+    pub fn is_notification(&self) -> bool {
+        matches!(
+            self,
+            Method::Initialized | Method::Cancelled | Method::Notification(_)
+        )
+    }
+
     /// The method's wire name (`None` for a response).
     pub fn as_str(&self) -> Option<&str> {
         Some(match self {

@@ -326,8 +326,12 @@ impl ServeHttp for Admin {
             ("POST", "/reload") => match self.gw.reload() {
                 Ok(summary) => json_reply(200, json!({"reloaded": true, "summary": summary})),
                 Err(e) => {
-                    tracing::error!(error = %e, "reload failed; what did not load stays as it was");
-                    json_reply(400, json!({"reloaded": false, "error": e.to_string()}))
+                    tracing::error!(error = %e, "reload refused; nothing changed");
+                    let status = match e {
+                        crate::app::ReloadError::NeedsRestart(_) => 409,
+                        crate::app::ReloadError::Invalid(_) => 400,
+                    };
+                    json_reply(status, json!({"reloaded": false, "error": e.to_string()}))
                 }
             },
             // Readiness: 503 from the moment the gateway is told to stop, so

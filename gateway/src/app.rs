@@ -2,11 +2,12 @@
 //! proxy service and the admin listener.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Cli, Config};
 use crate::legacy::Bridge;
 use crate::metrics::Metrics;
 use crate::policy::guard::Guard;
@@ -21,8 +22,13 @@ use crate::upstream::Upstream;
 pub struct Gateway {
     /// The policy in force (credentials, rules, limits), swapped whole on reload.
     guard: ArcSwap<Guard>,
-    /// Where the configuration came from (for reloads).
-    pub config_path: Option<std::path::PathBuf>,
+    /// The command line the gateway started with: a reload loads the
+    /// configuration from it again, exactly as the start did.
+    cli: Cli,
+    /// The configuration in force.
+    config: ArcSwap<Config>,
+    /// What the session key files held at start (a reload must not change it).
+    key_files: Option<[u8; 32]>,
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
     pub streamable: Streamable,
@@ -31,14 +37,14 @@ pub struct Gateway {
     pub tls: Option<Arc<ServedCert>>,
     /// How often its files are checked for a change (zero: never).
     pub tls_reload_interval: Duration,
-    /// One info-level line per request (`access_log`).
-    pub access_log: bool,
+    /// One info-level line per request (`access_log`; changes on reload).
+    access_log: AtomicBool,
 }
 
 impl Gateway {
     pub fn new(
         config: &Config,
-        config_path: Option<std::path::PathBuf>,
+        cli: Cli,
         guard: Guard,
         pools: Vec<Arc<Pool>>,
         sealer: TokenSealer,
@@ -67,14 +73,16 @@ impl Gateway {
         ));
         Arc::new(Self {
             guard: ArcSwap::from_pointee(guard),
-            config_path,
+            cli,
+            config: ArcSwap::from_pointee(config.clone()),
+            key_files: key_files(config),
             state,
             sessions,
             streamable,
             legacy,
             tls,
             tls_reload_interval: config.tls.reload_interval,
-            access_log: config.access_log,
+            access_log: AtomicBool::new(config.access_log),
         })
     }
 }
@@ -85,41 +93,84 @@ impl Gateway {
         self.guard.load_full()
     }
 
-    /// Reloads the configuration's credentials, rules and limits, and the
-    /// TLS certificate from its files (SIGHUP, `POST /reload`).
-    pub fn reload(&self) -> anyhow::Result<String> {
+    /// Whether each request gets an info-level access line.
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Loads the configuration again (file, flags and environment, as at
+    /// start) and applies it, and reloads the TLS certificate from its
+    /// files (SIGHUP, `POST /reload`). A configuration that does not load,
+    /// or that changes a setting only a restart can change, changes
+    /// nothing: the error names why.
+    pub fn reload(&self) -> Result<String, ReloadError> {
         let summary = self.reload_config()?;
         if let Some(tls) = &self.tls {
             tls.reload()
-                .map_err(|e| anyhow::anyhow!("TLS certificate not reloaded: {e}"))?;
+                .map_err(|e| ReloadError::Invalid(format!("TLS certificate not reloaded: {e}")))?;
         }
         Ok(summary)
     }
 
-    /// Reads the configuration file again and swaps in its credentials,
-    /// rules and limits. An invalid file changes nothing; the error says why.
-    /// Sessions, streams and pools are untouched.
-    fn reload_config(&self) -> anyhow::Result<String> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("started without --config: nothing to reload"))?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
-        if config.pools.len() != self.sessions.pools().len() {
-            anyhow::bail!("pools cannot change on reload (restart the gateway for that)");
+    fn reload_config(&self) -> Result<String, ReloadError> {
+        if self.cli.config.is_none() {
+            return Err(ReloadError::Invalid(
+                "started without --config: nothing to reload".into(),
+            ));
         }
-        let guard = Guard::new(&config)?;
+        let next = Config::load(&self.cli).map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
+        let mut restart = self.config.load().restart_needed(&next);
+        if key_files(&next) != self.key_files {
+            restart.push("the session key (its file's content)".into());
+        }
+        if !restart.is_empty() {
+            return Err(ReloadError::NeedsRestart(restart));
+        }
+        let guard = Guard::new(&next).map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let summary = guard.summary();
         self.guard.store(Arc::new(guard));
-        tracing::info!(path = %path.display(), %summary, "configuration reloaded");
+        self.state.set_limits(next.limits.clone());
+        self.legacy
+            .upstream
+            .set_idle(next.limits.upstream_idle_timeout);
+        self.legacy.table.set_max(next.sessions.max_legacy_sessions);
+        self.access_log.store(next.access_log, Ordering::Relaxed);
+        self.config.store(Arc::new(next));
+        tracing::info!(%summary, "configuration reloaded");
         Ok(summary)
     }
 }
 
-/// Reloads credentials, rules and limits on SIGHUP.
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration does not load or validate.
+    #[error("{0}")]
+    Invalid(String),
+    /// It changes settings that need a restart.
+    #[error("these settings cannot change without a restart: {}", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+}
+
+/// A digest of the session key files' content (none when the key comes
+/// from the environment, which a running process cannot see change).
+fn key_files(config: &Config) -> Option<[u8; 32]> {
+    if std::env::var_os(crate::config::SESSION_KEY_ENV).is_some() {
+        return None;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for file in [
+        &config.sessions.key_file,
+        &config.sessions.previous_key_file,
+    ] {
+        let content = file.as_ref().and_then(|f| std::fs::read(f).ok());
+        ctx.update(&[u8::from(content.is_some())]);
+        ctx.update(content.as_deref().unwrap_or_default());
+    }
+    ctx.finish().as_ref().try_into().ok()
+}
+
+/// Reloads the configuration and the certificate on SIGHUP.
 pub struct Reloader(pub Arc<Gateway>);
 
 #[async_trait::async_trait]
@@ -147,7 +198,7 @@ impl pingora::services::background::BackgroundService for Reloader {
                 }
                 _ = hup.recv() => {
                     if let Err(e) = self.0.reload() {
-                        tracing::error!(error = %e, "reload failed; what did not load stays as it was");
+                        tracing::error!(error = %e, "reload refused; nothing changed");
                     }
                 }
                 _ = tidy.tick() => self.0.guard().limits.tidy(),

@@ -11,8 +11,13 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Deserialize;
 
+/// The session key (16+ characters), from the environment.
+pub const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
+/// The session key before a rotation (opens ids, never seals one).
+pub const PREVIOUS_SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY_PREVIOUS";
+
 /// Command-line flags; each overrides the matching file setting.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "mcp-gateway",
     version,
@@ -102,7 +107,7 @@ pub struct Cli {
 }
 
 /// Operator commands that talk to a running gateway's admin listener.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Restart a managed pool's backends one at a time (start the replacement,
     /// wait until it is ready, drain and stop the old one), printing progress.
@@ -120,7 +125,7 @@ fn default_admin() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     #[serde(default)]
@@ -141,7 +146,7 @@ impl Default for Listen {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub cert: Option<PathBuf>,
@@ -171,7 +176,7 @@ fn ten_secs() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sessions {
     /// File holding the session-token secret (or set MCP_GATEWAY_SESSION_KEY).
@@ -270,7 +275,7 @@ impl Default for Limits {
 }
 
 /// Where a pool's backends come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Discovery {
     /// A fixed list of `host:port`.
@@ -303,7 +308,7 @@ fn default_dns_interval() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
@@ -531,7 +536,7 @@ pub enum AuthMode {
 }
 
 /// The admin listener's protection.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Environment variable holding the admin bearer token. Required when the
@@ -543,7 +548,7 @@ pub struct AdminConfig {
 }
 
 /// Several gateway replicas in front of the same pools.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// This replica's MCP listener as the other replicas reach it
@@ -614,6 +619,67 @@ mod duration {
 }
 
 impl Config {
+    /// The settings of `next` that differ from this (running) configuration
+    /// and cannot change while the gateway runs, by name; empty when `next`
+    /// can be applied live (credentials, rules, limits, timeouts, origins,
+    /// the legacy caps, the pools' `auth`, the access log).
+    pub fn restart_needed(&self, next: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        let mut check = |name: &str, same: bool| {
+            if !same {
+                changed.push(name.to_owned());
+            }
+        };
+        check("listen", self.listen == next.listen);
+        check("tls.cert", self.tls.cert == next.tls.cert);
+        check("tls.key", self.tls.key == next.tls.key);
+        check("tls.dev_dir", self.tls.dev_dir == next.tls.dev_dir);
+        check(
+            "tls.reload_interval",
+            self.tls.reload_interval == next.tls.reload_interval,
+        );
+        check(
+            "sessions.key_file",
+            self.sessions.key_file == next.sessions.key_file,
+        );
+        check(
+            "sessions.previous_key_file",
+            self.sessions.previous_key_file == next.sessions.previous_key_file,
+        );
+        check(
+            "sessions.max_age",
+            self.sessions.max_age == next.sessions.max_age,
+        );
+        check("cluster.advertise", self.cluster == next.cluster);
+        check("admin (its token)", self.admin == next.admin);
+        check("threads", self.threads == next.threads);
+        check(
+            "shutdown_grace_secs",
+            self.shutdown_grace_secs == next.shutdown_grace_secs,
+        );
+        check(
+            "shutdown_timeout_secs",
+            self.shutdown_timeout_secs == next.shutdown_timeout_secs,
+        );
+        check("upgrade_sock", self.upgrade_sock == next.upgrade_sock);
+        check(
+            "limits.connect_timeout",
+            self.limits.connect_timeout == next.limits.connect_timeout,
+        );
+        if self.pools.len() != next.pools.len() {
+            check("pools (how many)", false);
+            return changed;
+        }
+        for (a, b) in self.pools.iter().zip(&next.pools) {
+            let live = |p: &PoolConfig| PoolConfig {
+                auth: None,
+                ..p.clone()
+            };
+            check(&format!("pools[{}]", a.name), live(a) == live(b));
+        }
+        changed
+    }
+
     /// How long the gateway drains before its listeners close (default 2 s).
     pub fn drain_secs(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs.unwrap_or(2))
@@ -775,6 +841,42 @@ mod tests {
             Discovery::Managed { count: 3, .. }
         ));
         assert_eq!(c.listen.admin, default_admin());
+    }
+
+    #[test]
+    fn a_reload_names_each_setting_that_needs_a_restart() {
+        let base = r#"
+            [listen]
+            http = "127.0.0.1:8080"
+            [limits]
+            max_body_bytes = 1024
+            [[pools]]
+            name = "registry"
+            discovery = { static = { backends = ["127.0.0.1:1"] } }
+        "#;
+        let running: Config = toml::from_str(base).unwrap();
+        let live: Config = toml::from_str(
+            &base
+                .replace(
+                    "max_body_bytes = 1024",
+                    "max_body_bytes = 10\nidle_timeout = \"5s\"",
+                )
+                .replace(
+                    "name = \"registry\"",
+                    "name = \"registry\"\nauth = \"none\"",
+                ),
+        )
+        .unwrap();
+        assert!(running.restart_needed(&live).is_empty());
+        let moved: Config = toml::from_str(&base.replace("8080", "8081").replace(
+            "static = { backends = [\"127.0.0.1:1\"] }",
+            "dns = { name = \"x\", port = 1 }",
+        ))
+        .unwrap();
+        assert_eq!(
+            running.restart_needed(&moved),
+            vec!["listen", "pools[registry]"]
+        );
     }
 
     #[test]

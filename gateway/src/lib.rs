@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod asks;
 pub mod config;
 pub mod ctl;
 pub mod legacy;
@@ -21,6 +22,7 @@ pub mod pool;
 pub mod proxy;
 pub mod reject;
 pub mod relay;
+pub mod respond;
 pub mod session;
 pub mod state;
 pub mod streamable;

@@ -8,7 +8,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
-use mcp_gateway::config::{Cli, Command, Config, Discovery, HealthKind, PoolConfig};
+use mcp_gateway::config::{
+    Cli, Command, Config, Discovery, HealthKind, PREVIOUS_SESSION_KEY_ENV, PoolConfig,
+    SESSION_KEY_ENV,
+};
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::health::McpHealthCheck;
 use mcp_gateway::pool::supervisor::Supervisor;
@@ -32,9 +35,6 @@ use pingora::services::listening::Service;
 /// (mimalloc cut CPU by 5 % but doubled idle-session RSS). BENCHMARKS.md.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-const SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY";
-const PREVIOUS_SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY_PREVIOUS";
 
 /// A secret from an env var, else from a file (trimmed), else none. With
 /// `empty_is_none`, an empty variable counts as unset (how Compose and env
@@ -276,7 +276,7 @@ fn main() -> Result<()> {
     };
     let gw = Gateway::new(
         &config,
-        cli.config.clone(),
+        cli.clone(),
         guard,
         pools,
         sealer,

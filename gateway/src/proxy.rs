@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use tracing::Instrument;
 
 use crate::app::Gateway;
-use crate::legacy::bridge::{Caller, Located};
+use crate::legacy::Located;
 use crate::metrics::Metrics;
 use crate::policy::auth::{Grant, Principal, filter_tools_list};
 use crate::policy::body;
@@ -30,24 +30,26 @@ use crate::policy::edge::{self, Endpoint};
 use crate::policy::guard::Guard;
 use crate::policy::jsonrpc::{self, Method, Rpc};
 use crate::policy::limits::{Held, Limits};
-use crate::pool::Pool;
+use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
-use crate::relay::Failure;
-use crate::session::Pinned;
-use crate::state::Slot;
-use crate::streamable::{Admitted, Rewrite, Served};
+use crate::relay::{self, Downstream, Failure, Rewrite};
+use crate::session::{Binding, Caller};
+use crate::streamable::Admitted;
 use crate::trace;
 use crate::upstream::{Forwarded, SESSION_HEADER};
 
 /// Per-request state: what the steps learned, and the guards to return.
 pub struct Ctx {
     started: std::time::Instant,
-    slot: Option<Slot>,
+    slot: Option<crate::state::Slot>,
     rpc: Option<Rpc>,
-    served: Option<Served>,
-    /// Who the request comes from, and what the rules let it do.
+    /// The backend that served the request (for the access log).
+    served: Option<Arc<BackendState>>,
+    /// Who the request comes from, what the rules let it do, and the key
+    /// its limits are counted under.
     who: Option<Arc<Principal>>,
     grant: Option<Arc<Grant>>,
+    key: Option<Arc<str>>,
     /// The policy in force when the request came (reloads swap it whole).
     guard: Option<Arc<Guard>>,
     /// Places held in per-address and per-principal caps until the end.
@@ -72,7 +74,7 @@ enum Route {
         pool: Arc<Pool>,
         endpoint: Endpoint,
         body: Option<body::Body>,
-        pinned: Option<Box<Pinned>>,
+        binding: Option<Box<Binding>>,
     },
 }
 
@@ -92,102 +94,20 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 /// How the client reached us, for `X-Forwarded-*`.
 fn forwarded(session: &Session) -> Forwarded {
     Forwarded {
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string()),
+        client_ip: client_ip(session).map(|ip| ip.to_string()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
     }
 }
 
-/// Writes a complete JSON response.
-async fn respond(session: &mut Session, status: u16, body: Vec<u8>, extra: &[(&str, &str)]) {
-    let written = async {
-        let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("cache-control", "no-store")?;
-        for (k, v) in extra {
-            resp.insert_header(k.to_string(), *v)?;
-        }
-        session.write_response_header(Box::new(resp), false).await?;
-        let body = (!body.is_empty()).then(|| Bytes::from(body));
-        session.write_response_body(body, true).await?;
-        Ok::<_, Box<Error>>(())
-    };
-    if let Err(e) = written.await {
-        tracing::debug!(error = %e, "could not write an answer; the client went away");
-    }
-}
-
-/// Where this request's protected-resource metadata is (RFC 9728: the
-/// well-known path, then the resource's own path).
-pub fn resource_metadata_url(session: &Session) -> String {
-    let req = session.req_header();
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
-    let path = req.uri.path();
-    let resource = ["/mcp", "/sse", "/messages", "/message"]
-        .iter()
-        .find_map(|e| path.strip_suffix(e))
-        .unwrap_or("");
-    format!(
-        "{}://{host}/.well-known/oauth-protected-resource{resource}",
-        if tls { "https" } else { "http" }
-    )
-}
-
-/// The `WWW-Authenticate` challenge for refusals about credentials.
-fn www_authenticate(session: &Session, reject: &Reject) -> Option<String> {
-    let metadata = resource_metadata_url(session);
-    match reject {
-        Reject::Unauthorized(why) => Some(format!(
-            r#"Bearer resource_metadata="{metadata}", error="invalid_token", error_description="{why}""#
-        )),
-        Reject::Forbidden { scope } | Reject::ToolDenied { scope, .. } => Some(match scope {
-            Some(s) => format!(
-                r#"Bearer resource_metadata="{metadata}", error="insufficient_scope", scope="{s}""#
-            ),
-            None => format!(r#"Bearer resource_metadata="{metadata}", error="insufficient_scope""#),
-        }),
-        _ => None,
-    }
-}
-
-/// The one place a [`Reject`] becomes a response: its status, a JSON-RPC
-/// error (echoing the request id when known), `Retry-After`, `Allow`.
-pub async fn render(session: &mut Session, gw: &Gateway, reject: &Reject, rpc: Option<&Rpc>) {
-    gw.state.metrics.reject(reject.reason());
-    tracing::debug!(status = reject.status(), reason = reject.reason().name(), %reject, "rejected");
-    let id = rpc.and_then(|r| r.id.as_deref());
-    let body = jsonrpc::error_body_with(id, reject.code(), &reject.to_string(), reject.data());
-    let mut extra: Vec<(&str, String)> = Vec::with_capacity(2);
-    if let Some(secs) = reject.retry_after() {
-        extra.push(("retry-after", secs.to_string()));
-    }
-    if let Some(allow) = reject.allow() {
-        extra.push(("allow", allow.to_owned()));
-    }
-    if let Some(challenge) = www_authenticate(session, reject) {
-        extra.push(("www-authenticate", challenge));
-    }
-    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    respond(session, reject.status(), body, &extra).await;
-}
-
 impl McpProxy {
-    /// Who the request is from, as the transports need it.
-    fn caller(&self, ctx: &Ctx) -> Caller {
+    /// Who the request is from, as the transports and the exchange need it.
+    fn caller(&self, session: &Session, ctx: &Ctx) -> Caller {
         let guard = ctx.guard.clone().unwrap_or_else(|| self.gw.guard());
         let grant = ctx.grant.clone().unwrap_or_default();
         Caller {
             principal: ctx.who.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
             principal_header: guard.principal_header.clone(),
+            forwarded: forwarded(session),
             rewrite: grant
                 .restricts_tools()
                 .then(|| Arc::new(move |m: &str| filter_tools_list(m, &grant)) as Rewrite),
@@ -232,10 +152,57 @@ impl McpProxy {
             Err(_) if path == "/health" || path == "/healthz" => return Ok(Route::Health),
             Err(e) => return Err(e),
         };
+        let over = self.identify(session, ctx, &guard, &pool, endpoint)?;
+        let req = session.req_header();
+        edge::check_method(
+            endpoint,
+            &req.method,
+            header(req, "accept"),
+            req.headers.contains_key(SESSION_HEADER),
+        )?;
+        let body = match req.method {
+            http::Method::POST => Some(
+                self.read_message(session, ctx, &guard, &pool, endpoint, over)
+                    .await?,
+            ),
+            _ if over.is_some() => return Err(over.unwrap_or(Reject::Capacity)),
+            http::Method::GET => {
+                self.open_stream(ctx, &guard, endpoint)?;
+                None
+            }
+            _ => None,
+        };
+        let binding = match (endpoint, header(session.req_header(), SESSION_HEADER)) {
+            (Endpoint::Mcp, Some(token)) => {
+                let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
+                Some(Box::new(gw.sessions.open(&pool, token, who)?))
+            }
+            _ => None,
+        };
+        Ok(Route::Endpoint {
+            pool,
+            endpoint,
+            body,
+            binding,
+        })
+    }
+
+    /// Client address, Origin, credentials, pool access, the principal's
+    /// rate. A legacy message over its rate is still read (the refusal is
+    /// returned, not raised), so that its stream can carry the error for its id.
+    fn identify(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        guard: &Guard,
+        pool: &Pool,
+        endpoint: Endpoint,
+    ) -> Result<Option<Reject>, Reject> {
         let ip = client_ip(session);
         ctx.ip_held = guard.limits.check_ip(ip)?;
         let req = session.req_header();
-        edge::check_origin(header(req, "origin"), &gw.state.limits.allowed_origins)?;
+        let allowed = &self.gw.state.limits().allowed_origins;
+        edge::check_origin(header(req, "origin"), allowed)?;
         let who = guard
             .auth
             .authenticate(&req.headers, guard.mode(pool.index))?;
@@ -246,77 +213,72 @@ impl McpProxy {
             });
         }
         let key = Limits::key(&who, ip);
-        // A legacy message over its limit is still read, so that its
-        // stream can carry the error for its id.
         let mut over = guard.limits.check_request(&who, &key).err();
-        if let Some(r) = over.take_if(|_| endpoint != Endpoint::Messages) {
-            return Err(r);
+        ctx.who = Some(who);
+        ctx.grant = Some(grant);
+        ctx.key = Some(key);
+        match over.take_if(|_| endpoint != Endpoint::Messages) {
+            Some(r) => Err(r),
+            None => Ok(over),
         }
-        ctx.who = Some(Arc::clone(&who));
-        ctx.grant = Some(Arc::clone(&grant));
-        edge::check_method(
-            endpoint,
-            &req.method,
-            header(req, "accept"),
-            req.headers.contains_key(SESSION_HEADER),
-        )?;
-        let is_get = req.method == http::Method::GET;
-        let body = if req.method == http::Method::POST {
-            let body = body::read(session, &gw.state).await?;
-            let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
-            let req = session.req_header();
-            jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;
-            let checked = (|| {
-                if let Some(r) = over {
-                    return Err(r);
-                }
-                if let Method::ToolsCall { name } = &rpc.method {
-                    if !grant.may_call(name) {
-                        return Err(Reject::ToolDenied {
-                            tool: name.clone(),
-                            scope: grant.required_scope().map(str::to_owned),
-                        });
-                    }
-                    guard.limits.check_tool(&who, &key, name)?;
-                }
-                if rpc.is_initialize() {
-                    guard.limits.check_new_session(&who, &key)?;
-                }
-                Ok(())
-            })();
-            if let Err(refused) = checked {
-                if endpoint == Endpoint::Messages {
-                    // The legacy client reads answers from its stream: the
-                    // error for this id goes there too.
-                    let query = session.req_header().uri.query();
-                    gw.legacy.refuse_message(query, rpc, &refused, &who.name);
-                }
-                return Err(refused);
-            }
-            Some(body)
-        } else if let Some(r) = over {
-            return Err(r);
-        } else {
-            None
+    }
+
+    /// A POST's body, read whole and parsed once, held to its headers and
+    /// to the principal's rules and limits. A refused legacy message's
+    /// error goes to its stream too (the legacy client reads answers there).
+    async fn read_message(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        guard: &Guard,
+        pool: &Pool,
+        endpoint: Endpoint,
+        over: Option<Reject>,
+    ) -> Result<body::Body, Reject> {
+        let body = body::read(session, &self.gw.state).await?;
+        let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
+        let req = session.req_header();
+        jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;
+        let (Some(who), Some(grant), Some(key)) = (&ctx.who, &ctx.grant, &ctx.key) else {
+            return Err(Reject::Capacity);
         };
-        if is_get {
-            if endpoint == Endpoint::Sse {
-                guard.limits.check_new_session(&who, &key)?;
+        let checked = over.map_or(Ok(()), Err).and_then(|()| {
+            if let Method::ToolsCall { name } = &rpc.method {
+                if !grant.may_call(name) {
+                    return Err(Reject::ToolDenied {
+                        tool: name.clone(),
+                        scope: grant.required_scope().map(str::to_owned),
+                    });
+                }
+                guard.limits.check_tool(who, key, name)?;
             }
-            ctx.stream_held = guard.limits.open_stream(&who, &key)?;
+            if rpc.is_initialize() {
+                guard.limits.check_new_session(who, key)?;
+            }
+            Ok(())
+        });
+        if let Err(refused) = checked {
+            if endpoint == Endpoint::Messages {
+                let query = req.uri.query();
+                let legacy = &self.gw.legacy;
+                legacy.refuse_message(query, pool.index, rpc, &refused, &who.name);
+            }
+            return Err(refused);
         }
-        let pinned = match (endpoint, header(session.req_header(), SESSION_HEADER)) {
-            (Endpoint::Mcp, Some(token)) => {
-                Some(Box::new(gw.sessions.open(&pool, token, &who.name)?))
-            }
-            _ => None,
+        Ok(body)
+    }
+
+    /// A GET opens a stream: a new legacy session is a new session, and
+    /// every stream holds a place in the principal's stream cap.
+    fn open_stream(&self, ctx: &mut Ctx, guard: &Guard, endpoint: Endpoint) -> Result<(), Reject> {
+        let (Some(who), Some(key)) = (&ctx.who, &ctx.key) else {
+            return Err(Reject::Capacity);
         };
-        Ok(Route::Endpoint {
-            pool,
-            endpoint,
-            body,
-            pinned,
-        })
+        if endpoint == Endpoint::Sse {
+            guard.limits.check_new_session(who, key)?;
+        }
+        ctx.stream_held = guard.limits.open_stream(who, key)?;
+        Ok(())
     }
 
     /// Hands an admitted request to its transport.
@@ -327,72 +289,76 @@ impl McpProxy {
         route: Route,
     ) -> std::result::Result<(), Failure> {
         let gw = &self.gw;
-        let (pool, endpoint, body, pinned) = match route {
+        let (pool, endpoint, body, binding) = match route {
             Route::Health => {
-                respond(session, 200, br#"{"status":"ok"}"#.to_vec(), &[]).await;
-                return Ok(());
+                let ok = Bytes::from_static(br#"{"status":"ok"}"#);
+                return Downstream::new(session, &gw.state).json(200, ok).await;
             }
             Route::ResourceMetadata { prefix } => {
-                let body = self.resource_metadata(session, ctx, &prefix);
-                respond(session, 200, body, &[]).await;
-                return Ok(());
+                let doc = Bytes::from(self.resource_metadata(session, ctx, &prefix));
+                return Downstream::new(session, &gw.state).json(200, doc).await;
             }
             Route::Endpoint {
                 pool,
                 endpoint,
                 body,
-                pinned,
-            } => (pool, endpoint, body, pinned),
+                binding,
+            } => (pool, endpoint, body, binding),
         };
         let body = body.map(|b| b.bytes).unwrap_or_default();
         match endpoint {
             Endpoint::Sse => {
-                let caller = self.caller(ctx);
-                gw.legacy
-                    .serve_stream(session, &pool, forwarded(session), caller)
-                    .await
+                let caller = self.caller(session, ctx);
+                gw.legacy.serve_stream(session, &pool, caller).await
             }
-            Endpoint::Messages => {
-                let rpc = ctx.rpc.clone().ok_or(Reject::BadRequest("no message"))?;
-                let req = session.req_header();
-                let query = req.uri.query().map(str::to_owned);
-                match gw.legacy.locate(query.as_deref())? {
-                    Located::Here(id) => {
-                        let who = ctx.who.as_ref().map(|w| w.name.as_str()).unwrap_or("");
-                        gw.legacy.accept_message(&id, body, rpc, who)?
-                    }
-                    Located::Elsewhere { owner } => {
-                        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        let pq = pq.to_owned();
-                        let headers = req.headers.clone();
-                        gw.legacy
-                            .relay_to_owner(&owner, &pq, &headers, body)
-                            .await?;
-                    }
-                }
-                respond(session, 202, Vec::new(), &[]).await;
+            Endpoint::Messages => self.message(session, ctx, &pool, body).await,
+            Endpoint::Mcp => {
+                let admitted = Admitted {
+                    pool,
+                    body,
+                    binding: binding.map(|b| *b),
+                    caller: self.caller(session, ctx),
+                };
+                let served = gw
+                    .streamable
+                    .serve(session, admitted, ctx.rpc.as_ref())
+                    .await;
+                ctx.served = served?;
                 Ok(())
             }
-            Endpoint::Mcp => {
-                let caller = self.caller(ctx);
-                let mut admitted = Admitted {
-                    pool,
-                    rpc: ctx.rpc.take(),
-                    body,
-                    pinned: pinned.map(|p| *p),
-                    forwarded: forwarded(session),
-                    principal: caller.principal,
-                    principal_header: caller.principal_header,
-                    rewrite: caller.rewrite,
-                };
-                let result = gw
-                    .streamable
-                    .serve(session, &mut admitted, &mut ctx.served)
-                    .await;
-                ctx.rpc = admitted.rpc;
-                result
+        }
+    }
+
+    /// `POST /messages`: queued for the session here, or relayed to the
+    /// replica holding its stream; answered 202 at once.
+    async fn message(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        pool: &Pool,
+        body: Bytes,
+    ) -> std::result::Result<(), Failure> {
+        let legacy = &self.gw.legacy;
+        let rpc = ctx.rpc.clone().ok_or(Reject::BadRequest("no message"))?;
+        let req = session.req_header();
+        match legacy.locate(req.uri.query())? {
+            Located::Here(id) => {
+                let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
+                legacy.accept_message(&id, pool.index, body, rpc, who)?
+            }
+            Located::Elsewhere { owner } => {
+                let pq = req
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let headers = req.headers.clone();
+                legacy.relay_to_owner(&owner, &pq, &headers, body).await?;
             }
         }
+        Downstream::new(session, &self.gw.state)
+            .json(202, Bytes::new())
+            .await
     }
 }
 
@@ -408,6 +374,7 @@ impl ProxyHttp for McpProxy {
             served: None,
             who: None,
             grant: None,
+            key: None,
             guard: None,
             ip_held: None,
             stream_held: None,
@@ -422,7 +389,7 @@ impl ProxyHttp for McpProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         Metrics::inc(&self.gw.state.metrics.requests);
-        session.set_read_timeout(Some(self.gw.state.limits.idle_timeout));
+        session.set_read_timeout(Some(self.gw.state.limits().idle_timeout));
         if self.gw.state.is_draining() {
             // Stopping: this connection closes after its answer, so the
             // client's next request opens a new one elsewhere.
@@ -462,22 +429,24 @@ impl ProxyHttp for McpProxy {
         .instrument(span)
         .instrument(exported.unwrap_or_else(tracing::Span::none))
         .await;
-        match outcome {
-            Ok(()) => Ok(true),
-            Err(Failure::Reject(reject)) => {
-                render(session, &self.gw, &reject, ctx.rpc.as_ref()).await;
-                Ok(true)
-            }
+        let reject = match outcome {
+            Ok(()) => return Ok(true),
+            Err(Failure::Reject(reject)) => reject,
+            Err(Failure::BackendLost { open: false }) => Reject::BadGateway,
             // The response is under way: pingora closes the connection.
-            Err(Failure::Abort(e)) => Err(e),
-            Err(Failure::BackendLost { open: false }) => {
-                render(session, &self.gw, &Reject::BadGateway, ctx.rpc.as_ref()).await;
-                Ok(true)
+            Err(Failure::Abort(e)) => return Err(e),
+            Err(Failure::BackendLost { open: true }) => {
+                return Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "backend lost mid-stream",
+                ));
             }
-            Err(Failure::BackendLost { open: true }) => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "backend lost mid-stream",
-            )),
+        };
+        let id = ctx.rpc.as_ref().and_then(|r| r.id.as_deref());
+        let mut down = Downstream::new(session, &self.gw.state);
+        match relay::refuse(&mut down, &self.gw.state.metrics, &reject, id).await {
+            Err(Failure::Abort(e)) => Err(e),
+            _ => Ok(true),
         }
     }
 
@@ -515,7 +484,7 @@ impl ProxyHttp for McpProxy {
                 .post_seconds
                 .observe(ctx.started.elapsed());
         }
-        if self.gw.access_log || tracing::enabled!(tracing::Level::DEBUG) {
+        if self.gw.access_log() || tracing::enabled!(tracing::Level::DEBUG) {
             self.access_line(session, ctx);
         }
         if let Some(span) = ctx.exported.take() {
@@ -523,7 +492,7 @@ impl ProxyHttp for McpProxy {
                 &span,
                 session,
                 ctx.rpc.as_ref(),
-                ctx.served.as_ref().map(|s| s.backend.id.as_str()),
+                ctx.served.as_ref().map(|b| b.id.as_str()),
             );
         }
         ctx.served = None;
@@ -559,13 +528,13 @@ impl McpProxy {
                     session = session_tag(req).unwrap_or("-"),
                     principal = ctx.who.as_ref().map(|w| w.name.as_str()).filter(|n| !n.is_empty()).unwrap_or("-"),
                     client = %client_ip(session).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-                    backend = ctx.served.as_ref().map(|s| s.backend.id.as_str()).unwrap_or("-"),
+                    backend = ctx.served.as_ref().map(|b| b.id.as_str()).unwrap_or("-"),
                     ms,
                     "request"
                 )
             };
         }
-        if self.gw.access_log {
+        if self.gw.access_log() {
             line!(tracing::Level::INFO);
         } else {
             line!(tracing::Level::DEBUG);

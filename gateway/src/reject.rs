@@ -1,7 +1,8 @@
 //! Every way the gateway refuses a request, as one type. A policy step
 //! returns `Err(Reject)`; [`Reject::status`], [`Reject::code`],
 //! [`Reject::retry_after`] and [`Reject::reason`] say how it is answered and
-//! counted, and `proxy::render` writes it — the only place that does.
+//! counted, and `relay::refuse` writes it (through the client's sink, in
+//! the forms of `respond.rs`) — the only place that does.
 
 use crate::metrics::Reason;
 
@@ -56,6 +57,9 @@ pub enum Reject {
     NoBackend,
     #[error("backend failed to answer")]
     BadGateway,
+    /// A backend answer the legacy bridge cannot turn into a message.
+    #[error("backend answered HTTP {0} without a JSON-RPC message")]
+    BackendAnswer(u16),
     #[error(
         "the backend handling this request went away before answering; it may or may not have run, and it is not safe to repeat automatically"
     )]
@@ -93,7 +97,7 @@ impl Reject {
             Reject::NotAcceptable(_) => 406,
             Reject::BodyTooLarge => 413,
             Reject::BadRequest(_) | Reject::Parse(_) | Reject::Invalid(_) => 400,
-            Reject::BadGateway | Reject::AnswerUndeliverable => 502,
+            Reject::BadGateway | Reject::BackendAnswer(_) | Reject::AnswerUndeliverable => 502,
             // An answer, not a refusal: the JSON-RPC error says what happened.
             Reject::OutcomeUnknown => 200,
             Reject::Unauthorized(_) => 401,
@@ -109,7 +113,7 @@ impl Reject {
             Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
                 SERVER_ERROR
             }
-            Reject::BadGateway => -32603,
+            Reject::BadGateway | Reject::BackendAnswer(_) => -32603,
             Reject::AnswerUndeliverable => SERVER_ERROR,
             Reject::OutcomeUnknown => OUTCOME_UNKNOWN,
             Reject::Unauthorized(_) => UNAUTHORIZED,
@@ -160,9 +164,10 @@ impl Reject {
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => Reason::Session,
             Reject::SessionBusy => Reason::Busy,
             Reject::NoBackend => Reason::NoBackend,
-            Reject::BadGateway | Reject::OutcomeUnknown | Reject::AnswerUndeliverable => {
-                Reason::Upstream
-            }
+            Reject::BadGateway
+            | Reject::BackendAnswer(_)
+            | Reject::OutcomeUnknown
+            | Reject::AnswerUndeliverable => Reason::Upstream,
             Reject::Unauthorized(_) => Reason::Auth,
             Reject::Forbidden { .. } | Reject::ToolDenied { .. } => Reason::Policy,
             Reject::RateLimited { .. } => Reason::Limit,

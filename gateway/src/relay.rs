@@ -1,9 +1,19 @@
-//! Writing a backend's response to the client. The SSE path forwards whole
-//! events only (the backend's bytes, untouched), so the client's stream is
-//! always at an event boundary between writes: the gateway can add a comment
-//! keep-alive whenever the backend is quiet, and a backend that dies
-//! mid-event never leaves half an event behind. Rules:
+//! Writing to the client, for both transports. A [`Sink`] is the client's
+//! side of an exchange: the session layer hands it each backend answer
+//! ([`Answer`]) and every refusal ([`refuse`], the one way an error reaches
+//! a client). [`Downstream`] is the Streamable HTTP sink (an HTTP response
+//! under way); the legacy bridge's sink queues events for the client's SSE
+//! stream. Every backend message passes through one [`Pass`]: whole events
+//! cut by the `sse` crate, the answer to the request found, the client's
+//! shape applied (the `tools/list` filter, server-request ids marked).
 //!
+//! Rules of the Streamable HTTP relay:
+//!
+//! - Events are forwarded whole (the backend's bytes, untouched unless the
+//!   shape changes the message), so the client's stream is always at an
+//!   event boundary between writes: the gateway can add a comment keep-alive
+//!   whenever the backend is quiet, and a backend that dies mid-event never
+//!   leaves half an event behind.
 //! - Nothing sent yet and the body already complete (the usual POST answer:
 //!   one event, then the end): one write with `Content-Length`, so the client
 //!   sees the end of the body together with the event and reuses its
@@ -15,22 +25,28 @@
 //!   finished.
 //! - A backend failure is reported as [`Failure::BackendLost`], saying
 //!   whether the client's event stream is already open; the caller moves the
-//!   session and continues, answers with a complete error, or ends the
-//!   stream — never with a JSON body appended to a live response.
+//!   session and continues, or refuses — before the header a whole error
+//!   response, after it an error event for the request, then the end.
 //! - Every write has `write_timeout`: a client that stops reading is dropped.
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use mcp_sse::{Event, Splitter};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use serde_json::value::RawValue;
 
+use crate::asks::{self, Tag};
+use crate::metrics::Metrics;
 use crate::policy::jsonrpc;
 use crate::reject::Reject;
-use crate::session::asks::{self, Tag};
-use crate::state::Phase;
-use crate::upstream::{Frames, UpstreamError};
+use crate::respond;
+use crate::state::{Phase, State};
+use crate::upstream::{self, Frames, SESSION_HEADER, UpstreamError};
 
 /// Replaces a message on its way to the client (`None`: unchanged), e.g. a
 /// `tools/list` answer without the tools the client may not call.
@@ -60,11 +76,13 @@ impl Shape<'_> {
 pub const MAX_EVENT: usize = 8 * 1024 * 1024;
 /// Largest non-SSE response body read whole before it is sent on.
 pub const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
+/// Set on an answer whose session moved to another backend on the way.
+pub const MOVED_HEADER: &str = "x-mcp-gateway-moved";
 
 /// How an exchange ended badly.
 #[derive(Debug)]
 pub enum Failure {
-    /// Nothing was written to the client: answer with this.
+    /// Refuse the request with this (see [`refuse`]).
     Reject(Reject),
     /// The client's side failed, or the response must be cut: end the
     /// client's stream as broken.
@@ -88,40 +106,210 @@ pub fn abort(why: &str) -> Failure {
     ))
 }
 
-/// The client side of one relayed response.
+fn lost(e: UpstreamError, open: bool) -> Failure {
+    tracing::warn!(error = %e, "backend failed mid-response");
+    Failure::BackendLost { open }
+}
+
+/// One backend answer on its way to the client.
+pub struct Answer<'a> {
+    pub parts: http::response::Parts,
+    pub frames: Frames,
+    /// What happens to each of its messages.
+    pub pass: Pass<'a>,
+    /// An answer to `GET`: a server stream, never ended by the relay (when
+    /// the backend ends it, the caller decides whether to open it again).
+    pub server_stream: bool,
+    /// The client's id for the session this answer opened.
+    pub session: Option<String>,
+    /// The session moved to another backend on the way.
+    pub moved: bool,
+}
+
+/// The client's side of an exchange.
+pub trait Sink: Send {
+    /// The client's own request headers, passed on to the backend by the
+    /// header rules of `upstream.rs`; `None` when the gateway speaks for the
+    /// client (the legacy bridge).
+    fn client_headers(&self) -> Option<&HeaderMap>;
+    /// Whether the client's stream is open: more may only be events.
+    fn is_open(&self) -> bool;
+    /// Relays one backend answer.
+    fn relay(&mut self, answer: Answer<'_>) -> impl Future<Output = Result<Seen, Failure>> + Send;
+    /// Writes a refusal where the client reads it (called by [`refuse`] only).
+    fn write_refusal(
+        &mut self,
+        reject: &Reject,
+        id: Option<&RawValue>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// Ends an open stream cleanly.
+    fn finish(&mut self) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// The one way a refusal reaches a client, before the header or mid-stream:
+/// counted once, written by the client's sink with the JSON-RPC error's
+/// `data` (see `respond.rs` for the two forms).
+pub async fn refuse<S: Sink>(
+    sink: &mut S,
+    metrics: &Metrics,
+    reject: &Reject,
+    id: Option<&RawValue>,
+) -> Result<(), Failure> {
+    metrics.reject(reject.reason());
+    tracing::debug!(status = reject.status(), reason = reject.reason().name(), %reject, "refused");
+    sink.write_refusal(reject, id).await
+}
+
+/// What a relay saw, for the caller's bookkeeping.
+#[derive(Default)]
+pub struct Seen {
+    /// Events carrying a message (not only an id, a retry hint or comments).
+    pub messages: usize,
+    /// The response to the client's request went by (the client's stream is complete).
+    pub answered: bool,
+    /// The backend's stream, when the client's ended before it (see [`drain`]).
+    pub rest: Option<Frames>,
+}
+
+/// What happens to the messages of one backend answer, for both
+/// transports: events cut whole (the one SSE reader of the gateway), the
+/// answer to the request found and shown to the inspector, the shape applied.
+pub struct Pass<'a> {
+    splitter: Splitter,
+    /// The id of the request answered (its JSON text); `None` for a server
+    /// stream or a batch.
+    answer_to: Option<&'a str>,
+    shape: Shape<'a>,
+    /// Sees the answer (tool hints from `tools/list`, the version `initialize` settled).
+    inspect: Option<&'a mut (dyn FnMut(&str) + Send)>,
+    pub seen: Seen,
+}
+
+/// One whole event, as the client is to get it.
+pub struct Relayable<'e> {
+    event: &'e Event,
+    message: Option<Cow<'e, str>>,
+    replaced: Option<String>,
+}
+
+impl Relayable<'_> {
+    /// The event's bytes: the backend's own, or re-written around the new message.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        match &self.replaced {
+            Some(new) => out.extend_from_slice(&mcp_sse::format(
+                self.event.event_type().as_deref(),
+                self.event.id().as_deref(),
+                new,
+            )),
+            None => out.extend_from_slice(self.event.raw()),
+        }
+    }
+
+    /// The message it carries, shaped (none for keep-alives and priming events).
+    pub fn message(&self) -> Option<&str> {
+        self.replaced.as_deref().or(self.message.as_deref())
+    }
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(
+        answer_to: Option<&'a str>,
+        shape: Shape<'a>,
+        inspect: Option<&'a mut (dyn FnMut(&str) + Send)>,
+    ) -> Self {
+        Self {
+            splitter: Splitter::new(MAX_EVENT),
+            answer_to,
+            shape,
+            inspect,
+            seen: Seen::default(),
+        }
+    }
+
+    /// Whether the client waits for one answer (a request, not a stream).
+    pub fn awaits_answer(&self) -> bool {
+        self.answer_to.is_some()
+    }
+
+    fn answer_seen(&mut self, data: &str) {
+        self.seen.answered = true;
+        if let Some(f) = self.inspect.as_mut() {
+            f(data);
+        }
+    }
+
+    /// One message of an event stream: notes whether it is the answer;
+    /// returns what to send instead (`None`: unchanged).
+    fn message(&mut self, data: &str) -> Option<String> {
+        self.seen.messages += 1;
+        if let (Some(id), false) = (self.answer_to, self.seen.answered)
+            && jsonrpc::answers(data, id)
+        {
+            self.answer_seen(data);
+        }
+        self.shape.apply(data)
+    }
+
+    /// A JSON body read whole (one message, or a batch): the answer itself.
+    pub fn whole(&mut self, text: &str) -> Option<String> {
+        self.seen.messages += 1;
+        self.answer_seen(text);
+        self.shape.apply(text)
+    }
+
+    /// Feeds bytes of an event stream; `emit` gets each whole event.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        emit: &mut dyn FnMut(Relayable<'_>),
+    ) -> Result<(), UpstreamError> {
+        let mut events = Vec::new();
+        self.splitter
+            .push_into(chunk, &mut events)
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        for event in &events {
+            let message = event.message();
+            let replaced = message.as_deref().and_then(|m| self.message(m));
+            emit(Relayable {
+                event,
+                message,
+                replaced,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes held for an event not yet complete.
+    pub fn pending(&self) -> usize {
+        self.splitter.pending()
+    }
+}
+
+/// The client side of one Streamable HTTP request.
 pub struct Downstream<'a> {
     pub session: &'a mut Session,
-    pub write_timeout: Duration,
-    pub keepalive: Duration,
+    write_timeout: Duration,
+    keepalive: Duration,
     /// The gateway's phase: server streams end cleanly when it closes.
-    pub phase: tokio::sync::watch::Receiver<Phase>,
+    phase: tokio::sync::watch::Receiver<Phase>,
+    /// The response header went out.
+    open: bool,
 }
 
 impl<'a> Downstream<'a> {
-    pub fn new(session: &'a mut Session, state: &crate::state::State) -> Self {
+    pub fn new(session: &'a mut Session, state: &State) -> Self {
+        let limits = state.limits();
         Self {
             session,
-            write_timeout: state.limits.write_timeout,
-            keepalive: state.limits.sse_keepalive,
+            write_timeout: limits.write_timeout,
+            keepalive: limits.sse_keepalive,
             phase: state.phases(),
+            open: false,
         }
-    }
-
-    /// A JSON answer read whole, sent as one event into an open stream, which then ends.
-    pub async fn event_then_end(&mut self, mut frames: Frames) -> Result<(), Failure> {
-        let body = frames
-            .read_all(MAX_WHOLE_BODY)
-            .await
-            .map_err(|e| lost(e, true))?;
-        let text = String::from_utf8_lossy(&body);
-        if !text.trim().is_empty() {
-            self.send(mcp_sse::format(Some("message"), None, text.trim()))
-                .await?;
-        }
-        self.finish().await
     }
 
     async fn write_head(&mut self, head: ResponseHeader, end: bool) -> Result<(), Failure> {
+        self.open = true;
         match tokio::time::timeout(
             self.write_timeout,
             self.session.write_response_header(Box::new(head), end),
@@ -148,7 +336,7 @@ impl<'a> Downstream<'a> {
     }
 
     /// Sends the header and the first bytes of a stream the gateway writes itself.
-    pub async fn open(&mut self, head: ResponseHeader, first: Bytes) -> Result<(), Failure> {
+    pub async fn start(&mut self, head: ResponseHeader, first: Bytes) -> Result<(), Failure> {
         self.write_head(head, false).await?;
         self.write(Some(first), false).await
     }
@@ -156,11 +344,6 @@ impl<'a> Downstream<'a> {
     /// More bytes of a stream the gateway writes itself.
     pub async fn send(&mut self, data: Bytes) -> Result<(), Failure> {
         self.write(Some(data), false).await
-    }
-
-    /// Ends a stream cleanly.
-    pub async fn finish(&mut self) -> Result<(), Failure> {
-        self.write(None, true).await
     }
 
     /// A complete response whose body is in hand: one write.
@@ -171,22 +354,141 @@ impl<'a> Downstream<'a> {
         let body = (!body.is_empty()).then_some(body);
         self.write(body, true).await
     }
+
+    /// A complete JSON answer of the gateway's own (`{}` bodies, 202s).
+    pub async fn json(&mut self, status: u16, body: Bytes) -> Result<(), Failure> {
+        let mut head = ResponseHeader::build(status, Some(3)).map_err(Failure::Abort)?;
+        head.insert_header("content-type", "application/json")
+            .map_err(Failure::Abort)?;
+        head.insert_header("cache-control", "no-store")
+            .map_err(Failure::Abort)?;
+        self.whole(head, body).await
+    }
+
+    /// Opens an event stream to the client (chunked on HTTP/1.1).
+    async fn open_stream(&mut self, mut head: ResponseHeader) -> Result<(), Failure> {
+        head.insert_header("cache-control", "no-cache")
+            .map_err(Failure::Abort)?;
+        head.insert_header("x-accel-buffering", "no")
+            .map_err(Failure::Abort)?;
+        if !self.session.as_downstream().is_http2() {
+            head.insert_header("transfer-encoding", "chunked")
+                .map_err(Failure::Abort)?;
+        }
+        self.write_head(head, false).await
+    }
+
+    /// The client's response header, from the backend's.
+    fn head_for(&self, answer: &Answer<'_>) -> Result<ResponseHeader, Failure> {
+        let mut status = answer.parts.status.as_u16();
+        // rmcp answers a session DELETE with 202; clients expect 200/204.
+        if self.session.req_header().method == http::Method::DELETE && status == 202 {
+            status = 200;
+        }
+        let mut head = ResponseHeader::build(status, Some(8)).map_err(Failure::Abort)?;
+        for (name, value) in upstream::response_headers(&answer.parts.headers) {
+            head.append_header(name.clone(), value.clone())
+                .map_err(Failure::Abort)?;
+        }
+        if answer.moved {
+            // Says only that the session moved (for clients' diagnostics and
+            // benchmarks), never where.
+            head.insert_header(MOVED_HEADER, "1")
+                .map_err(Failure::Abort)?;
+        }
+        if let Some(token) = &answer.session {
+            head.insert_header(SESSION_HEADER, token.as_str())
+                .map_err(Failure::Abort)?;
+        }
+        Ok(head)
+    }
 }
 
-fn lost(e: UpstreamError, open: bool) -> Failure {
-    tracing::warn!(error = %e, "backend failed mid-response");
-    Failure::BackendLost { open }
+impl Sink for Downstream<'_> {
+    fn client_headers(&self) -> Option<&HeaderMap> {
+        Some(&self.session.req_header().headers)
+    }
+
+    fn is_open(&self) -> bool {
+        self.open
+    }
+
+    async fn relay(&mut self, answer: Answer<'_>) -> Result<Seen, Failure> {
+        let head = if self.open {
+            None
+        } else {
+            Some(self.head_for(&answer)?)
+        };
+        let Answer {
+            parts,
+            frames,
+            pass,
+            server_stream,
+            ..
+        } = answer;
+        match head {
+            _ if upstream::is_event_stream(&parts.headers) => {
+                relay_events(self, head, frames, pass, server_stream).await
+            }
+            Some(head) => relay_plain(self, head, frames, pass).await,
+            // A JSON answer from a new backend into a stream already open.
+            None => event_then_end(self, frames, pass).await,
+        }
+    }
+
+    async fn write_refusal(
+        &mut self,
+        reject: &Reject,
+        id: Option<&RawValue>,
+    ) -> Result<(), Failure> {
+        if !self.open {
+            let session = &*self.session;
+            let (head, body) =
+                respond::response(reject, id, || respond::resource_metadata_url(session))
+                    .map_err(Failure::Abort)?;
+            return self.whole(head, body).await;
+        }
+        if let Some(event) = respond::event(reject, id) {
+            self.send(event).await?;
+        }
+        self.finish().await
+    }
+
+    async fn finish(&mut self) -> Result<(), Failure> {
+        self.write(None, true).await
+    }
 }
 
-/// Relays a non-SSE body: whole when it fits (`inspect` sees it), else
-/// streamed as it comes.
-pub async fn relay_plain(
+/// A JSON answer read whole, sent as one event into an open stream, which then ends.
+async fn event_then_end(
+    down: &mut Downstream<'_>,
+    mut frames: Frames,
+    mut pass: Pass<'_>,
+) -> Result<Seen, Failure> {
+    let body = frames
+        .read_all(MAX_WHOLE_BODY)
+        .await
+        .map_err(|e| lost(e, true))?;
+    let text = String::from_utf8_lossy(&body);
+    let text = text.trim();
+    if !text.is_empty() {
+        let shaped = pass.whole(text);
+        let message = shaped.as_deref().unwrap_or(text);
+        down.send(mcp_sse::format(Some("message"), None, message))
+            .await?;
+    }
+    down.finish().await?;
+    Ok(pass.seen)
+}
+
+/// Relays a non-SSE body: whole when its length is known and fits (the
+/// pass sees it and may change it), else streamed as it comes.
+async fn relay_plain(
     down: &mut Downstream<'_>,
     head: ResponseHeader,
     mut frames: Frames,
-    rewrite: Option<&Rewrite>,
-    inspect: &mut (dyn FnMut(&[u8]) + Send),
-) -> Result<(), Failure> {
+    mut pass: Pass<'_>,
+) -> Result<Seen, Failure> {
     if frames
         .exact_len()
         .is_some_and(|n| n <= MAX_WHOLE_BODY as u64)
@@ -195,83 +497,34 @@ pub async fn relay_plain(
             .read_all(MAX_WHOLE_BODY)
             .await
             .map_err(|e| lost(e, false))?;
-        inspect(&body);
-        let body = match rewrite.and_then(|r| r(&String::from_utf8_lossy(&body))) {
+        let body = match pass.whole(&String::from_utf8_lossy(&body)) {
             Some(new) => Bytes::from(new),
             None => body,
         };
-        return down.whole(head, body).await;
+        down.whole(head, body).await?;
+        return Ok(pass.seen);
     }
     let first = frames.next().await.map_err(|e| lost(e, false))?;
     let Some(first) = first else {
-        return down.whole(head, Bytes::new()).await;
+        down.whole(head, Bytes::new()).await?;
+        return Ok(pass.seen);
     };
     down.write_head(head, false).await?;
     down.write(Some(first), false).await?;
     loop {
         match frames.next().await {
             Ok(Some(chunk)) => down.write(Some(chunk), false).await?,
-            Ok(None) => return down.write(None, true).await,
+            Ok(None) => {
+                down.write(None, true).await?;
+                return Ok(pass.seen);
+            }
             Err(e) => return Err(abort(&e.to_string())),
         }
     }
 }
 
-/// What an event relay saw, for the caller's bookkeeping.
-#[derive(Default)]
-pub struct Seen {
-    pub events: usize,
-    /// Events carrying a message (not only an id, a retry hint or comments).
-    pub messages: usize,
-    /// The response to the client's request went by (the client's stream is complete).
-    pub answered: bool,
-    /// The backend's stream, when the client's ended before it (see [`drain`]).
-    pub rest: Option<Frames>,
-}
-
-/// Collects the complete events in `chunk` into `out`.
-fn gather(
-    splitter: &mut Splitter,
-    chunk: &[u8],
-    out: &mut BytesMut,
-    seen: &mut Seen,
-    answer_to: Option<&str>,
-    shape: Shape<'_>,
-    inspect: &mut (dyn FnMut(&Event) + Send),
-) -> Result<(), UpstreamError> {
-    let mut events = Vec::new();
-    splitter
-        .push_into(chunk, &mut events)
-        .map_err(|e| UpstreamError::Failed(e.to_string()))?;
-    for ev in events {
-        inspect(&ev);
-        seen.events += 1;
-        let mut replaced = None;
-        if let Some(data) = ev.data().filter(|d| !d.trim().is_empty()) {
-            seen.messages += 1;
-            if let (Some(id), false) = (answer_to, seen.answered)
-                && jsonrpc::answers(&data, id)
-            {
-                seen.answered = true;
-            }
-            if let Some(new) = shape.apply(&data) {
-                replaced = Some(mcp_sse::format(
-                    ev.event_type().as_deref(),
-                    ev.id().as_deref(),
-                    &new,
-                ));
-            }
-        }
-        match replaced {
-            Some(bytes) => out.extend_from_slice(&bytes),
-            None => out.extend_from_slice(ev.raw()),
-        }
-    }
-    Ok(())
-}
-
 /// Resolves when the gateway starts closing (never, if the watch is gone).
-async fn closing(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+pub async fn closing(phase: &mut tokio::sync::watch::Receiver<Phase>) {
     if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -293,184 +546,213 @@ pub fn drain(mut frames: Frames) {
     }
 }
 
-impl Downstream<'_> {
-    /// Opens an event stream to the client (chunked on HTTP/1.1).
-    async fn open_stream(&mut self, mut head: ResponseHeader) -> Result<(), Failure> {
-        head.insert_header("cache-control", "no-cache")
-            .map_err(Failure::Abort)?;
-        head.insert_header("x-accel-buffering", "no")
-            .map_err(Failure::Abort)?;
-        if !self.session.as_downstream().is_http2() {
-            head.insert_header("transfer-encoding", "chunked")
-                .map_err(Failure::Abort)?;
-        }
-        self.write_head(head, false).await
-    }
-}
-
 /// Relays an SSE body event by event, with keep-alives while the backend is
 /// quiet.
 ///
-/// With `answer_to` (the id of the client's request, for a POST), the
-/// response header is held until the first message arrives (at most one
-/// keep-alive interval): events carrying only an id or a retry hint wait with
-/// it. When that message is the response, which is usual, the client gets
-/// the whole answer in one write with `Content-Length`. The client's stream
-/// ends as soon as the response has gone by (MCP servers end a POST's stream
-/// there); the backend's rest is returned for [`drain`]. Without
-/// `answer_to` (a `GET` stream) the header goes out at once.
+/// For a request (the pass awaits its answer) the response header is held
+/// until the first message arrives (at most one keep-alive interval):
+/// events carrying only an id or a retry hint wait with it. When that
+/// message is the response, which is usual, the client gets the whole
+/// answer in one write with `Content-Length`. The client's stream ends as
+/// soon as the response has gone by (MCP servers end a POST's stream
+/// there); the backend's rest is returned for [`drain`]. For a stream the
+/// header goes out at once.
 ///
 /// `head` is `None` when the client's stream is already open (continuing it
 /// from another backend after a failover). A `server_stream` (`GET /mcp`)
 /// is never ended here: when the backend ends it, the relay reports the
 /// backend lost with the client's stream still open, for the caller to
 /// continue it.
-pub async fn relay_events(
+async fn relay_events(
     down: &mut Downstream<'_>,
     head: Option<ResponseHeader>,
     mut frames: Frames,
-    answer_to: Option<&str>,
+    pass: Pass<'_>,
     server_stream: bool,
-    shape: Shape<'_>,
-    inspect: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Seen, Failure> {
-    let mut splitter = Splitter::new(MAX_EVENT);
-    let mut seen = Seen::default();
-    let mut out = BytesMut::new();
-    // The response header, until it is sent.
-    let mut head = head;
-    if (server_stream || answer_to.is_none())
-        && let Some(h) = head.take()
-    {
-        down.open_stream(h).await?;
+    let mut phase = down.phase.clone();
+    let every = down.keepalive;
+    let mut r = Events {
+        down,
+        head,
+        out: BytesMut::new(),
+        pass,
+        server_stream,
+    };
+    if server_stream || !r.pass.awaits_answer() {
+        r.open_now().await?;
     }
-    let hold_until = tokio::time::Instant::now() + down.keepalive;
-    let mut keepalive = tokio::time::interval(down.keepalive);
+    let hold_until = tokio::time::Instant::now() + every;
+    let mut keepalive = tokio::time::interval(every);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
     loop {
         // Wait for bytes, a quiet interval (stream open) or the end of the hold (header held).
         let first = tokio::select! {
             biased;
-            _ = closing(&mut down.phase), if server_stream && head.is_none() => {
-                // The gateway is going away: end the stream cleanly so the
-                // client reopens it (on another replica). The connection
-                // closes right after the last chunk: kept alive, the client
-                // could send its next request on it just as the listener
-                // shuts, and see it dropped unanswered.
-                down.session.set_keepalive(None);
-                if !out.is_empty() {
-                    down.write(Some(out.split().freeze()), false).await?;
-                }
-                down.write(None, true).await?;
-                return Ok(seen);
+            _ = closing(&mut phase), if r.server_stream && r.head.is_none() => {
+                return r.close_for_shutdown().await;
             }
             next = frames.next() => next,
-            _ = keepalive.tick(), if head.is_none() => {
-                down.write(Some(Bytes::from_static(mcp_sse::KEEPALIVE)), false).await?;
+            _ = keepalive.tick(), if r.head.is_none() => {
+                r.down.send(Bytes::from_static(mcp_sse::KEEPALIVE)).await?;
                 continue;
             }
-            _ = tokio::time::sleep_until(hold_until), if head.is_some() => {
-                if let Some(h) = head.take() {
-                    down.open_stream(h).await?;
-                }
-                if !out.is_empty() {
-                    down.write(Some(out.split().freeze()), false).await?;
-                }
+            _ = tokio::time::sleep_until(hold_until), if r.head.is_some() => {
+                r.open_now().await?;
+                r.flush().await?;
                 keepalive.reset();
                 continue;
             }
         };
-        // Then take whatever else is already here, to send it in one write.
+        match r.gather(first, &mut frames) {
+            Gathered::More => {
+                if r.flush_if_due().await? {
+                    keepalive.reset();
+                }
+            }
+            Gathered::Ended => return r.end(frames).await,
+            Gathered::Failed(e) => return r.failed(e).await,
+        }
+    }
+}
+
+/// What the bytes at hand came to.
+enum Gathered {
+    /// More may follow.
+    More,
+    /// The backend finished, or the client's answer went by.
+    Ended,
+    Failed(UpstreamError),
+}
+
+/// The state of one [`relay_events`].
+struct Events<'d, 's, 'a> {
+    down: &'d mut Downstream<'s>,
+    /// The response header, until it is sent.
+    head: Option<ResponseHeader>,
+    /// Whole events not yet written.
+    out: BytesMut,
+    pass: Pass<'a>,
+    server_stream: bool,
+}
+
+impl Events<'_, '_, '_> {
+    /// Takes `first` and whatever else is already here, to send it in one write.
+    fn gather(
+        &mut self,
+        first: Result<Option<Bytes>, UpstreamError>,
+        frames: &mut Frames,
+    ) -> Gathered {
         let mut step = first;
-        let ended = loop {
+        loop {
             match step {
                 Ok(Some(chunk)) => {
-                    if let Err(e) = gather(
-                        &mut splitter,
-                        &chunk,
-                        &mut out,
-                        &mut seen,
-                        answer_to,
-                        shape,
-                        inspect,
-                    ) {
+                    let out = &mut self.out;
+                    if let Err(e) = self.pass.push(&chunk, &mut |ev| ev.write_to(out)) {
                         step = Err(e);
                         continue;
                     }
-                    if seen.answered {
-                        break true;
+                    if self.pass.seen.answered {
+                        return Gathered::Ended;
                     }
                 }
-                Ok(None) if splitter.pending() == 0 => break true,
+                Ok(None) if self.pass.pending() == 0 => return Gathered::Ended,
                 Ok(None) => {
                     step = Err(UpstreamError::Failed(
                         "backend ended its stream mid-event".into(),
                     ));
                     continue;
                 }
-                Err(e) => {
-                    if let Some(h) = head.take() {
-                        if seen.messages == 0 {
-                            return Err(lost(e, false));
-                        }
-                        // Messages arrived before the failure: they go out first.
-                        down.open_stream(h).await?;
-                    }
-                    // Send the whole events that did arrive; the stream stays
-                    // open at an event boundary for the caller to continue or end.
-                    if !out.is_empty() {
-                        down.write(Some(out.split().freeze()), false).await?;
-                    }
-                    return Err(lost(e, true));
-                }
+                Err(e) => return Gathered::Failed(e),
             }
             match frames.next_ready() {
                 Some(next) => step = next,
-                None => break false,
+                None => return Gathered::More,
             }
-        };
-        if ended && server_stream {
-            if let Some(h) = head.take() {
-                down.open_stream(h).await?;
+        }
+    }
+
+    async fn open_now(&mut self) -> Result<(), Failure> {
+        match self.head.take() {
+            Some(h) => self.down.open_stream(h).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Failure> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.down.send(self.out.split().freeze()).await
+    }
+
+    /// Writes what is gathered unless the header is still held for a
+    /// message; says whether anything was written.
+    async fn flush_if_due(&mut self) -> Result<bool, Failure> {
+        if self.head.is_some() && self.pass.seen.messages == 0 {
+            return Ok(false); // only ids and retry hints so far: keep holding the header
+        }
+        self.open_now().await?;
+        let wrote = !self.out.is_empty();
+        self.flush().await?;
+        Ok(wrote)
+    }
+
+    /// The gateway is going away: the server stream ends cleanly so the
+    /// client reopens it (on another replica). The connection closes right
+    /// after the last chunk: kept alive, the client could send its next
+    /// request on it just as the listener shuts, and see it dropped unanswered.
+    async fn close_for_shutdown(mut self) -> Result<Seen, Failure> {
+        self.down.session.set_keepalive(None);
+        self.flush().await?;
+        self.down.finish().await?;
+        Ok(self.pass.seen)
+    }
+
+    /// The backend failed: what whole events arrived go out first, and the
+    /// stream stays at an event boundary for the caller to continue or end.
+    async fn failed(mut self, e: UpstreamError) -> Result<Seen, Failure> {
+        if self.head.is_some() {
+            if self.pass.seen.messages == 0 {
+                return Err(lost(e, false));
             }
-            if !out.is_empty() {
-                down.write(Some(out.split().freeze()), false).await?;
-            }
+            self.open_now().await?;
+        }
+        self.flush().await?;
+        Err(lost(e, true))
+    }
+
+    /// The backend finished (or the answer went by).
+    async fn end(mut self, frames: Frames) -> Result<Seen, Failure> {
+        if self.server_stream {
+            self.open_now().await?;
+            self.flush().await?;
             tracing::debug!("the backend ended a server stream");
             return Err(Failure::BackendLost { open: true });
         }
-        if ended {
-            if !seen.answered && answer_to.is_some() {
-                // The backend closed a POST's stream without its answer.
-                let why = UpstreamError::Failed("stream ended without the answer".into());
-                if head.is_some() {
-                    return Err(lost(why, false));
-                }
-                if !out.is_empty() {
-                    down.write(Some(out.split().freeze()), false).await?;
-                }
-                return Err(lost(why, true));
+        if !self.pass.seen.answered && self.pass.awaits_answer() {
+            // The backend closed a POST's stream without its answer.
+            let why = UpstreamError::Failed("stream ended without the answer".into());
+            if self.head.is_some() {
+                return Err(lost(why, false));
             }
-            if seen.answered {
-                seen.rest = Some(frames);
+            self.flush().await?;
+            return Err(lost(why, true));
+        }
+        let data = self.out.split().freeze();
+        match self.head.take() {
+            Some(head) => self.down.whole(head, data).await?,
+            None => {
+                self.down
+                    .write((!data.is_empty()).then_some(data), true)
+                    .await?
             }
-            let data = out.split().freeze();
-            match head.take() {
-                Some(head) => down.whole(head, data).await?,
-                None => down.write((!data.is_empty()).then_some(data), true).await?,
-            }
-            return Ok(seen);
         }
-        if head.is_some() && seen.messages == 0 {
-            continue; // only ids and retry hints so far: keep holding the header
+        let mut seen = self.pass.seen;
+        if seen.answered {
+            seen.rest = Some(frames);
         }
-        if let Some(h) = head.take() {
-            down.open_stream(h).await?;
-        }
-        if !out.is_empty() {
-            down.write(Some(out.split().freeze()), false).await?;
-            keepalive.reset();
-        }
+        Ok(seen)
     }
 }

@@ -1,17 +1,19 @@
-//! What every request shares: the limits, the counters, and two budgets —
-//! requests in flight (open streams included) and bytes of request bodies
-//! held in memory. Both are atomics with drop guards: taking or returning
-//! a unit never waits.
+//! What every request shares: the limits (swapped whole on reload), the
+//! counters, and two budgets — requests in flight (open streams included)
+//! and bytes of request bodies held in memory. Both are atomics with drop
+//! guards: taking or returning a unit never waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 
 pub struct State {
-    pub limits: Limits,
+    limits: ArcSwap<Limits>,
     pub metrics: Metrics,
     inflight: AtomicUsize,
     buffered: AtomicUsize,
@@ -67,12 +69,22 @@ impl Drop for BodyBudget {
 impl State {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            limits,
+            limits: ArcSwap::from_pointee(limits),
             metrics: Metrics::default(),
             inflight: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
             phase: tokio::sync::watch::channel(Phase::Serving).0,
         })
+    }
+
+    /// The limits in force now (a reload may swap them; a request keeps
+    /// the ones it started with where it holds this).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.load_full()
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.store(Arc::new(limits));
     }
 
     pub fn set_phase(&self, phase: Phase) {
@@ -98,7 +110,7 @@ impl State {
     pub fn enter(self: &Arc<Self>) -> Result<Slot, Reject> {
         let before = self.inflight.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(Arc::clone(self));
-        if before < self.limits.max_inflight {
+        if before < self.limits.load().max_inflight {
             Ok(slot)
         } else {
             Err(Reject::Capacity)
@@ -115,7 +127,7 @@ impl State {
 
     fn take_buffered(&self, n: usize) -> Result<(), Reject> {
         let before = self.buffered.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.limits.max_buffered_bytes {
+        if before + n > self.limits.load().max_buffered_bytes {
             self.buffered.fetch_sub(n, Ordering::AcqRel);
             return Err(Reject::Capacity);
         }

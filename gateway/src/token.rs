@@ -35,8 +35,8 @@ const KIND_SESSION: u8 = 1;
 const KIND_LEGACY: u8 = 2;
 /// Longest backend session id we will carry (rmcp uses 36-byte UUIDs).
 pub const MAX_BACKEND_SESSION: usize = 256;
-/// Longest `initialize` parameters carried whole; larger ones are cut down
-/// to what re-creating a session needs (see [`trim_init`]).
+/// Longest `initialize` parameters sealed (the session layer cuts larger
+/// ones down to what re-creating a session needs).
 pub const MAX_INIT: usize = 2048;
 /// Longest token we will even try to open (bounds work on forged input).
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -100,46 +100,6 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
-}
-
-/// `initialize` params small enough to seal: whole if they fit, else only
-/// what a new session needs (version, capabilities, the client's name and version).
-pub fn trim_init(params: &str) -> String {
-    if params.len() <= MAX_INIT {
-        return params.to_owned();
-    }
-    #[derive(serde::Deserialize)]
-    struct Init {
-        #[serde(rename = "protocolVersion")]
-        protocol_version: Option<String>,
-        #[serde(rename = "clientInfo")]
-        client_info: Option<Info>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Info {
-        name: Option<String>,
-        version: Option<String>,
-    }
-    let parsed: Option<Init> = serde_json::from_str(params).ok();
-    let (version, name, client_version) = match parsed {
-        Some(i) => (
-            i.protocol_version,
-            i.client_info.as_ref().and_then(|c| c.name.clone()),
-            i.client_info.and_then(|c| c.version),
-        ),
-        None => (None, None, None),
-    };
-    let short = serde_json::json!({
-        "protocolVersion": version.unwrap_or_else(|| "2025-06-18".into()),
-        "capabilities": {},
-        "clientInfo": {"name": name.unwrap_or_default(), "version": client_version.unwrap_or_default()},
-    })
-    .to_string();
-    if short.len() <= MAX_INIT {
-        short
-    } else {
-        String::new()
-    }
 }
 
 /// A little writer/reader for the sealed plaintext.
@@ -345,7 +305,7 @@ impl TokenSealer {
             backend_session: backend_session.to_owned(),
             issued_at: now_secs(),
             principal: principal.to_owned(),
-            init: trim_init(init),
+            init: init.to_owned(),
             nonce: [0; NONCE_LEN],
         })
     }
@@ -494,20 +454,6 @@ mod tests {
         let b = sealer();
         let (t, _) = a.issue(1, "10.0.0.5:80", "sess", "", "").unwrap();
         assert_eq!(b.open(&t).unwrap().backend_session, "sess");
-    }
-
-    #[test]
-    fn large_initialize_params_are_cut_to_what_a_new_session_needs() {
-        let big = format!(
-            r#"{{"protocolVersion":"2025-03-26","capabilities":{{"x":"{}"}},"clientInfo":{{"name":"n","version":"2"}}}}"#,
-            "y".repeat(5000)
-        );
-        let t = trim_init(&big);
-        assert!(t.len() <= MAX_INIT);
-        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-        assert_eq!(v["protocolVersion"], "2025-03-26");
-        assert_eq!(v["clientInfo"]["name"], "n");
-        assert_eq!(trim_init(INIT), INIT);
     }
 
     proptest::proptest! {

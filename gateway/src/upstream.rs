@@ -21,6 +21,7 @@
 //! says how the client came in.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -143,7 +144,8 @@ impl<'a> Outgoing<'a> {
 
 pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
-    idle: Duration,
+    /// Milliseconds of silence allowed (changes on reload).
+    idle_ms: AtomicU64,
 }
 
 impl Upstream {
@@ -157,11 +159,16 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { client, idle }
+        Self {
+            client,
+            idle_ms: AtomicU64::new(idle.as_millis() as u64),
+        }
     }
 
-    pub fn idle(&self) -> Duration {
-        self.idle
+    /// Changes the longest silence allowed from a backend (for requests sent from now on).
+    pub fn set_idle(&self, idle: Duration) {
+        self.idle_ms
+            .store(idle.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Sends one request; returns the response header and a reader for its body.
@@ -171,14 +178,40 @@ impl Upstream {
         out: Outgoing<'_>,
     ) -> Result<(http::response::Parts, Frames), UpstreamError> {
         let req = build_request(addr, out)?;
-        let resp = match tokio::time::timeout(self.idle, self.client.request(req)).await {
-            Err(_) => return Err(UpstreamError::Timeout(self.idle)),
+        let idle = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
+        let resp = match tokio::time::timeout(idle, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout(idle)),
             Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
             Ok(Err(e)) => return Err(UpstreamError::Failed(e.to_string())),
             Ok(Ok(resp)) => resp,
         };
         let (parts, body) = resp.into_parts();
-        Ok((parts, Frames::new(body, self.idle)))
+        Ok((parts, Frames::new(body, idle)))
+    }
+}
+
+/// The JSON-RPC messages of an answer read whole (at most `cap` bytes);
+/// none when it cannot be read. See [`messages_of`].
+pub async fn read_messages(headers: &HeaderMap, frames: &mut Frames, cap: usize) -> Vec<String> {
+    match frames.read_all(cap).await {
+        Ok(body) => messages_of(headers, &body, cap),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The JSON-RPC messages of a whole body: a JSON body is one message, an
+/// event stream's are its events' data (`mcp_sse::messages`, the
+/// workspace's one SSE reader).
+pub fn messages_of(headers: &HeaderMap, body: &[u8], cap: usize) -> Vec<String> {
+    if is_event_stream(headers) {
+        return mcp_sse::messages(body, cap);
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![text.to_owned()]
     }
 }
 

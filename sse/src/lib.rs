@@ -96,6 +96,28 @@ impl Event {
     pub fn is_comment_only(&self) -> bool {
         self.fields().next().is_none()
     }
+
+    /// The message the event carries: its data, unless it has none or only
+    /// whitespace (a priming event carries only an `id:`, a keep-alive only
+    /// a comment). Whatever its `event:` type, data is a message.
+    pub fn message(&self) -> Option<Cow<'_, str>> {
+        self.data().filter(|d| !d.trim().is_empty())
+    }
+}
+
+/// The messages of a whole event-stream body (see [`Event::message`]); a
+/// last event without its closing blank line still counts. Events past
+/// `max_event` bytes end the reading.
+pub fn messages(body: &[u8], max_event: usize) -> Vec<String> {
+    let mut splitter = Splitter::new(max_event);
+    let mut events = Vec::new();
+    if splitter.push_into(body, &mut events).is_ok() {
+        let _ = splitter.push_into(b"\n\n", &mut events);
+    }
+    events
+        .iter()
+        .filter_map(|e| e.message().map(Cow::into_owned))
+        .collect()
 }
 
 /// Cuts a byte stream into [`Event`]s. A CR at the very end of the bytes
@@ -305,6 +327,13 @@ mod tests {
         let mut s = Splitter::new(100);
         assert!(s.push(&[b'a'; 60]).is_ok());
         assert!(s.push(&[b'a'; 60]).is_err(), "the bound spans chunks");
+    }
+
+    #[test]
+    fn messages_are_non_blank_data_of_any_event_type() {
+        let body = b"id: 1\ndata:\n\n: ping\n\nevent: custom\ndata: {\"a\":1}\n\ndata: {\"b\":2}";
+        assert_eq!(messages(body, 1024), vec!["{\"a\":1}", "{\"b\":2}"]);
+        assert!(messages(&[b'x'; 100], 10).is_empty(), "over the bound");
     }
 
     #[test]

@@ -269,6 +269,18 @@ class GarbageHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def send_json(handler, status, obj, headers=()):
+    """Answers a request of a test backend with JSON (`None`: an empty body)."""
+    body = json.dumps(obj).encode() if obj is not None else b""
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    for k, v in headers:
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class SlowHandler(BaseHTTPRequestHandler):
     """A backend that takes 0.5 s per request and reports the most requests
     it ever had at once (GET /stats): it measures a client's concurrency."""
@@ -282,14 +294,7 @@ class SlowHandler(BaseHTTPRequestHandler):
         pass
 
     def _json(self, status, obj, headers=()):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        for k, v in headers:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, status, obj, headers)
 
     def do_GET(self):
         if self.path == "/stats":

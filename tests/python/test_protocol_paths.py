@@ -104,9 +104,9 @@ def events(lines, deadline=None):
 class Legacy:
     """One legacy HTTP+SSE session, by hand: the stream's messages land in a queue."""
 
-    def __init__(self, base, capabilities=None):
+    def __init__(self, base, capabilities=None, headers=None):
         self.base = base
-        self.http = httpx2.Client(timeout=httpx2.Timeout(30.0, read=None))
+        self.http = httpx2.Client(timeout=httpx2.Timeout(30.0, read=None), headers=headers or {})
         self.messages = queue.Queue()
         self.endpoint = None
         ready = threading.Event()

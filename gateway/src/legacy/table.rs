@@ -45,6 +45,8 @@ pub struct Entry {
     queued: Arc<AtomicUsize>,
     /// Who opened it; only they may post to it.
     principal: Arc<str>,
+    /// The pool whose route it was opened on; messages come by that route only.
+    pool: u16,
 }
 
 /// Why a message could not be queued.
@@ -57,16 +59,21 @@ pub enum QueueError {
 }
 
 impl Entry {
-    pub fn new(inbox: mpsc::Sender<Inbound>, principal: &str) -> Self {
+    pub fn new(inbox: mpsc::Sender<Inbound>, principal: &str, pool: u16) -> Self {
         Self {
             inbox,
             queued: Arc::new(AtomicUsize::new(0)),
             principal: Arc::from(principal),
+            pool,
         }
     }
 
     pub fn principal(&self) -> &str {
         &self.principal
+    }
+
+    pub fn pool(&self) -> u16 {
+        self.pool
     }
 
     /// Queues a message unless that would pass `max_bytes` waiting or the
@@ -116,7 +123,8 @@ impl Entry {
         });
     }
 
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
 }
@@ -124,7 +132,9 @@ impl Entry {
 pub struct Table {
     map: DashMap<String, Entry>,
     count: AtomicUsize,
-    max: usize,
+    /// The cap (`max_legacy_sessions`; changes on reload, sessions over a
+    /// lowered cap stay until they end).
+    max: AtomicUsize,
 }
 
 impl Table {
@@ -132,8 +142,12 @@ impl Table {
         Self {
             map: DashMap::new(),
             count: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {
@@ -146,7 +160,7 @@ impl Table {
 
     /// Adds a session unless the table is full.
     pub fn insert(&self, id: &str, entry: Entry) -> bool {
-        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max.load(Ordering::Relaxed) {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -178,17 +192,20 @@ mod tests {
     fn the_table_is_capped_and_entries_leave() {
         let t = Table::new(1);
         let (tx, _rx) = mpsc::channel(1);
-        assert!(t.insert("a", Entry::new(tx.clone(), "")));
-        assert!(!t.insert("b", Entry::new(tx.clone(), "")), "over the cap");
+        assert!(t.insert("a", Entry::new(tx.clone(), "", 0)));
+        assert!(
+            !t.insert("b", Entry::new(tx.clone(), "", 0)),
+            "over the cap"
+        );
         t.remove("a");
         assert!(t.is_empty());
-        assert!(t.insert("b", Entry::new(tx, "")));
+        assert!(t.insert("b", Entry::new(tx, "", 0)));
     }
 
     #[test]
     fn the_inbox_is_bounded_in_bytes_and_frees_what_the_worker_took() {
         let (tx, mut rx) = mpsc::channel(16);
-        let e = Entry::new(tx, "");
+        let e = Entry::new(tx, "", 0);
         assert_eq!(
             e.queue(Bytes::from(vec![b'x'; 60]), rpc(), None, 100),
             Ok(())

@@ -18,7 +18,7 @@ pub struct Body {
 
 /// Reads the request body (POST): declared length first, then each chunk.
 pub async fn read(session: &mut Session, state: &std::sync::Arc<State>) -> Result<Body, Reject> {
-    let limit = state.limits.max_body_bytes;
+    let limit = state.limits().max_body_bytes;
     let declared = session
         .req_header()
         .headers

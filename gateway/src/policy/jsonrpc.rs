@@ -281,6 +281,38 @@ pub fn answers(data: &str, id: &str) -> bool {
     })
 }
 
+/// The revision a peer is assumed to speak when nothing says otherwise: a
+/// Streamable HTTP request without `MCP-Protocol-Version` means 2025-03-26.
+pub const ASSUMED_PROTOCOL_VERSION: &str = "2025-03-26";
+
+/// The `protocolVersion` an object names at its top level: the `params` of
+/// an `initialize` request, or the `result` of its answer. The one reader
+/// of it in the gateway.
+pub fn protocol_version(object: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Versioned<'a> {
+        #[serde(rename = "protocolVersion", borrow)]
+        protocol_version: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Versioned>(object)
+        .ok()?
+        .protocol_version
+        .map(Cow::into_owned)
+}
+
+/// The `result` of a response message, as JSON text.
+pub fn result_of(message: &str) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        result: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<Reply>(message)
+        .ok()?
+        .result
+        .map(RawValue::get)
+}
+
 /// The `params` of a single message, as JSON text (for sealing `initialize`).
 pub fn params_of(body: &[u8]) -> Option<&str> {
     #[derive(Deserialize)]
@@ -425,6 +457,16 @@ mod tests {
             "7"
         ));
         assert!(!answers("not json 7", "7"));
+    }
+
+    #[test]
+    fn the_protocol_version_is_read_from_params_and_results() {
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{}}}"#;
+        let result = result_of(answer).unwrap();
+        assert_eq!(protocol_version(result).as_deref(), Some("2025-06-18"));
+        assert_eq!(protocol_version(r#"{"capabilities":{}}"#), None);
+        assert_eq!(protocol_version("not json"), None);
+        assert_eq!(result_of(r#"{"jsonrpc":"2.0","id":1,"error":{}}"#), None);
     }
 
     #[test]

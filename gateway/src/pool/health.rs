@@ -11,7 +11,7 @@ use pingora::lb::Backend;
 use pingora::lb::health_check::HealthCheck;
 use pingora::{Error, ErrorType, Result};
 
-use crate::upstream::{Forwarded, Outgoing, SESSION_HEADER, Upstream};
+use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
 
 /// `initialize` on `/mcp`, as a client would; healthy when the answer is a
 /// JSON-RPC result (a draining or broken server answers otherwise).
@@ -33,18 +33,18 @@ fn failed(why: String) -> Box<Error> {
     Error::explain(ErrorType::CustomCode("mcp health check", 0), why)
 }
 
-/// Whether a body (JSON, or SSE whose `data:` carries JSON) holds a
-/// JSON-RPC result.
-fn has_result(body: &[u8]) -> bool {
-    let json = |text: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(text)
-            .is_ok_and(|v| v.get("result").is_some_and(|r| r.is_object()))
-    };
-    json(body)
-        || body
-            .split(|b| *b == b'\n')
-            .filter_map(|line| line.strip_prefix(b"data:"))
-            .any(|d| json(d.trim_ascii()))
+/// Largest `initialize` answer a check reads.
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// Whether an answer (a JSON body, or an event stream) holds a JSON-RPC
+/// result among its messages.
+fn has_result(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    upstream::messages_of(headers, body, MAX_ANSWER)
+        .iter()
+        .any(|m| {
+            serde_json::from_str::<serde_json::Value>(m)
+                .is_ok_and(|v| v.get("result").is_some_and(|r| r.is_object()))
+        })
 }
 
 #[async_trait]
@@ -69,7 +69,7 @@ impl HealthCheck for McpHealthCheck {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let body = frames
-            .read_all(256 * 1024)
+            .read_all(MAX_ANSWER)
             .await
             .map_err(|e| failed(e.to_string()))?;
         let session = parts
@@ -94,7 +94,7 @@ impl HealthCheck for McpHealthCheck {
                 let _ = rest.read_all(64 * 1024).await;
             }
         }
-        if parts.status != http::StatusCode::OK || !has_result(&body) {
+        if parts.status != http::StatusCode::OK || !has_result(&parts.headers, &body) {
             return Err(failed(format!(
                 "initialize answered {} without a result",
                 parts.status
@@ -114,16 +114,22 @@ mod tests {
 
     #[test]
     fn results_are_found_in_json_and_in_sse() {
+        let json = http::HeaderMap::new();
+        let mut sse = http::HeaderMap::new();
+        sse.insert("content-type", "text/event-stream".parse().unwrap());
         assert!(has_result(
+            &json,
             br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"x"}}"#
         ));
         assert!(has_result(
+            &sse,
             b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
         ));
         assert!(!has_result(
+            &json,
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"draining"}}"#
         ));
-        assert!(!has_result(b"<html>Bad Request</html>"));
-        assert!(!has_result(b"data: {\"result\": 3}\n\n"));
+        assert!(!has_result(&json, b"<html>Bad Request</html>"));
+        assert!(!has_result(&sse, b"data: {\"result\": 3}\n\n"));
     }
 }

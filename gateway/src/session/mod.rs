@@ -1,11 +1,13 @@
 //! The session layer: both transports come here, never to each other.
 //! It maps a path to a pool, picks a backend for a new session or a
 //! sessionless request, pins a backend session by sealing it into the id the
-//! client sees, opens that id again on later requests, takes a backend that
-//! refused a connection out of rotation for a while, and moves a session to
-//! another backend when its own is gone ([`failover`]).
+//! client sees, opens that id again on later requests ([`Binding`]), takes a
+//! backend that refused a connection out of rotation for a while, and
+//! carries each message to a backend ([`exchange`]), moving the session when
+//! its backend is gone ([`failover`]).
 
-pub mod asks;
+pub mod binding;
+pub mod exchange;
 pub mod failover;
 pub mod rebind;
 pub mod replay;
@@ -13,41 +15,22 @@ pub mod replay;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use binding::{Binding, Caller, Link};
+
 use crate::metrics::{Metrics, Transport};
 use crate::policy::edge::{self, Endpoint};
 use crate::policy::jsonrpc::Method;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
-use crate::token::{SessionRef, TokenSealer};
+use crate::token::TokenSealer;
 use rebind::{NonceTable, Rebinds, Rebound};
 use replay::ToolHints;
 
-/// Backends tried for one request that may go anywhere (a new session, a
-/// sessionless request, a session being moved) when each refuses.
+/// Backends tried to open a session elsewhere (and, twice over, to carry one
+/// message: `exchange::TRIES`) before the gateway gives up.
 pub const ATTEMPTS: usize = 3;
-/// Most sessions one replica remembers having moved.
-const MAX_REBINDS: usize = 100_000;
-
-/// A request's session, once its id has been opened.
-#[derive(Clone)]
-pub struct Pinned {
-    /// What the client's id says (its nonce keys the rebind table).
-    pub sref: SessionRef,
-    /// Where the session lives now; `None` when that backend has left the
-    /// pool for good (the session must move before anything is sent).
-    pub backend: Option<Arc<BackendState>>,
-    /// The backend's own session id (never shown to the client).
-    pub backend_session: String,
-}
-
-impl Pinned {
-    /// Names the backend session that server requests relayed now come
-    /// from ([`asks`]); `None` while the session has no backend.
-    pub fn tag(&self) -> Option<asks::Tag> {
-        let b = self.backend.as_ref()?;
-        Some(asks::Tag::of(&b.id, &self.backend_session))
-    }
-}
+/// Most sessions one replica remembers having moved (and having ended).
+pub const MAX_REBINDS: usize = 100_000;
 
 pub struct Sessions {
     /// Longest prefix first, so "/a/b" wins over "/a".
@@ -80,11 +63,6 @@ impl Sessions {
 
     pub fn sealer(&self) -> &TokenSealer {
         &self.sealer
-    }
-
-    /// How many sessions this replica has moved and still remembers.
-    pub fn moved_sessions(&self) -> usize {
-        self.rebinds.len()
     }
 
     /// Records a relayed message's latency by transport and method, and a
@@ -123,9 +101,9 @@ impl Sessions {
     }
 
     /// Opens a client's session id. A session this replica moved is found
-    /// where it lives now; one whose backend is gone for good comes back with
-    /// `backend: None`, to be moved before it is used.
-    pub fn open(&self, pool: &Pool, token: &str, principal: &str) -> Result<Pinned, Reject> {
+    /// where it lives now; one whose backend is gone for good comes back
+    /// with no link, to be moved before it is used.
+    pub fn open(&self, pool: &Arc<Pool>, token: &str, principal: &str) -> Result<Binding, Reject> {
         let sref = self
             .sealer
             .open(token)
@@ -154,16 +132,18 @@ impl Sessions {
                 "the session's backend is gone".into(),
             ));
         }
-        Ok(Pinned {
-            sref,
+        let link = backend.map(|backend| Link {
             backend,
-            backend_session,
-        })
-    }
-
-    /// The backend for a new session or a sessionless request.
-    pub fn pick(&self, pool: &Pool) -> Result<Arc<BackendState>, Reject> {
-        pool.pick().ok_or(Reject::NoBackend)
+            session: backend_session,
+            version: None,
+            generation: 0,
+        });
+        Ok(Binding::new(
+            Arc::clone(pool),
+            sref.init,
+            Some(sref.nonce),
+            link,
+        ))
     }
 
     /// Seals a new backend session into the id the client will use.
@@ -178,21 +158,22 @@ impl Sessions {
         let (token, _) =
             self.sealer
                 .issue(pool.index, &backend.id, backend_session, principal, init)?;
-        backend.session_opened();
         Some(token)
     }
 
     /// The client ended the session (DELETE): forget where it was moved, and
     /// never bring it back.
-    pub fn forget(&self, pinned: &Pinned) {
-        self.rebinds.remove(&pinned.sref.nonce);
-        self.ended.insert(pinned.sref.nonce, ());
+    pub fn forget(&self, binding: &Binding) {
+        if let Some(nonce) = binding.nonce {
+            self.rebinds.remove(&nonce);
+            self.ended.insert(nonce, ());
+        }
     }
 
     /// Records where a moved session lives now.
-    fn rebind(&self, pinned: &Pinned, backend: &str, backend_session: &str) {
+    fn rebind(&self, nonce: [u8; 12], backend: &str, backend_session: &str) {
         self.rebinds.insert(
-            pinned.sref.nonce,
+            nonce,
             Rebound {
                 backend: backend.to_owned(),
                 backend_session: backend_session.to_owned(),

@@ -56,15 +56,13 @@ impl<V: Clone> NonceTable<V> {
         self.map.remove(key);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn evictions(&self) -> usize {
+    #[cfg(test)]
+    fn evictions(&self) -> usize {
         self.evictions.load(Ordering::Relaxed)
     }
 

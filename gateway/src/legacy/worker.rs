@@ -1,0 +1,228 @@
+//! One worker per legacy session: it takes the client's messages in the
+//! order they came and carries each to the session's backend through the
+//! session layer's exchange (`session::exchange`, as Streamable HTTP
+//! requests go), writing what comes back to the client's stream ([`Out`]).
+//!
+//! The first message (normally `initialize`) opens the backend session and
+//! runs alone: later messages need it. After it, a notification reaches the
+//! backend before the next message leaves (servers may register tools on
+//! `notifications/initialized`, so a call overtaking it would find no such
+//! tool); requests and answers run side by side, at most
+//! `legacy_session_concurrency` at a time, each holding a unit of the
+//! gateway's in-flight budget. A listener relays the backend's own stream
+//! (`GET /mcp`) and opens it again where the session moves. When the
+//! client's stream ends, the worker ends the backend session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use super::Bridge;
+use super::stream::Out;
+use super::table::Inbound;
+use crate::metrics::Transport;
+use crate::policy::jsonrpc::{self, Rpc};
+use crate::pool::Pool;
+use crate::relay;
+use crate::session::binding::trim_init;
+use crate::session::exchange::{Answered, Message, Outcome, Target};
+use crate::session::{Binding, Caller};
+use crate::state::Slot;
+use crate::trace;
+
+/// What a message holds while it runs: a unit of the in-flight budget and
+/// one of the session's concurrency permits.
+type Held = (Slot, OwnedSemaphorePermit);
+
+impl Bridge {
+    pub(super) async fn worker(
+        self: Arc<Self>,
+        pool: Arc<Pool>,
+        mut inbox: mpsc::Receiver<Inbound>,
+        mut out: Out,
+        caller: Caller,
+        permits: Arc<Semaphore>,
+    ) {
+        let caller = Arc::new(caller);
+        let mut binding: Option<Arc<Binding>> = None;
+        let mut calls = JoinSet::new();
+        let mut listener = None;
+        while let Some(inbound) = inbox.recv().await {
+            while calls.try_join_next().is_some() {}
+            let Some((body, rpc, span, held)) = self.take(inbound, &permits, &mut out).await else {
+                continue;
+            };
+            match binding.clone() {
+                Some(b) if !rpc.is_initialize() => {
+                    let in_order = rpc.method.is_notification();
+                    let call = Arc::clone(&self).call(
+                        b,
+                        body,
+                        rpc,
+                        out.clone(),
+                        Arc::clone(&caller),
+                        held,
+                    );
+                    let call = call.instrument(span);
+                    if in_order {
+                        call.await;
+                    } else {
+                        calls.spawn(call);
+                    }
+                }
+                _ => {
+                    let opened = self
+                        .open(&pool, body, &rpc, &mut out, &caller)
+                        .instrument(span)
+                        .await;
+                    drop(held);
+                    let Ok(opened) = opened else { break }; // the client is gone
+                    if let (Some(b), None) = (&opened, &listener) {
+                        let listen = Arc::clone(&self).listen(
+                            Arc::clone(b),
+                            out.clone(),
+                            Arc::clone(&caller),
+                        );
+                        listener = Some(tokio::spawn(listen));
+                    }
+                    binding = opened.or(binding);
+                }
+            }
+        }
+        calls.abort_all();
+        if let Some(l) = listener {
+            l.abort();
+        }
+        if let Some(b) = binding {
+            b.close(&self.upstream, &caller).await;
+        }
+    }
+
+    /// Unpacks a queued message and takes what it holds while it runs;
+    /// `None` when it was refused (the refusal is on the client's stream).
+    async fn take(
+        &self,
+        inbound: Inbound,
+        permits: &Arc<Semaphore>,
+        out: &mut Out,
+    ) -> Option<(Bytes, Rpc, tracing::Span, Held)> {
+        let Inbound {
+            body,
+            rpc,
+            refused,
+            trace: parent,
+            _queued,
+        } = inbound;
+        drop(_queued);
+        let metrics = &self.state.metrics;
+        let id = rpc.id.as_deref();
+        let slot = match refused.map_or_else(|| self.state.enter(), Err) {
+            Ok(slot) => slot,
+            Err(r) => {
+                let _ = relay::refuse(out, metrics, &r, id).await;
+                return None;
+            }
+        };
+        let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+        let span = trace::message_span(&rpc, parent.as_ref());
+        Some((body, rpc, span, (slot, permit)))
+    }
+
+    fn message<'a>(
+        &self,
+        pool: &'a Arc<Pool>,
+        body: Bytes,
+        rpc: &'a Rpc,
+        caller: &'a Caller,
+    ) -> Message<'a> {
+        Message {
+            pool,
+            method: http::Method::POST,
+            path: "/mcp",
+            body,
+            rpc: Some(rpc),
+            caller,
+            transport: Transport::Legacy,
+            accept: Some("application/json, text/event-stream"),
+            content_type: Some("application/json"),
+            resuming: false,
+        }
+    }
+
+    /// Sends the first message (normally `initialize`) to a new backend
+    /// session. `Ok(Some)`: a backend session exists; `Ok(None)`: not yet;
+    /// `Err`: the client is gone.
+    async fn open(
+        &self,
+        pool: &Arc<Pool>,
+        body: Bytes,
+        rpc: &Rpc,
+        out: &mut Out,
+        caller: &Caller,
+    ) -> Result<Option<Arc<Binding>>, ()> {
+        let init = jsonrpc::params_of(&body).map(trim_init).unwrap_or_default();
+        let msg = self.message(pool, body, rpc, caller);
+        let target = Target::Anywhere { seal: false };
+        match self.exchange().run(&msg, target, out).await {
+            Err(_) => Err(()),
+            Ok(Outcome {
+                answered:
+                    Some(Answered {
+                        opened: Some(link), ..
+                    }),
+                ..
+            }) => Ok(Some(Arc::new(Binding::new(
+                Arc::clone(pool),
+                init,
+                None,
+                Some(link),
+            )))),
+            Ok(_) => Ok(None),
+        }
+    }
+
+    /// One message on the session's backend session.
+    async fn call(
+        self: Arc<Self>,
+        binding: Arc<Binding>,
+        body: Bytes,
+        rpc: Rpc,
+        mut out: Out,
+        caller: Arc<Caller>,
+        _held: Held,
+    ) {
+        let msg = self.message(&binding.pool, body, &rpc, &caller);
+        let _ = self
+            .exchange()
+            .run(&msg, Target::Session(&binding), &mut out)
+            .await;
+    }
+
+    /// The backend's server-to-client stream (`GET /mcp`), if it offers one,
+    /// opened again on the session's new backend when the session moves.
+    async fn listen(self: Arc<Self>, binding: Arc<Binding>, mut out: Out, caller: Arc<Caller>) {
+        let msg = Message {
+            pool: &binding.pool,
+            method: http::Method::GET,
+            path: "/mcp",
+            body: Bytes::new(),
+            rpc: None,
+            caller: &caller,
+            transport: Transport::Legacy,
+            accept: Some("text/event-stream"),
+            content_type: None,
+            resuming: false,
+        };
+        loop {
+            let target = Target::Session(&binding);
+            if self.exchange().run(&msg, target, &mut out).await.is_err() {
+                return; // the client is gone
+            }
+            // Ended, refused or not offered: wait for the session to move.
+            binding.moved().await;
+        }
+    }
+}

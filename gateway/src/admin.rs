@@ -13,7 +13,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::app::Gateway;
-use crate::metrics::{Reason, ToolLatencies, label_value, type_line};
+use crate::metrics::{Cut, Reason, ToolLatencies, label_value, type_line};
 use crate::policy::edge;
 
 pub struct Admin {
@@ -156,6 +156,20 @@ impl Admin {
                 m.rejected(reason)
             );
         }
+        let _ = writeln!(out, "# TYPE mcp_gateway_connections_cut_total counter");
+        for why in Cut::ALL {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_connections_cut_total{{reason=\"{}\"}} {}",
+                why.name(),
+                m.cuts(why)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_connections_open gauge\nmcp_gateway_connections_open {}",
+            state.connections.open()
+        );
         // Ids the previous session key opened: when this stops rising after
         // a rotation, the previous key can go (deploy/RUNBOOK.md).
         let _ = writeln!(

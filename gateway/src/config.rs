@@ -221,9 +221,28 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// Requests in flight at once (open SSE streams included); 503 beyond.
     pub max_inflight: usize,
-    /// Idle time allowed on a client connection between reads.
+    /// The share of `max_inflight` one client address, and of
+    /// `max_buffered_bytes` one client (principal, or address when
+    /// anonymous), may hold at once (0 < share ≤ 1; 429 beyond).
+    pub client_share: f64,
+    /// A request body must arrive whole within this (408 beyond) …
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// … and, after its first second, at no less than this many bytes per second on average.
+    pub body_min_rate: usize,
+    /// A client connection that sends nothing for this long while the
+    /// gateway waits for a request (or between reads of a body) is closed.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// A request header must arrive whole within this, from its first byte.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// Largest request header (HTTP/1); the connection is closed as soon as
+    /// a header passes it, before it ends.
+    pub max_header_bytes: usize,
+    /// Client connections one address may hold open at once; beyond, new
+    /// ones are closed at once.
+    pub max_connections_per_ip: usize,
     /// Comment keep-alive interval on every SSE stream the gateway serves.
     #[serde(with = "duration")]
     pub sse_keepalive: Duration,
@@ -255,7 +274,13 @@ impl Default for Limits {
             max_body_bytes: 4 * 1024 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_inflight: 10_000,
+            client_share: 0.25,
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections_per_ip: 1024,
             sse_keepalive: Duration::from_secs(15),
             write_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
@@ -771,6 +796,9 @@ impl Config {
         }
         if self.pools.len() > u16::MAX as usize {
             bail!("too many pools");
+        }
+        if !(self.limits.client_share > 0.0 && self.limits.client_share <= 1.0) {
+            bail!("[limits] client_share must be above 0 and at most 1");
         }
         for p in &self.pools {
             if !p.route.starts_with('/') {

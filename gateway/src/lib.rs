@@ -15,6 +15,7 @@ pub mod app;
 pub mod asks;
 pub mod config;
 pub mod ctl;
+pub mod front;
 pub mod legacy;
 pub mod metrics;
 pub mod policy;

@@ -12,6 +12,7 @@ use mcp_gateway::config::{
     Cli, Command, Config, Discovery, HealthKind, PREVIOUS_SESSION_KEY_ENV, PoolConfig,
     SESSION_KEY_ENV,
 };
+use mcp_gateway::front::Front;
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::health::McpHealthCheck;
 use mcp_gateway::pool::supervisor::Supervisor;
@@ -287,13 +288,18 @@ fn main() -> Result<()> {
         mcp_gateway::app::Reloader(Arc::clone(&gw)),
     ));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    // The proxy behind the front door (connection cap, header deadline and bound).
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         McpProxy {
             gw: Arc::clone(&gw),
         },
-        "mcp-gateway",
     );
+    let front = Front {
+        app: Arc::new(app),
+        gw: Arc::clone(&gw),
+    };
+    let mut proxy = Service::new("mcp-gateway".to_string(), front);
     proxy.set_connection_filter(Arc::new(mcp_gateway::app::AcceptFilter {
         gw: Arc::clone(&gw),
     }));

@@ -62,6 +62,33 @@ impl Reason {
     }
 }
 
+/// Why the front door cut a connection; one counter each, exported as
+/// `mcp_gateway_connections_cut_total{reason="…"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Its request header took longer than `header_timeout`.
+    HeaderTimeout,
+    /// Its request header grew past `max_header_bytes`.
+    HeaderSize,
+    /// It sent nothing for `idle_timeout` while the gateway waited for a request.
+    Idle,
+    /// Its address already held `max_connections_per_ip` connections.
+    OverCap,
+}
+
+impl Cut {
+    pub const ALL: [Cut; 4] = [Cut::HeaderTimeout, Cut::HeaderSize, Cut::Idle, Cut::OverCap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cut::HeaderTimeout => "header_timeout",
+            Cut::HeaderSize => "header_size",
+            Cut::Idle => "idle",
+            Cut::OverCap => "per_address_cap",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Requests that reached the MCP listener.
@@ -89,6 +116,7 @@ pub struct Metrics {
     /// The same, by transport and JSON-RPC method (legacy: the bridge's call).
     pub latencies: Latencies,
     rejected: [AtomicU64; Reason::ALL.len()],
+    cut: [AtomicU64; Cut::ALL.len()],
 }
 
 impl Metrics {
@@ -102,6 +130,14 @@ impl Metrics {
 
     pub fn rejected(&self, reason: Reason) -> u64 {
         self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn cut(&self, why: Cut) {
+        Self::inc(&self.cut[why as usize]);
+    }
+
+    pub fn cuts(&self, why: Cut) -> u64 {
+        self.cut[why as usize].load(Ordering::Relaxed)
     }
 }
 

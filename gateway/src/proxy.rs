@@ -139,7 +139,7 @@ impl McpProxy {
     /// The policy steps, in order. Each returns `Err(Reject)` to stop the request.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Route, Reject> {
         let gw = &self.gw;
-        ctx.slot = Some(gw.state.enter()?);
+        ctx.slot = Some(gw.state.enter_from(client_ip(session))?);
         let guard = Arc::clone(ctx.guard.insert(gw.guard()));
         let path = session.req_header().uri.path();
         if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
@@ -235,7 +235,7 @@ impl McpProxy {
         endpoint: Endpoint,
         over: Option<Reject>,
     ) -> Result<body::Body, Reject> {
-        let body = body::read(session, &self.gw.state).await?;
+        let body = body::read(session, &self.gw.state, ctx.key.clone()).await?;
         let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
         let req = session.req_header();
         jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;

@@ -39,6 +39,9 @@ pub enum Reject {
     BadRequest(&'static str),
     #[error("request body too large")]
     BodyTooLarge,
+    /// The body did not arrive within `body_timeout`, or too slowly.
+    #[error("request body too slow")]
+    BodyTimeout,
     /// Not JSON (-32700).
     #[error("{0}")]
     Parse(String),
@@ -96,6 +99,7 @@ impl Reject {
             Reject::Method { .. } => 405,
             Reject::NotAcceptable(_) => 406,
             Reject::BodyTooLarge => 413,
+            Reject::BodyTimeout => 408,
             Reject::BadRequest(_) | Reject::Parse(_) | Reject::Invalid(_) => 400,
             Reject::BadGateway | Reject::BackendAnswer(_) | Reject::AnswerUndeliverable => 502,
             // An answer, not a refusal: the JSON-RPC error says what happened.
@@ -159,7 +163,7 @@ impl Reject {
             Reject::Method { .. } | Reject::NotAcceptable(_) | Reject::BadRequest(_) => {
                 Reason::Method
             }
-            Reject::BodyTooLarge => Reason::Body,
+            Reject::BodyTooLarge | Reject::BodyTimeout => Reason::Body,
             Reject::Parse(_) | Reject::Invalid(_) => Reason::Malformed,
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => Reason::Session,
             Reject::SessionBusy => Reason::Busy,

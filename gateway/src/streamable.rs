@@ -26,6 +26,7 @@ use pingora::proxy::Session;
 
 use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::{self, Method, Rpc};
+use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, LoadGuard, Pool};
 use crate::reject::Reject;
 pub use crate::relay::Rewrite;
@@ -187,7 +188,12 @@ impl Exchange<'_> {
                     .req
                     .pool
                     .pick_except(self.failed.as_deref())
-                    .ok_or(Reject::NoBackend)?,
+                    // Lost on a backend with none left to try: the backend failed it.
+                    .ok_or(if self.lost {
+                        Reject::BadGateway
+                    } else {
+                        Reject::NoBackend
+                    })?,
             };
             let load = backend.start_request();
             let sent_at = Instant::now();
@@ -211,8 +217,11 @@ impl Exchange<'_> {
                     },
                 )
                 .await;
-            if sent.is_ok() {
+            if let Ok((parts, _)) = &sent {
                 self.req.pool.upstream_seconds.observe(sent_at.elapsed());
+                self.req
+                    .pool
+                    .record(&backend, Outcome::Answered(parts.status.as_u16()));
             }
             *served = Some(Served {
                 backend: Arc::clone(&backend),
@@ -229,6 +238,7 @@ impl Exchange<'_> {
                     continue;
                 }
                 Err(e) => {
+                    self.req.pool.record(&backend, Outcome::Lost);
                     Metrics::inc(&self.t.state.metrics.upstream_errors);
                     tracing::warn!(backend = %backend.id, error = %e, "backend exchange failed");
                     self.failed = Some(backend.id.clone());
@@ -282,11 +292,10 @@ impl Exchange<'_> {
         }
         if status == 503 && !self.open {
             failover::read_messages(&parts.headers, frames).await;
+            // Draining or overloaded (the pool has recorded it: new work goes
+            // elsewhere for a moment).
             if self.req.pinned.is_some() {
                 self.move_session().await?;
-            } else {
-                // Draining or overloaded: new work goes elsewhere for a moment.
-                backend.eject(Duration::from_secs(2));
             }
             return Ok(Step::Again);
         }
@@ -386,6 +395,7 @@ impl Exchange<'_> {
                 Ok(Step::Again)
             }
             Err(Failure::BackendLost { open }) => {
+                self.req.pool.record(backend, Outcome::Lost);
                 self.open |= open;
                 self.failed = Some(backend.id.clone());
                 Metrics::inc(&self.t.state.metrics.upstream_errors);

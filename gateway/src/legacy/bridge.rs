@@ -28,6 +28,7 @@ use super::table::{Entry, Inbound, QueueError, Table};
 use crate::metrics::{Metrics, Transport};
 use crate::policy::edge;
 use crate::policy::jsonrpc::{self, Method, Rpc};
+use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, Pool};
 use crate::reject::{OUTCOME_UNKNOWN, Reject};
 use crate::relay::{self, Failure, MAX_EVENT, MAX_WHOLE_BODY, Shape};
@@ -529,23 +530,24 @@ impl Bridge {
                 }
             };
             let load = backend.start_request();
-            match self
+            let sent = self
                 .upstream
                 .send(backend.addr, post(body, None, None, forwarded, caller))
-                .await
-            {
+                .await;
+            if let Ok((parts, _)) = &sent {
+                pool.record(&backend, Outcome::Answered(parts.status.as_u16()));
+            }
+            match sent {
                 Ok((parts, frames)) if parts.status.as_u16() == 503 && attempt < ATTEMPTS => {
+                    // Draining or overloaded (recorded: new work goes elsewhere).
                     failover::read_messages(&parts.headers, frames).await;
-                    backend.eject(Duration::from_secs(2));
                 }
                 Ok((parts, frames)) => break (backend, load, parts, frames),
                 Err(e) if e.never_reached() && attempt < ATTEMPTS => {
                     self.sessions.eject(pool, &backend);
                 }
                 Err(e) => {
-                    if e.never_reached() {
-                        self.sessions.eject(pool, &backend);
-                    }
+                    pool.record(&backend, Outcome::from(&e));
                     tracing::warn!(backend = %backend.id, error = %e, "legacy bridge: backend request failed");
                     out.error(Some(rpc), -32603, "backend unavailable").await;
                     return Ok(None);
@@ -650,8 +652,11 @@ impl Bridge {
                     post(body, Some(&link.session), Some(&link.version), fwd, caller),
                 )
                 .await;
-            if sent.is_ok() {
+            if let Ok((parts, _)) = &sent {
                 links.pool.upstream_seconds.observe(sent_at.elapsed());
+                links
+                    .pool
+                    .record(&link.backend, Outcome::Answered(parts.status.as_u16()));
             }
             let may_have_run = match sent {
                 // The backend does not know the session, or is draining: not run.
@@ -678,7 +683,10 @@ impl Bridge {
                             return;
                         }
                         Relayed::ClientGone => return,
-                        Relayed::Lost => true,
+                        Relayed::Lost => {
+                            links.pool.record(&link.backend, Outcome::Lost);
+                            true
+                        }
                     }
                 }
                 Err(e) if e.never_reached() => {
@@ -686,6 +694,7 @@ impl Bridge {
                     false
                 }
                 Err(e) => {
+                    links.pool.record(&link.backend, Outcome::Lost);
                     tracing::warn!(backend = %link.backend.id, error = %e, "legacy bridge: backend request failed");
                     true
                 }
@@ -751,6 +760,9 @@ impl Bridge {
         match sent {
             Ok((parts, frames)) => {
                 let status = parts.status;
+                links
+                    .pool
+                    .record(&link.backend, Outcome::Answered(status.as_u16()));
                 failover::read_messages(&parts.headers, frames).await;
                 if !status.is_success() {
                     self.refuse_answer("the backend refused it");

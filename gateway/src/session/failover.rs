@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{ATTEMPTS, Pinned, Sessions};
+use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::upstream::{self, Forwarded, Frames, Outgoing, SESSION_HEADER, Upstream};
@@ -70,7 +71,7 @@ impl Sessions {
                     backend.session_opened();
                     return Ok((backend, session, version));
                 }
-                Err(Refused) => self.eject(pool, &backend),
+                Err(Refused(outcome)) => pool.record(&backend, outcome),
             }
         }
         Err(Reject::NoBackend)
@@ -93,7 +94,8 @@ impl Sessions {
         let (parts, frames) = upstream
             .send(backend.addr, post(Bytes::from(body), None, None, forwarded))
             .await
-            .map_err(|_| Refused)?;
+            .map_err(|e| Refused(Outcome::from(&e)))?;
+        let answered = Outcome::Answered(parts.status.as_u16());
         let session = parts
             .headers
             .get(SESSION_HEADER)
@@ -101,8 +103,9 @@ impl Sessions {
             .map(str::to_owned);
         let answer = read_messages(&parts.headers, frames).await;
         let (Some(session), true) = (session, parts.status.is_success()) else {
-            return Err(Refused);
+            return Err(Refused(answered));
         };
+        pool.record(backend, answered);
         let version = answer
             .iter()
             .find_map(|m| protocol_version(m))
@@ -119,10 +122,10 @@ impl Sessions {
                 ),
             )
             .await
-            .map_err(|_| Refused)?;
+            .map_err(|e| Refused(Outcome::from(&e)))?;
         read_messages(&parts.headers, frames).await;
         if !parts.status.is_success() {
-            return Err(Refused);
+            return Err(Refused(Outcome::Answered(parts.status.as_u16())));
         }
         let hints = self.hints(pool);
         if !hints.is_known() {
@@ -148,8 +151,9 @@ impl Sessions {
     }
 }
 
-/// The backend would not take the session (or could not be reached).
-struct Refused;
+/// The backend would not take the session (or could not be reached): what
+/// the exchange came to, for the pool's record.
+struct Refused(Outcome);
 
 fn post<'a>(
     body: Bytes,

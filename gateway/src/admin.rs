@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::Response;
@@ -15,6 +16,7 @@ use serde_json::json;
 use crate::app::Gateway;
 use crate::metrics::{Cut, Reason, ToolLatencies, label_value, type_line};
 use crate::policy::edge;
+use crate::pool::{BackendState, Pool, now_ms};
 
 pub struct Admin {
     pub gw: Arc<Gateway>,
@@ -85,8 +87,65 @@ fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
     )
 }
 
+fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+/// One backend in `/backends`: its state in one word (disabled, ejected,
+/// unhealthy, slow_start or healthy, the first that applies) and the details.
+fn backend_json(pool: &Pool, b: &BackendState, now: u64) -> serde_json::Value {
+    let healthy = pool.healthy(b);
+    let ejection = b.vitals.ejection(now);
+    let share = pool.slow_start_permille(b, now);
+    let state = if b.is_disabled() {
+        "disabled"
+    } else if ejection.is_some() {
+        "ejected"
+    } else if !healthy {
+        "unhealthy"
+    } else if share < 1000 {
+        "slow_start"
+    } else {
+        "healthy"
+    };
+    json!({
+        "addr": b.addr.to_string(),
+        "id": b.id,
+        "instance": b.instance().map(|i| i.to_string()),
+        "state": state,
+        "healthy": healthy,
+        "accepts_new_sessions": pool.accepts_new(b),
+        "disabled": b.is_disabled(),
+        "ejected": ejection.is_some(),
+        "ejection": ejection.map(|e| json!({
+            "reason": e.reason.name(),
+            "since": rfc3339(e.since_ms),
+            "until": rfc3339(e.until_ms),
+            "remaining_ms": e.until_ms.saturating_sub(now),
+            "duration_ms": e.until_ms.saturating_sub(e.since_ms),
+            "in_a_row": e.in_a_row,
+        })),
+        "ejections": b.vitals.ejections(),
+        "failures_in_a_row": b.vitals.failures_in_a_row(),
+        "slow_start": (share < 1000).then(|| {
+            let since = b.vitals.back_since(now);
+            let window = pool.policy.slow_start.as_millis() as u64;
+            json!({
+                "share": share as f64 / 1000.0,
+                "since": rfc3339(since),
+                "remaining_ms": (since + window).saturating_sub(now),
+            })
+        }),
+        "inflight": b.inflight(),
+        "requests": b.requests(),
+        "sessions_opened": b.sessions_opened(),
+        "weight": b.weight,
+    })
+}
+
 impl Admin {
     fn backends(&self) -> serde_json::Value {
+        let now = now_ms();
         let pools: Vec<_> = self
             .gw
             .sessions
@@ -97,22 +156,23 @@ impl Admin {
                 let backends: Vec<_> = members
                     .list
                     .iter()
-                    .map(|b| {
-                        json!({
-                            "addr": b.addr.to_string(),
-                            "instance": b.instance().map(|i| i.to_string()),
-                            "healthy": pool.lb.backends().ready(&b.backend),
-                            "accepts_new_sessions": pool.accepts_new(b),
-                            "disabled": b.is_disabled(),
-                            "ejected": b.is_ejected(),
-                            "inflight": b.inflight(),
-                            "requests": b.requests(),
-                            "sessions_opened": b.sessions_opened(),
-                            "weight": b.weight,
-                        })
-                    })
+                    .map(|b| backend_json(pool, b, now))
                     .collect();
-                json!({ "name": pool.name, "route": if pool.prefix.is_empty() { "/" } else { pool.prefix.as_str() }, "backends": backends })
+                let ejected = members
+                    .list
+                    .iter()
+                    .filter(|b| b.vitals.is_ejected(now))
+                    .count();
+                let panic = pool.in_panic();
+                json!({
+                    "name": pool.name,
+                    "route": if pool.prefix.is_empty() { "/" } else { pool.prefix.as_str() },
+                    "state": if panic { "panic" } else { "serving" },
+                    "panic": panic,
+                    "ejected": ejected,
+                    "max_ejected": pool.policy.max_out(members.list.len()),
+                    "backends": backends,
+                })
             })
             .collect();
         json!({ "pools": pools })
@@ -214,8 +274,35 @@ impl Admin {
             "# TYPE mcp_gateway_rate_limit_keys gauge\nmcp_gateway_rate_limit_keys {}",
             self.gw.guard().limits.keys()
         );
+        // Panic: every backend of the pool unhealthy or ejected, tried anyway.
+        type PerPool = fn(&crate::pool::Pool) -> u64;
+        let per_pool: [(&str, &str, PerPool); 2] = [
+            ("mcp_gateway_pool_panic", "gauge", |p| {
+                u64::from(p.in_panic())
+            }),
+            ("mcp_gateway_pool_panic_picks_total", "counter", |p| {
+                p.panic_picks()
+            }),
+        ];
+        for (name, kind, value) in per_pool {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for pool in self.gw.sessions.pools() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\"}} {}",
+                    label_value(&pool.name),
+                    value(pool)
+                );
+            }
+        }
         type PerBackend = fn(&crate::pool::BackendState) -> i64;
-        let per_backend: [(&str, &str, PerBackend); 4] = [
+        let per_backend: [(&str, &str, PerBackend); 6] = [
+            ("mcp_gateway_backend_ejected", "gauge", |b| {
+                i64::from(b.is_ejected())
+            }),
+            ("mcp_gateway_backend_ejections_total", "counter", |b| {
+                b.vitals.ejections() as i64
+            }),
             ("mcp_gateway_backend_inflight", "gauge", |b| b.inflight()),
             ("mcp_gateway_backend_open_streams", "gauge", |b| {
                 b.open_streams()

@@ -351,9 +351,27 @@ pub struct PoolConfig {
     pub health_path: String,
     #[serde(with = "duration", default = "default_health_interval")]
     pub health_interval: Duration,
-    /// How long a backend that refused a connection is skipped.
+    /// The longest one ejection lasts (an upper bound: an ejection for a
+    /// failed connection ends at the first passing health check or answer).
     #[serde(with = "duration", default = "default_eject")]
     pub eject_for: Duration,
+    /// The first ejection's length; doubled for each further one in a row.
+    #[serde(with = "duration", default = "default_eject_base")]
+    pub eject_base: Duration,
+    /// 5xx answers (503 aside) or lost exchanges in a row that eject a
+    /// backend (a failed connection ejects at once).
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// A backend not ejected for this long starts again at `eject_base`.
+    #[serde(with = "duration", default = "default_eject_reset")]
+    pub eject_reset: Duration,
+    /// The largest share of the pool's backends ejected at once (one at least).
+    #[serde(default = "default_max_ejected")]
+    pub max_ejected: f64,
+    /// A backend that joins or comes back gets a share of new sessions that
+    /// grows over this window ("0s": at once).
+    #[serde(with = "duration", default = "default_slow_start")]
+    pub slow_start: Duration,
     /// Credentials for this pool (default: required when any key or JWT is
     /// configured, else none).
     pub auth: Option<AuthMode>,
@@ -379,7 +397,22 @@ fn default_health_interval() -> Duration {
     Duration::from_secs(2)
 }
 fn default_eject() -> Duration {
-    Duration::from_secs(10)
+    crate::pool::outlier::Policy::default().eject_max
+}
+fn default_eject_base() -> Duration {
+    crate::pool::outlier::Policy::default().eject_base
+}
+fn default_eject_after() -> u32 {
+    crate::pool::outlier::Policy::default().eject_after
+}
+fn default_eject_reset() -> Duration {
+    crate::pool::outlier::Policy::default().eject_reset
+}
+fn default_max_ejected() -> f64 {
+    crate::pool::outlier::Policy::default().max_ejected
+}
+fn default_slow_start() -> Duration {
+    crate::pool::outlier::Policy::default().slow_start
 }
 
 /// Who may come in: API keys (stored as SHA-256 hashes), JWTs, and what
@@ -804,6 +837,7 @@ impl Config {
             if !p.route.starts_with('/') {
                 bail!("pool {}: route must start with '/'", p.name);
             }
+            p.check_ejection()?;
         }
         if let Some(admin) = self.listen.admin
             && !admin.ip().is_loopback()
@@ -827,8 +861,46 @@ impl PoolConfig {
             health_path: default_health_path(),
             health_interval: default_health_interval(),
             eject_for: default_eject(),
+            eject_base: default_eject_base(),
+            eject_after: default_eject_after(),
+            eject_reset: default_eject_reset(),
+            max_ejected: default_max_ejected(),
+            slow_start: default_slow_start(),
             auth: None,
         }
+    }
+
+    /// The pool's ejection and slow-start rules.
+    pub fn policy(&self) -> crate::pool::outlier::Policy {
+        crate::pool::outlier::Policy {
+            eject_after: self.eject_after,
+            eject_base: self.eject_base,
+            eject_max: self.eject_for,
+            eject_reset: self.eject_reset,
+            max_ejected: self.max_ejected,
+            slow_start: self.slow_start,
+        }
+    }
+
+    fn check_ejection(&self) -> Result<()> {
+        let name = &self.name;
+        if !(self.max_ejected > 0.0 && self.max_ejected <= 1.0) {
+            bail!(
+                "pool {name}: max_ejected must be a share above 0 and at most 1 (0.5 = half the backends), not {}",
+                self.max_ejected
+            );
+        }
+        if self.eject_after == 0 {
+            bail!("pool {name}: eject_after must be at least 1");
+        }
+        if self.eject_base.is_zero() || self.eject_base > self.eject_for {
+            bail!(
+                "pool {name}: eject_base ({:?}) must be above zero and at most eject_for ({:?})",
+                self.eject_base,
+                self.eject_for
+            );
+        }
+        Ok(())
     }
 }
 
@@ -905,6 +977,42 @@ mod tests {
             running.restart_needed(&moved),
             vec!["listen", "pools[registry]"]
         );
+    }
+
+    #[test]
+    fn ejection_settings_have_defaults_for_two_backends_and_bad_ones_are_named() {
+        let pool = |extra: &str| {
+            let text = format!(
+                "[listen]\nhttp='127.0.0.1:1'\n[[pools]]\nname='r'\n{extra}\ndiscovery={{static={{backends=['127.0.0.1:1']}}}}"
+            );
+            toml::from_str::<Config>(&text).map(|c| (c.validate().map_err(|e| e.to_string()), c))
+        };
+        let (ok, c) = pool("").unwrap();
+        ok.unwrap();
+        let p = c.pools[0].policy();
+        assert_eq!(p.max_out(2), 1, "one of two backends out at most");
+        assert_eq!(
+            (p.eject_after, p.eject_base, p.eject_max),
+            (5, Duration::from_secs(2), Duration::from_secs(30))
+        );
+        let (ok, c) = pool("eject_after = 3\neject_base = '500ms'\neject_for = '4s'\nmax_ejected = 1.0\nslow_start = '0s'").unwrap();
+        ok.unwrap();
+        assert_eq!(c.pools[0].policy().ejection_ms(4), 4000);
+        for (bad, says) in [
+            ("max_ejected = 0.0", "max_ejected must be a share"),
+            ("max_ejected = 1.5", "max_ejected must be a share"),
+            ("eject_after = 0", "eject_after must be at least 1"),
+            (
+                "eject_base = '1m'",
+                "eject_base (60s) must be above zero and at most eject_for (30s)",
+            ),
+        ] {
+            let (err, _) = pool(bad).unwrap();
+            let err = err.unwrap_err();
+            assert!(err.contains(says) && err.contains("pool r"), "{bad}: {err}");
+        }
+        assert!(pool("eject_after = -1").is_err(), "not a count");
+        assert!(pool("slow_start = 'soon'").is_err(), "not a duration");
     }
 
     #[test]

@@ -14,14 +14,14 @@ use mcp_gateway::config::{
 };
 use mcp_gateway::front::Front;
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
-use mcp_gateway::pool::health::McpHealthCheck;
+use mcp_gateway::pool::health::{McpHealthCheck, Observed};
 use mcp_gateway::pool::supervisor::Supervisor;
 use mcp_gateway::pool::{MemberTable, Pool};
 use mcp_gateway::proxy::McpProxy;
 use mcp_gateway::tls::{ServedCert, ensure_dev_tls};
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
-use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::listeners::tls::TlsSettings;
@@ -150,40 +150,38 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
         members: Arc::clone(&members),
     };
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
-    match pc.health {
+    let check: Box<dyn HealthCheck + Send + Sync> = match pc.health {
         HealthKind::Http => {
             let mut hc = HttpHealthCheck::new("localhost", false);
             hc.req
                 .set_uri(pc.health_path.parse().context("health_path")?);
             hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
             hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
-            lb.set_health_check(Box::new(hc));
+            Box::new(hc)
         }
-        HealthKind::Mcp => {
-            lb.set_health_check(Box::new(McpHealthCheck::new(Duration::from_secs(2))))
-        }
+        HealthKind::Mcp => Box::new(McpHealthCheck::new(Duration::from_secs(2))),
         HealthKind::Tcp => {
             let mut hc = TcpHealthCheck::new();
             hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
-            lb.set_health_check(hc);
+            hc
         }
-    }
+    };
+    // Every verdict also reaches the member's state (a pass ends an ejection).
+    lb.set_health_check(Box::new(Observed::new(check, Arc::clone(&members))));
     lb.health_check_frequency = Some(pc.health_interval);
     lb.update_frequency = Some(update);
     let svc = background_service(&format!("pool {}", pc.name), lb);
     let lb = svc.task();
     server.add_service(svc);
-    let pool = Arc::new(Pool {
+    let pool = Arc::new(Pool::new(
         index,
-        name: pc.name.clone(),
-        prefix: pc.route.trim_end_matches('/').to_owned(),
+        pc.name.clone(),
+        pc.route.trim_end_matches('/').to_owned(),
         lb,
         members,
-        eject_for: pc.eject_for,
-        supervisor: supervisor.clone(),
-        upstream_seconds: Default::default(),
-        tool_seconds: Default::default(),
-    });
+        pc.policy(),
+        supervisor.clone(),
+    ));
     if let Some(s) = supervisor {
         // A rollout waits for the pool's own health checks to see the replacement.
         let weak = Arc::downgrade(&pool);

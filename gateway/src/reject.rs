@@ -56,7 +56,7 @@ pub enum Reject {
     LegacyCapacity,
     #[error("session is busy; retry")]
     SessionBusy,
-    #[error("no healthy backend; retry shortly")]
+    #[error("no backend could be reached; retry shortly")]
     NoBackend,
     #[error("backend failed to answer")]
     BadGateway,

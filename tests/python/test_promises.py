@@ -1,5 +1,6 @@
 """What the README promises and nothing else tested: retries and ejection,
-health checks taking a backend out and back, the legacy session cap, the
+health checks taking a backend out and back (a pool with none left in
+panic, still trying it), the legacy session cap, the
 idle timeout, every remaining bad-input case, the README's own run command,
 and weighted / least-loaded backend choice under load."""
 
@@ -13,14 +14,15 @@ import time
 import httpx2
 
 from conftest import (ACCEPT, BIN, DISCOVER, ROOT, STATELESS, Backend, FlakyHandler, Gateway, free_port, listens_on,
-                      wait_until)
+                      metric, wait_until)
 
 
 
 def test_a_sessionless_request_refused_by_one_backend_goes_to_another_which_is_ejected(tmp_path):
     a, b = Backend(tmp_path / "r.db", "retry-a"), Backend(tmp_path / "r.db", "retry-b")
     # health checks an hour apart: only the request path can notice b is gone
-    gw = Gateway(tmp_path, "retry", [a.addr, b.addr], pool_options='health_interval = "1h"\neject_for = "1h"')
+    gw = Gateway(tmp_path, "retry", [a.addr, b.addr],
+                 pool_options='health_interval = "1h"\neject_base = "1h"\neject_for = "1h"')
     try:
         b.proc.p.kill()
         b.proc.p.wait(10)
@@ -36,7 +38,7 @@ def test_a_sessionless_request_refused_by_one_backend_goes_to_another_which_is_e
         a.proc.stop()
 
 
-def test_health_checks_take_a_backend_out_and_bring_it_back(tmp_path, flaky_backend):
+def test_health_checks_take_a_backend_out_and_back_and_a_pool_left_with_none_tries_it_anyway(tmp_path, flaky_backend):
     extra = f"""
 [[pools]]
 name = "flaky"
@@ -51,13 +53,20 @@ discovery = {{ static = {{ backends = ["{flaky_backend}"] }} }}
     try:
         wait_until(lambda: gw.healthy_backends("flaky") == [flaky_backend], 30, "flaky healthy")
         assert httpx2.post(url, json=ping, headers={"accept": ACCEPT}, timeout=5).json()["result"] == {"from": "flaky"}
+        assert metric(gw, "mcp_gateway_pool_panic", '{pool="flaky"}') == 0
         FlakyHandler.ready = False
         wait_until(lambda: gw.healthy_backends("flaky") == [], 30, "the failing check to take it out")
+        # its only backend is out: the pool is in panic and tries it anyway (it still answers)
+        assert metric(gw, "mcp_gateway_pool_panic", '{pool="flaky"}') == 1
+        assert metric(gw, "mcp_gateway_pool_panic", '{pool="registry"}') == 0
         r = httpx2.post(url, json=ping, headers={"accept": ACCEPT}, timeout=5)
-        assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["id"] == 3
+        assert r.status_code == 200 and r.json()["result"] == {"from": "flaky"}
+        assert metric(gw, "mcp_gateway_pool_panic_picks_total", '{pool="flaky"}') == 1
         FlakyHandler.ready = True
         wait_until(lambda: gw.healthy_backends("flaky") == [flaky_backend], 30, "the passing check to bring it back")
+        assert metric(gw, "mcp_gateway_pool_panic", '{pool="flaky"}') == 0
         assert httpx2.post(url, json=ping, headers={"accept": ACCEPT}, timeout=5).status_code == 200
+        assert metric(gw, "mcp_gateway_pool_panic_picks_total", '{pool="flaky"}') == 1
     finally:
         FlakyHandler.ready = True
         gw.proc.stop()

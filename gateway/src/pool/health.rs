@@ -2,7 +2,10 @@
 //! GET of a health path (the registry's `/readyz`), a pool may check that a
 //! backend speaks MCP — `initialize` answered with a result, the probe
 //! session then ended with DELETE — or only that it accepts TCP connections.
+//! Whichever it is runs inside [`Observed`], which tells the pool's member
+//! state every verdict (a pass ends an ejection for a failed connection).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +14,49 @@ use pingora::lb::Backend;
 use pingora::lb::health_check::HealthCheck;
 use pingora::{Error, ErrorType, Result};
 
+use super::{MemberTable, now_ms};
 use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
+
+/// A pool's health check (any kind), reporting each verdict to the member
+/// it is about: a pass ends an ejection for a failed connection (or for
+/// draining) at once, and a pass after a failure starts slow start.
+/// pingora's own health state, which the check flips as before, is
+/// unchanged.
+pub struct Observed {
+    check: Box<dyn HealthCheck + Send + Sync>,
+    members: Arc<MemberTable>,
+}
+
+impl Observed {
+    pub fn new(check: Box<dyn HealthCheck + Send + Sync>, members: Arc<MemberTable>) -> Self {
+        Self { check, members }
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Observed {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let verdict = self.check.check(target).await;
+        if let Some(addr) = target.addr.as_inet()
+            && let Some(member) = self.members.load().by_addr.get(addr)
+        {
+            member.vitals.health_checked(now_ms(), verdict.is_ok());
+        }
+        verdict
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.check.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.check.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.check.health_threshold(success)
+    }
+}
 
 /// `initialize` on `/mcp`, as a client would; healthy when the answer is a
 /// JSON-RPC result (a draining or broken server answers otherwise).

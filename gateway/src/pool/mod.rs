@@ -1,29 +1,41 @@
 //! Backend pools: who can take a session, and which one should.
 //!
 //! pingora's `LoadBalancer` owns discovery and active health checks (a GET
-//! of each backend's `/health`; a draining backend answers 503 and so stops
-//! being ready). On top of it each pool keeps a small table of per-backend
-//! state, swapped whole by discovery (an `ArcSwap`, so the request path never
-//! takes a lock): outstanding requests for least-loaded choice, a passive
-//! ejection deadline after a refused connection, and an operator's "disabled"
-//! switch. The table holds exactly the current members: bounded by the pool.
+//! of each backend's health path, an MCP `initialize`, or a TCP connect; a
+//! draining backend fails them). On top of it each pool keeps a small table
+//! of per-backend state, swapped whole by discovery (an `ArcSwap`, so the
+//! request path never takes a lock): outstanding requests for least-loaded
+//! choice, what the exchanges of clients showed ([`outlier`]: failures in a
+//! row, ejection, slow start), and an operator's "disabled" switch. The table
+//! holds exactly the current members (and a bounded few that left).
+//!
+//! Choice ([`Pool::pick_except`]): the power of two random choices among the
+//! backends that accept new work (healthy, not ejected, not disabled), a
+//! returning backend in slow start taking its share; when none does, the
+//! pool is in panic and the least recently failed backend is tried anyway
+//! (one whose connection failed in the last [`PANIC_RETRY_GAP_MS`] is left
+//! alone), so a pool whose every member looks down still reaches the first
+//! that is back.
 
 pub mod discovery;
 pub mod health;
+pub mod outlier;
 pub mod supervisor;
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 
 use crate::metrics::{Histogram, ToolLatencies};
+use outlier::{Outcome, Policy, Reason, Vitals};
 
 /// One member as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +76,15 @@ pub struct BackendState {
     streams: AtomicI64,
     sessions: AtomicU64,
     requests: AtomicU64,
-    ejected_until_ms: AtomicU64,
+    /// Failures, ejection and returns ([`outlier`]).
+    pub vitals: Vitals,
     disabled: AtomicBool,
     /// The name the backend gives itself (for operators; never sent to clients).
     instance: ArcSwapOption<String>,
 }
 
-fn now_ms() -> u64 {
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -94,7 +108,7 @@ impl BackendState {
             streams: AtomicI64::new(0),
             sessions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            ejected_until_ms: AtomicU64::new(0),
+            vitals: Vitals::default(),
             disabled: AtomicBool::new(false),
             instance: ArcSwapOption::empty(),
         }
@@ -129,12 +143,8 @@ impl BackendState {
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.store(disabled, Ordering::Relaxed);
     }
-    pub fn eject(&self, for_: Duration) {
-        self.ejected_until_ms
-            .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
-    }
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+        self.vitals.is_ejected(now_ms())
     }
 
     /// Counts a request as outstanding until the guard drops.
@@ -209,6 +219,8 @@ impl MemberTable {
     pub fn sync(&self, members: &[Member]) -> Arc<Members> {
         let old = self.0.load_full();
         let now = now_ms();
+        // Who joins a pool already serving starts slowly; the first members do not.
+        let serving = !old.list.is_empty();
         let mut next = Members::default();
         for m in members {
             if next.by_id.contains_key(&m.id) {
@@ -216,7 +228,13 @@ impl MemberTable {
             }
             let state = match old.by_id.get(&m.id) {
                 Some(s) if s.addr == m.addr && s.weight == m.weight.max(1) => Arc::clone(s),
-                _ => Arc::new(BackendState::new(m)),
+                _ => {
+                    let state = BackendState::new(m);
+                    if serving {
+                        state.vitals.joined(now);
+                    }
+                    Arc::new(state)
+                }
             };
             next.by_id.insert(m.id.clone(), Arc::clone(&state));
             next.by_addr.insert(m.addr, Arc::clone(&state));
@@ -249,6 +267,18 @@ impl MemberTable {
     }
 }
 
+/// Whether a connection to `s` failed in the last [`PANIC_RETRY_GAP_MS`].
+fn failed_just_now(s: &BackendState, now: u64) -> bool {
+    let at = s.vitals.refused_ms();
+    at != 0 && now.saturating_sub(at) < PANIC_RETRY_GAP_MS
+}
+
+/// A backend whose connection failed this recently is not tried in panic: a
+/// dead one is then tried a few times a second at most, not by every
+/// request, and one request does not try it twice. (One that answered
+/// badly or cut an answer is listening: it may be tried again.)
+pub const PANIC_RETRY_GAP_MS: u64 = 250;
+
 pub struct Pool {
     pub index: u16,
     pub name: String,
@@ -256,13 +286,19 @@ pub struct Pool {
     pub prefix: String,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub members: Arc<MemberTable>,
-    pub eject_for: Duration,
+    /// Ejection and slow-start rules ([`outlier`]).
+    pub policy: Policy,
     /// The supervisor of a managed pool (for rollouts).
     pub supervisor: Option<Arc<supervisor::Supervisor>>,
     /// Time to a backend's response header (`mcp_gateway_upstream_duration_seconds`).
     pub upstream_seconds: Histogram,
     /// Whole tool calls, by tool (`mcp_gateway_tool_call_duration_seconds`).
     pub tool_seconds: ToolLatencies,
+    /// Backends chosen in panic (`mcp_gateway_pool_panic_picks_total`).
+    panic_picks: AtomicU64,
+    /// Held only while an ejection is decided (a backend crossing its
+    /// failure threshold), so that the share of members out at once holds.
+    ejecting: Mutex<()>,
 }
 
 thread_local! {
@@ -288,10 +324,132 @@ fn random_below(n: usize) -> usize {
 }
 
 impl Pool {
-    /// Whether a backend may take new work: healthy per pingora, not
-    /// draining, not ejected after a failure, not disabled by an operator.
+    pub fn new(
+        index: u16,
+        name: String,
+        prefix: String,
+        lb: Arc<LoadBalancer<RoundRobin>>,
+        members: Arc<MemberTable>,
+        policy: Policy,
+        supervisor: Option<Arc<supervisor::Supervisor>>,
+    ) -> Self {
+        Self {
+            index,
+            name,
+            prefix,
+            lb,
+            members,
+            policy,
+            supervisor,
+            upstream_seconds: Histogram::default(),
+            tool_seconds: ToolLatencies::default(),
+            panic_picks: AtomicU64::new(0),
+            ejecting: Mutex::new(()),
+        }
+    }
+
+    /// Whether the pool's active health check passes for this backend.
+    pub fn healthy(&self, state: &BackendState) -> bool {
+        self.lb.backends().ready(&state.backend)
+    }
+
+    /// Whether a backend may take new work: healthy per the health check
+    /// (a draining backend fails it), not ejected, not disabled by an operator.
     pub fn accepts_new(&self, state: &BackendState) -> bool {
-        !state.is_disabled() && !state.is_ejected() && self.lb.backends().ready(&state.backend)
+        self.accepts_new_at(state, now_ms())
+    }
+
+    fn accepts_new_at(&self, state: &BackendState, now: u64) -> bool {
+        !state.is_disabled() && !state.vitals.is_ejected(now) && self.healthy(state)
+    }
+
+    /// Whether every member an operator has not disabled is unhealthy or
+    /// ejected: new work then goes to them anyway, least recently failed first.
+    pub fn in_panic(&self) -> bool {
+        let now = now_ms();
+        let members = self.members.load();
+        let mut candidates = false;
+        for s in members.list.iter().filter(|s| !s.is_disabled()) {
+            if self.accepts_new_at(s, now) {
+                return false;
+            }
+            candidates = true;
+        }
+        candidates
+    }
+
+    pub fn panic_picks(&self) -> u64 {
+        self.panic_picks.load(Ordering::Relaxed)
+    }
+
+    /// A backend's share of new sessions in slow start, in thousandths.
+    pub fn slow_start_permille(&self, state: &BackendState, now: u64) -> u64 {
+        state
+            .vitals
+            .slow_start_permille(now, self.policy.slow_start)
+    }
+
+    /// What an exchange with `backend` came to, from the request path:
+    /// answers end an ejection for a failed connection; failures count
+    /// towards one ([`outlier`] has the rules).
+    pub fn record(&self, backend: &BackendState, outcome: Outcome) {
+        let now = now_ms();
+        let v = &backend.vitals;
+        if let Outcome::Answered(_) = outcome {
+            v.answered(now);
+        }
+        match outcome {
+            Outcome::Answered(503) => {
+                v.note_failure(now);
+                self.eject(backend, Reason::Draining, now);
+            }
+            Outcome::Answered(status) if status >= 500 => {
+                if v.count_failure(now) >= self.policy.eject_after {
+                    self.eject(backend, Reason::Status, now);
+                }
+            }
+            Outcome::Answered(_) => v.succeeded(now),
+            Outcome::Refused => {
+                v.count_refusal(now);
+                self.eject(backend, Reason::Connect, now);
+            }
+            Outcome::Lost => {
+                if v.count_failure(now) >= self.policy.eject_after {
+                    self.eject(backend, Reason::Lost, now);
+                }
+            }
+        }
+    }
+
+    /// Ejects `backend` unless it is out already or the pool's share of
+    /// ejected members is reached.
+    fn eject(&self, backend: &BackendState, reason: Reason, now: u64) -> bool {
+        if backend.vitals.is_ejected(now) {
+            return false;
+        }
+        let _deciding = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        if backend.vitals.is_ejected(now) {
+            return false;
+        }
+        let members = self.members.load();
+        let out = members
+            .list
+            .iter()
+            .filter(|s| s.vitals.is_ejected(now))
+            .count();
+        let max = self.policy.max_out(members.list.len());
+        if out >= max {
+            tracing::debug!(pool = %self.name, backend = %backend.id, reason = reason.name(), out, max,
+                "backend not ejected: the pool has as many out as it may");
+            return false;
+        }
+        let ms = backend.vitals.eject(now, reason, &self.policy);
+        if reason == Reason::Draining {
+            tracing::info!(pool = %self.name, backend = %backend.id, addr = %backend.addr, for_ms = ms, "backend answered 503; no new work for a moment");
+        } else {
+            tracing::warn!(pool = %self.name, backend = %backend.id, addr = %backend.addr, reason = reason.name(), for_ms = ms, "backend ejected");
+        }
+        true
     }
 
     /// Least-loaded choice by the power of two random choices, weighted.
@@ -300,31 +458,44 @@ impl Pool {
     }
 
     /// As [`Pool::pick`], avoiding `except` (a backend that just failed) when
-    /// there is any other choice.
+    /// there is any other choice. When no backend accepts new work, the pool
+    /// is in panic: the least recently failed member is tried anyway.
     pub fn pick_except(&self, except: Option<&str>) -> Option<Arc<BackendState>> {
         let members = self.members.load();
+        let list = &members.list;
+        let now = now_ms();
         let avoid = |s: &BackendState| except.is_some_and(|id| id == s.id);
-        if except.is_some() && members.list.len() > 1 {
-            let others: Vec<_> = members.list.iter().filter(|s| !avoid(s)).cloned().collect();
-            if others.iter().any(|s| self.accepts_new(s)) {
-                return self.pick_from(&others);
-            }
+        if let Some(b) = self.pick_from(list, now, &|s| !avoid(s) && self.accepts_new_at(s, now)) {
+            return Some(b);
         }
-        self.pick_from(&members.list)
+        // Only the one to avoid takes new work: better it than nothing,
+        // unless it has just failed (then the others are tried, as in panic).
+        if let Some(b) = list
+            .iter()
+            .find(|s| avoid(s) && self.accepts_new_at(s, now) && !failed_just_now(s, now))
+        {
+            return Some(Arc::clone(b));
+        }
+        self.pick_in_panic(list, except, now)
     }
 
-    fn pick_from(&self, list: &[Arc<BackendState>]) -> Option<Arc<BackendState>> {
+    fn pick_from(
+        &self,
+        list: &[Arc<BackendState>],
+        now: u64,
+        usable: &dyn Fn(&BackendState) -> bool,
+    ) -> Option<Arc<BackendState>> {
         match list.len() {
             0 => return None,
-            1 => return list.first().filter(|s| self.accepts_new(s)).cloned(),
+            1 => return list.first().filter(|s| usable(s)).cloned(),
             _ => {}
         }
         // Two distinct candidates (with two members that is both: plain least-loaded).
         let i = random_below(list.len());
         let j = (i + 1 + random_below(list.len() - 1)) % list.len();
         let (a, b) = (&list[i], &list[j]);
-        let choice = match (self.accepts_new(a), self.accepts_new(b)) {
-            (true, true) => Some(if b.load() < a.load() { b } else { a }),
+        let choice = match (usable(a), usable(b)) {
+            (true, true) => Some(self.between(a, b, now)),
             (true, false) => Some(a),
             (false, true) => Some(b),
             (false, false) => None,
@@ -334,9 +505,54 @@ impl Pool {
         }
         // Both samples were unusable: scan for the least loaded that is.
         list.iter()
-            .filter(|s| self.accepts_new(s))
+            .filter(|s| usable(s))
             .min_by_key(|s| s.load())
             .cloned()
+    }
+
+    /// Of two usable backends, the less loaded; but one in slow start gives
+    /// way to the other in proportion to how far it is from a full share.
+    fn between<'a>(
+        &self,
+        a: &'a Arc<BackendState>,
+        b: &'a Arc<BackendState>,
+        now: u64,
+    ) -> &'a Arc<BackendState> {
+        let (first, other) = if b.load() < a.load() { (b, a) } else { (a, b) };
+        let share = self.slow_start_permille(first, now);
+        if share < 1000 {
+            let other_share = self.slow_start_permille(other, now);
+            if share < other_share && (random_below(other_share as usize) as u64) >= share {
+                return other;
+            }
+        }
+        first
+    }
+
+    /// Panic: no member but perhaps one that has just failed takes new
+    /// work. The least recently failed one that is not disabled (and not
+    /// `except`, if there is another) is tried, unless a connection to it
+    /// failed in the last [`PANIC_RETRY_GAP_MS`].
+    fn pick_in_panic(
+        &self,
+        list: &[Arc<BackendState>],
+        except: Option<&str>,
+        now: u64,
+    ) -> Option<Arc<BackendState>> {
+        let choice = list
+            .iter()
+            .filter(|s| !s.is_disabled() && !failed_just_now(s, now))
+            .min_by_key(|s| {
+                (
+                    except.is_some_and(|id| id == s.id),
+                    s.vitals.last_failure_ms(),
+                    s.load(),
+                )
+            })
+            .cloned()?;
+        self.panic_picks.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pool = %self.name, backend = %choice.id, "no backend takes new work: trying one anyway (panic)");
+        Some(choice)
     }
 
     /// The member with this identity: a current one, or one that left
@@ -384,6 +600,19 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_joins_a_serving_pool_starts_slowly_the_first_ones_do_not() {
+        let table = MemberTable::default();
+        let w = std::time::Duration::from_secs(10);
+        let a = Member::at("127.0.0.1:1".parse().unwrap(), 1);
+        let b = Member::at("127.0.0.1:2".parse().unwrap(), 1);
+        let first = table.sync(std::slice::from_ref(&a));
+        assert_eq!(first.list[0].vitals.slow_start_permille(now_ms(), w), 1000);
+        let second = table.sync(&[a, b]);
+        assert_eq!(second.list[0].vitals.slow_start_permille(now_ms(), w), 1000);
+        assert!(second.list[1].vitals.slow_start_permille(now_ms(), w) < 200);
+    }
+
+    #[test]
     fn a_restarted_slot_keeps_its_identity_on_a_new_address() {
         let table = MemberTable::default();
         let old = Member {
@@ -408,6 +637,130 @@ mod tests {
             table.sync(&[Member::at(SocketAddr::from(([127, 0, 0, 1], 1000 + i)), 1)]);
         }
         assert!(table.load().departed().count() <= MAX_DEPARTED);
+    }
+
+    fn pool_of(ports: &[u16], policy: Policy) -> Pool {
+        let addrs: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
+        let lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.clone()).unwrap();
+        let members = MemberTable::default();
+        let list: Vec<_> = addrs.iter().map(|a| Member::at(*a, 1)).collect();
+        members.sync(&list);
+        Pool::new(
+            0,
+            "t".into(),
+            String::new(),
+            Arc::new(lb),
+            Arc::new(members),
+            policy,
+            None,
+        )
+    }
+
+    fn unhealthy(pool: &Pool, id: &str) {
+        let b = pool.member(id).unwrap();
+        pool.lb.backends().set_enable(&b.backend, false);
+    }
+
+    #[test]
+    fn a_pool_whose_every_member_is_out_still_tries_them_least_recently_failed_first() {
+        let pool = pool_of(&[1, 2], Policy::default());
+        assert!(!pool.in_panic());
+        unhealthy(&pool, "127.0.0.1:1");
+        unhealthy(&pool, "127.0.0.1:2");
+        assert!(pool.in_panic());
+        let (a, b) = (
+            pool.member("127.0.0.1:1").unwrap(),
+            pool.member("127.0.0.1:2").unwrap(),
+        );
+        let now = now_ms();
+        a.vitals.note_failure(now - 5000);
+        b.vitals.note_failure(now - 1000);
+        assert_eq!(pool.pick().unwrap().id, a.id, "a failed longer ago");
+        assert_eq!(pool.pick_except(Some(&a.id)).unwrap().id, b.id);
+        // one whose connection failed just now is left alone: not retried by every request
+        b.vitals.count_refusal(now_ms());
+        assert_eq!(
+            pool.pick_except(Some(&a.id)).unwrap().id,
+            a.id,
+            "only a is left"
+        );
+        a.vitals.count_refusal(now_ms());
+        assert!(pool.pick().is_none(), "both refused just now: 503");
+        assert_eq!(pool.panic_picks(), 3);
+        // one that answered comes first
+        a.vitals.succeeded(now_ms());
+        assert_eq!(pool.pick().unwrap().id, a.id);
+    }
+
+    #[test]
+    fn an_answer_ends_an_ejection_for_a_refused_connection() {
+        let pool = pool_of(&[1], Policy::default());
+        let a = pool.member("127.0.0.1:1").unwrap();
+        pool.record(&a, Outcome::Refused);
+        assert!(a.is_ejected() && pool.in_panic());
+        pool.record(&a, Outcome::Answered(500));
+        assert!(!a.is_ejected() && !pool.in_panic(), "any answer ends it");
+        pool.record(&a, Outcome::Refused);
+        assert!(a.is_ejected());
+        pool.record(&a, Outcome::Answered(404));
+        assert!(!a.is_ejected() && !pool.in_panic());
+        assert_eq!(pool.pick().unwrap().id, a.id);
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_but_never_more_than_the_share() {
+        let policy = Policy {
+            eject_after: 3,
+            ..Policy::default()
+        };
+        let pool = pool_of(&[1, 2, 3, 4], policy);
+        let m: Vec<_> = (1..=4)
+            .map(|p| pool.member(&format!("127.0.0.1:{p}")).unwrap())
+            .collect();
+        pool.record(&m[0], Outcome::Answered(500));
+        pool.record(&m[0], Outcome::Lost);
+        assert!(!m[0].is_ejected());
+        pool.record(&m[0], Outcome::Answered(502));
+        assert!(m[0].is_ejected(), "the third failure in a row");
+        pool.record(&m[1], Outcome::Answered(500));
+        pool.record(&m[1], Outcome::Answered(200));
+        pool.record(&m[1], Outcome::Answered(500));
+        pool.record(&m[1], Outcome::Answered(500));
+        assert!(!m[1].is_ejected(), "a success broke the row");
+        pool.record(&m[1], Outcome::Answered(500));
+        assert!(m[1].is_ejected());
+        for _ in 0..5 {
+            pool.record(&m[2], Outcome::Answered(500));
+            pool.record(&m[3], Outcome::Refused);
+        }
+        let out = m.iter().filter(|b| b.is_ejected()).count();
+        assert_eq!(out, 2, "half of four at most");
+        assert!(!pool.in_panic());
+    }
+
+    #[test]
+    fn a_returning_backend_gets_a_growing_share_of_new_sessions() {
+        let pool = pool_of(&[1, 2], Policy::default());
+        let b = pool.member("127.0.0.1:2").unwrap();
+        let share = |pool: &Pool| {
+            let n = 4000;
+            let got = (0..n).filter(|_| pool.pick().unwrap().id == b.id).count();
+            got as f64 / n as f64
+        };
+        let even = share(&pool);
+        assert!((0.45..0.55).contains(&even), "{even}");
+        // back one second into a ten-second window: a tenth of its share
+        b.vitals.health_checked(now_ms() - 2000, false);
+        b.vitals.health_checked(now_ms() - 1000, true);
+        let early = share(&pool);
+        assert!((0.02..0.09).contains(&early), "{early}");
+        b.vitals.health_checked(now_ms(), false);
+        b.vitals.health_checked(now_ms() - 8000, true);
+        let late = share(&pool);
+        assert!((0.35..0.45).contains(&late), "{late}");
     }
 
     #[test]

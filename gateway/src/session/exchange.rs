@@ -32,6 +32,7 @@ use super::{ATTEMPTS, Sessions};
 use crate::asks;
 use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::{self, Method, Rpc};
+use crate::pool::outlier;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Answer, Failure, Pass, Shape, Sink};
@@ -43,8 +44,6 @@ use crate::upstream::{self, Frames, Outgoing, SESSION_HEADER, Upstream, Upstream
 pub const TRIES: usize = 2 * ATTEMPTS;
 /// A server stream that lived this long has earned fresh tries.
 const STREAM_SETTLED: Duration = Duration::from_secs(5);
-/// A draining or overloaded backend (503) gets no new work for this long.
-const BUSY_FOR: Duration = Duration::from_secs(2);
 /// Largest answer read when the gateway only needs it gone.
 const MAX_DISCARDED: usize = 64 * 1024;
 
@@ -241,8 +240,10 @@ impl Exchange<'_> {
                     outgoing(trip, link.as_deref(), sink.client_headers()),
                 )
                 .await;
-            if sent.is_ok() {
-                trip.msg.pool.upstream_seconds.observe(sent_at.elapsed());
+            if let Ok((parts, _)) = &sent {
+                let pool = trip.msg.pool;
+                pool.upstream_seconds.observe(sent_at.elapsed());
+                pool.record(&backend, outlier::Outcome::Answered(parts.status.as_u16()));
             }
             let (parts, frames) = match self
                 .reply(trip, &backend, link.as_deref(), sent, sink.is_open())
@@ -280,7 +281,13 @@ impl Exchange<'_> {
             },
             Target::Anywhere { .. } => {
                 let picked = trip.msg.pool.pick_except(trip.failed.as_deref());
-                Ok(Some((picked.ok_or(Reject::NoBackend)?, None)))
+                // Lost on a backend with none left to try: the backend failed it.
+                let none = if trip.lost {
+                    Reject::BadGateway
+                } else {
+                    Reject::NoBackend
+                };
+                Ok(Some((picked.ok_or(none)?, None)))
             }
         }
     }
@@ -304,6 +311,7 @@ impl Exchange<'_> {
                 return Ok(Reply::Again);
             }
             Err(e) => {
+                trip.msg.pool.record(backend, outlier::Outcome::Lost);
                 Metrics::inc(&self.metrics().upstream_errors);
                 tracing::warn!(backend = %backend.id, error = %e, "backend exchange failed");
                 trip.failed = Some(backend.id.clone());
@@ -334,12 +342,10 @@ impl Exchange<'_> {
             return Ok(Reply::Again);
         }
         if status == 503 && !open {
-            // Draining or overloaded: not run there.
+            // Draining or overloaded: not run there (the pool has recorded
+            // the answer: new work goes elsewhere for a moment).
             upstream::read_messages(&parts.headers, &mut frames, MAX_DISCARDED).await;
-            match trip.target {
-                Target::Session(_) => self.move_if_bound(trip, link).await?,
-                Target::Anywhere { .. } => backend.eject(BUSY_FOR),
-            }
+            self.move_if_bound(trip, link).await?;
             return Ok(Reply::Again);
         }
         Ok(Reply::Relay(parts, frames))
@@ -410,6 +416,7 @@ impl Exchange<'_> {
             // or a forgotten session shows on the next try).
             Err(Failure::BackendLost { .. }) if msg.method == http::Method::GET => Ok(Step::Again),
             Err(Failure::BackendLost { .. }) => {
+                msg.pool.record(backend, outlier::Outcome::Lost);
                 trip.failed = Some(backend.id.clone());
                 Metrics::inc(&self.metrics().upstream_errors);
                 self.after_loss(trip, link).await?;

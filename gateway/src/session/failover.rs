@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::binding::{Binding, Caller, Link};
 use super::{ATTEMPTS, Sessions};
 use crate::policy::jsonrpc;
+use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::upstream::{self, Outgoing, SESSION_HEADER, Upstream};
@@ -81,7 +82,7 @@ impl Sessions {
         for _ in 0..ATTEMPTS {
             let backend = pool.pick_except(lost).ok_or(Reject::NoBackend)?;
             match self.open_on(upstream, pool, &backend, init, caller).await {
-                Some((session, version)) => {
+                Ok((session, version)) => {
                     backend.session_opened();
                     return Ok(Opened {
                         backend,
@@ -89,7 +90,7 @@ impl Sessions {
                         version,
                     });
                 }
-                None => self.eject(pool, &backend),
+                Err(outcome) => pool.record(&backend, outcome),
             }
         }
         Err(Reject::NoBackend)
@@ -97,7 +98,8 @@ impl Sessions {
 
     /// Opens a backend session with the client's `initialize` params; also
     /// learns the pool's tool hints when nothing has taught them yet.
-    /// `None`: the backend would not take it (or could not be reached).
+    /// `Err`: the backend would not take it (or could not be reached), as
+    /// the pool is to record it.
     async fn open_on(
         &self,
         upstream: &Upstream,
@@ -105,19 +107,22 @@ impl Sessions {
         backend: &Arc<BackendState>,
         init: &str,
         caller: &Caller,
-    ) -> Option<(String, Option<String>)> {
+    ) -> Result<(String, Option<String>), Outcome> {
         let _load = backend.start_request();
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":"gateway-move","method":"initialize","params":{init}}}"#
         );
         let (parts, answer) =
             own_post(upstream, backend, Bytes::from(body), None, None, caller).await?;
+        let answered = Outcome::Answered(parts.status.as_u16());
         let session = parts
             .headers
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|_| parts.status.is_success())?
+            .filter(|_| parts.status.is_success())
+            .ok_or(answered)?
             .to_owned();
+        pool.record(backend, answered);
         let version = answer
             .iter()
             .find_map(|m| jsonrpc::result_of(m).and_then(jsonrpc::protocol_version));
@@ -133,7 +138,7 @@ impl Sessions {
         )
         .await?;
         if !parts.status.is_success() {
-            return None;
+            return Err(Outcome::Answered(parts.status.as_u16()));
         }
         let hints = self.hints(pool);
         if !hints.is_known() {
@@ -151,12 +156,12 @@ impl Sessions {
                 hints.learn(&message);
             }
         }
-        Some((session, version))
+        Ok((session, version))
     }
 }
 
 /// A POST of the gateway's own on a client's behalf (with its principal),
-/// read whole; `None` when the backend could not be reached.
+/// read whole; `Err` when the exchange failed.
 async fn own_post(
     upstream: &Upstream,
     backend: &BackendState,
@@ -164,7 +169,7 @@ async fn own_post(
     session: Option<&str>,
     version: Option<&str>,
     caller: &Caller,
-) -> Option<(http::response::Parts, Vec<String>)> {
+) -> Result<(http::response::Parts, Vec<String>), Outcome> {
     let (parts, mut frames) = upstream
         .send(
             backend.addr,
@@ -179,7 +184,7 @@ async fn own_post(
             },
         )
         .await
-        .ok()?;
+        .map_err(|e| Outcome::from(&e))?;
     let messages = upstream::read_messages(&parts.headers, &mut frames, MAX_OPEN_ANSWER).await;
-    Some((parts, messages))
+    Ok((parts, messages))
 }

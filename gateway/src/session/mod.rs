@@ -20,6 +20,7 @@ pub use binding::{Binding, Caller, Link};
 use crate::metrics::{Metrics, Transport};
 use crate::policy::edge::{self, Endpoint};
 use crate::policy::jsonrpc::Method;
+use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::token::TokenSealer;
@@ -181,9 +182,9 @@ impl Sessions {
         );
     }
 
-    /// A backend refused a connection: no new work for it for a while.
+    /// A connection to a backend failed: no new work for it until it is
+    /// back (`Pool::record` has the rules).
     pub fn eject(&self, pool: &Pool, backend: &BackendState) {
-        backend.eject(pool.eject_for);
-        tracing::warn!(pool = %pool.name, backend = %backend.id, addr = %backend.addr, "backend refused a connection; ejected");
+        pool.record(backend, Outcome::Refused);
     }
 }

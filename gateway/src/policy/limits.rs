@@ -343,7 +343,9 @@ mod tests {
 
     fn who(name: &str) -> Principal {
         Principal {
-            name: name.into(),
+            name: format!("key:{name}"),
+            credential: super::super::auth::Credential::ApiKey,
+            subject: name.into(),
             tier: "default".into(),
             scopes: vec![],
         }

@@ -277,7 +277,9 @@ impl McpProxy {
                             scope: grant.required_scope().map(str::to_owned),
                         });
                     }
-                    guard.limits.check_tool(&who, &key, name)?;
+                    guard
+                        .limits
+                        .check_tool(&who, &key, name, |t| gw.sessions.hints(&pool).lists(t))?;
                 }
                 if rpc.is_initialize() {
                     guard.limits.check_new_session(&who, &key)?;

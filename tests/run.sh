@@ -3,6 +3,8 @@
 # builds the workspace once in release mode, and runs every test.
 #   tests/run.sh            # everything
 #   SKIP_LINT=1 tests/run.sh  # skip fmt/clippy (faster local loops)
+#   CARGO_TEST_TIMEOUT, PYTEST_TIMEOUT, PEER_TIMEOUT, LINT_TIMEOUT: each suite's
+#   budget in seconds (a suite over it is killed and reported "did not finish")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -43,21 +45,41 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 export SECANTUSD="$VENV/bin/secantusd-py"
 
+# --- suites ---------------------------------------------------------------------
+# Each suite runs under `timeout` (its whole process group: a test binary or a
+# server a test started goes too), so a hang ends as "did not finish" in the
+# summary instead of blocking CI. Budgets in seconds, overridable.
+CARGO_TEST_TIMEOUT=${CARGO_TEST_TIMEOUT:-1800}
+PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-2700}
+PEER_TIMEOUT=${PEER_TIMEOUT:-900}
+LINT_TIMEOUT=${LINT_TIMEOUT:-1800}
+suites=()
+run_suite() { # name, kind, result file, log, seconds, command...
+  local name=$1 kind=$2 result=$3 logf=$4 secs=$5; shift 5
+  log "$name"
+  set +e
+  timeout --kill-after=30 "$secs" "$@" 2>&1 | tee "$logf"
+  local status=${PIPESTATUS[0]}
+  set -e
+  suites+=("$name=$kind:$result:$status")
+}
+
 # --- Rust ---------------------------------------------------------------------
+mkdir -p "$ROOT/target"
 if [ -z "${SKIP_LINT:-}" ]; then
-  log "cargo fmt --check"
-  cargo fmt --all -- --check
-  log "cargo clippy"
-  cargo clippy --workspace --all-targets -- -D warnings
+  # A lint failure is reported in the summary with everything else.
+  run_suite "lint: cargo fmt" lint "$ROOT/target/lint-fmt.log" "$ROOT/target/lint-fmt.log" "$LINT_TIMEOUT" \
+    cargo fmt --all -- --check
+  run_suite "lint: cargo clippy" lint "$ROOT/target/lint-clippy.log" "$ROOT/target/lint-clippy.log" "$LINT_TIMEOUT" \
+    cargo clippy --workspace --all-targets -- -D warnings
+else
+  suites+=("lint=skipped:-:0")
 fi
 log "cargo build --release"
 cargo build --release --workspace --bins
 export E2E_BIN_DIR="$ROOT/target/release"
-log "cargo test --release"
-set +e
-cargo test --release --workspace --no-fail-fast 2>&1 | tee "$ROOT/target/cargo-test.log"
-rust_status=${PIPESTATUS[0]}
-set -e
+run_suite "rust (cargo test)" cargo "$ROOT/target/cargo-test.log" "$ROOT/target/cargo-test.log" "$CARGO_TEST_TIMEOUT" \
+  cargo test --release --workspace --no-fail-fast
 
 # --- peers: real third-party clients against the real stack -------------------
 # Python mcp 1.x (the seed's API) in its own venv.
@@ -79,24 +101,14 @@ if [ "$(cat "$PEERS/node_modules/.lock.sha256" 2>/dev/null)" != "$wantn" ]; then
   echo "$wantn" > "$PEERS/node_modules/.lock.sha256"
 fi
 
-suites=("rust (cargo test)=cargo:$ROOT/target/cargo-test.log:$rust_status")
-run_suite() { # name, kind, result file, log, command...
-  local name=$1 kind=$2 result=$3 logf=$4; shift 4
-  log "$name"
-  set +e
-  "$@" 2>&1 | tee "$logf"
-  local status=${PIPESTATUS[0]}
-  set -e
-  suites+=("$name=$kind:$result:$status")
-}
 rm -f "$ROOT/target/pytest.xml"
-run_suite "python-mcp-2.3.0" junit "$ROOT/target/pytest.xml" "$ROOT/target/pytest.log" \
+run_suite "python-mcp-2.3.0" junit "$ROOT/target/pytest.xml" "$ROOT/target/pytest.log" "$PYTEST_TIMEOUT" \
   bash -c "cd '$ROOT/tests/python' && '$VENV/bin/pytest' -q --timeout 300 -p no:cacheprovider --junitxml='$ROOT/target/pytest.xml'"
-run_suite "seed-client-mcp1" peer "$ROOT/target/peer-mcp1.log" "$ROOT/target/peer-mcp1.log" \
+run_suite "seed-client-mcp1" peer "$ROOT/target/peer-mcp1.log" "$ROOT/target/peer-mcp1.log" "$PEER_TIMEOUT" \
   "$VENV1/bin/python" "$PEERS/seed_client_mcp1.py"
-run_suite "inspector-cli" peer "$ROOT/target/peer-inspector.log" "$ROOT/target/peer-inspector.log" \
+run_suite "inspector-cli" peer "$ROOT/target/peer-inspector.log" "$ROOT/target/peer-inspector.log" "$PEER_TIMEOUT" \
   "$VENV/bin/python" "$PEERS/inspector.py"
-run_suite "conformance" peer "$ROOT/target/peer-conformance.log" "$ROOT/target/peer-conformance.log" \
+run_suite "conformance" peer "$ROOT/target/peer-conformance.log" "$ROOT/target/peer-conformance.log" "$PEER_TIMEOUT" \
   "$VENV/bin/python" "$PEERS/conformance.py"
 
 # --- summary: counted from each harness's own result lines --------------------

@@ -269,10 +269,16 @@ impl Admin {
             "# TYPE mcp_gateway_legacy_sessions gauge\nmcp_gateway_legacy_sessions {}",
             self.gw.legacy.table.len()
         );
+        let limits = &self.gw.guard().limits;
         let _ = writeln!(
             out,
             "# TYPE mcp_gateway_rate_limit_keys gauge\nmcp_gateway_rate_limit_keys {}",
-            self.gw.guard().limits.keys()
+            limits.keys()
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_rate_limit_key_bytes gauge\nmcp_gateway_rate_limit_key_bytes {}",
+            limits.key_bytes()
         );
         // Panic: every backend of the pool unhealthy or ejected, tried anyway.
         type PerPool = fn(&crate::pool::Pool) -> u64;

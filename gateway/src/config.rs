@@ -566,6 +566,9 @@ pub struct GlobalLimits {
     pub per_ip_connection_burst: Option<u32>,
     /// Most keys a limiter remembers (principals, IPs, principal×tool).
     pub max_keys: usize,
+    /// Most bytes a limiter's keys may take (keys and their state); beyond
+    /// either bound the least recently seen keys are forgotten.
+    pub max_key_bytes: usize,
 }
 
 impl Default for GlobalLimits {
@@ -577,6 +580,7 @@ impl Default for GlobalLimits {
             per_ip_connections_per_second: None,
             per_ip_connection_burst: None,
             max_keys: 100_000,
+            max_key_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -250,7 +250,8 @@ impl McpProxy {
                         scope: grant.required_scope().map(str::to_owned),
                     });
                 }
-                guard.limits.check_tool(who, key, name)?;
+                let listed = |t: &str| self.gw.sessions.hints(pool).lists(t);
+                guard.limits.check_tool(who, key, name, listed)?;
             }
             if rpc.is_initialize() {
                 guard.limits.check_new_session(who, key)?;

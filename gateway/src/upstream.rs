@@ -18,7 +18,11 @@
 //! cross; `Host` is the backend's; the client's credentials (Authorization,
 //! X-API-Key) never reach a backend (MCP forbids token passthrough);
 //! `X-Forwarded-For` gains the client's address and `X-Forwarded-Proto`
-//! says how the client came in.
+//! says how the client came in; what a client says of its own address or
+//! host (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`) is dropped, as is
+//! the principal header. A header the gateway owns or drops is dropped in
+//! every spelling with `_` for `-` too (`x_mcp_principal`): many servers
+//! (CGI/WSGI, some proxies) read both spellings as one name.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +56,10 @@ const REQUEST_DROP: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "x-api-key",
+    // what a client says of its own address or host: never trusted
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
 ];
 
 /// The header a registry backend names itself in (kept for the admin API).
@@ -233,13 +241,22 @@ fn build_request(
             n == http::header::AUTHORIZATION || n == "x-api-key" || n == "proxy-authorization"
         };
         for (name, value) in client {
-            let dropped = REQUEST_DROP.contains(&name.as_str())
-                && !(out.keep_credentials && credential(name));
-            if dropped || named.contains(name) || out.principal.is_some_and(|(h, _)| h == name) {
+            // `x_mcp_principal` is `x-mcp-principal` to many servers.
+            let dashed = match name.as_str() {
+                n if n.contains('_') => std::borrow::Cow::Owned(n.replace('_', "-")),
+                n => std::borrow::Cow::Borrowed(n),
+            };
+            let dashed = dashed.as_ref();
+            let dropped =
+                REQUEST_DROP.contains(&dashed) && !(out.keep_credentials && credential(name));
+            let principal = out.principal.is_some_and(|(h, _)| h.as_str() == dashed);
+            if dropped || principal || named.contains(name) {
                 continue;
             }
-            if name == "x-forwarded-for" {
-                prior_xff = Some(value);
+            if dashed == "x-forwarded-for" {
+                if name == "x-forwarded-for" {
+                    prior_xff = Some(value);
+                }
                 continue;
             }
             headers.append(name.clone(), value.clone());
@@ -461,6 +478,66 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["mcp-session-id"], "backend-sid");
         assert_eq!(h["mcp-protocol-version"], "2025-06-18");
+    }
+
+    #[test]
+    fn headers_the_gateway_owns_are_dropped_in_every_spelling() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("x-mcp-principal", "forged"),
+            ("x_mcp_principal", "forged"),
+            ("x-mcp_principal", "forged"),
+            ("x_api_key", "k"),
+            ("x_forwarded_for", "10.9.9.9"),
+            ("x_forwarded_proto", "https"),
+            ("forwarded", "for=10.9.9.9;host=evil.example"),
+            ("x-real-ip", "10.9.9.9"),
+            ("x_real_ip", "10.9.9.9"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-custom_thing", "kept"),
+        ] {
+            client.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static(value),
+            );
+        }
+        let fwd = Forwarded {
+            client_ip: Some("127.0.0.9".into()),
+            tls: false,
+        };
+        let principal = HeaderName::from_static("x-mcp-principal");
+        let req = build_request(
+            "127.0.0.1:9000".parse().unwrap(),
+            Outgoing {
+                client_headers: Some(&client),
+                principal: Some((&principal, "key:alice")),
+                ..Outgoing::own(http::Method::POST, "/mcp", &fwd)
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(h.get_all("x-mcp-principal").iter().count(), 1, "{names:?}");
+        assert_eq!(h["x-mcp-principal"], "key:alice");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-custom_thing"], "kept");
+        for gone in [
+            "x_mcp_principal",
+            "x-mcp_principal",
+            "x_api_key",
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-host",
+        ] {
+            assert!(
+                h.get(gone).is_none(),
+                "{gone} reached the backend: {names:?}"
+            );
+        }
     }
 
     #[test]

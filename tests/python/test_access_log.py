@@ -38,7 +38,7 @@ def test_json_access_log_has_one_line_per_request_and_no_secrets(tmp_path):
         # initialize, initialized, health_check (initialize's helper), tools/call, the refused ping
         wait_until(lambda: len(access()) >= 5, 10, "the access lines")
         call = next(x for x in access() if x.get("rpc") == "tools/call" and x.get("id") == "7")
-        assert call["status"] == 200 and call["name"] == "list_agents" and call["principal"] == "logger", call
+        assert call["status"] == 200 and call["name"] == "list_agents" and call["principal"] == "key:logger", call
         assert call["session"] == sid[:8] and call["backend"] != "-" and call["ms"] >= 0, call
         assert call["http_method"] == "POST" and call["path"] == "/mcp" and call["client"] == "127.0.0.1"
         denied = next(x for x in access() if x["status"] == 401)

@@ -101,13 +101,13 @@ def test_a_session_moved_to_another_backend_carries_its_principal(tmp_path):
             sid = r.headers["mcp-session-id"]
             assert call(c, url, sid, 2).status_code == 200
             first = kill_the_one_that_has(backends, seen)
-            assert first[0].get("x-mcp-principal") == "alice", first[0]
+            assert first[0].get("x-mcp-principal") == "key:alice", first[0]
             moved = call(c, url, sid, 3)
             assert moved.status_code == 200, moved.text
             assert moved.headers.get("x-mcp-gateway-moved") == "1"
         reopened = [s for s in seen if s and s is not first]
         assert reopened, "the session was not opened again on the other backend"
-        assert reopened[0][-1].get("x-mcp-principal") == "alice", reopened[0][-1]
+        assert reopened[0][-1].get("x-mcp-principal") == "key:alice", reopened[0][-1]
     finally:
         gw.proc.stop()
         for s in backends:
@@ -129,11 +129,11 @@ def test_a_legacy_session_moved_to_another_backend_carries_its_principal(tmp_pat
         s.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {}}})
         assert s.next(lambda m: m.get("id") == 2).get("result"), "the first call"
         first = kill_the_one_that_has(backends, seen)
-        assert first[0].get("x-mcp-principal") == "alice", first[0]
+        assert first[0].get("x-mcp-principal") == "key:alice", first[0]
         s.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {}}})
         assert s.next(lambda m: m.get("id") == 3).get("result"), "the call after the move"
         reopened = [x for x in seen if x and x is not first]
-        assert reopened and reopened[0][-1].get("x-mcp-principal") == "alice", reopened
+        assert reopened and reopened[0][-1].get("x-mcp-principal") == "key:alice", reopened
     finally:
         if s:
             s.close()

@@ -11,6 +11,15 @@
 //! Authorization rules ([`Rules`]) say which pools a principal may reach and
 //! which tools it may call; the first rule that matches the principal
 //! applies.
+//!
+//! Each kind of credential names principals in its own name space: an API
+//! key's principal is `key:NAME` (its configured name), a JWT's is
+//! `jwt:ISSUER:SUBJECT`. That name is sealed into session ids, keys the
+//! rate limits and goes to backends, so a JWT whose subject happens to equal
+//! a key's name (or a subject from another issuer) shares nothing with it.
+//! Rules name principals as configured: `key:NAME` / `jwt:SUBJECT`, or a
+//! bare name when only one kind of credential is configured (with both, a
+//! bare name could mean either, and such a file is refused).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,18 +29,32 @@ use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use ring::digest::{SHA256, digest};
 
-use crate::config::{AuthConfig, AuthMode, RuleConfig};
+use crate::config::{AuthConfig, AuthMode};
 use crate::reject::Reject;
 use crate::token::now_secs;
 
 /// Most verified JWTs remembered at once.
 const MAX_CACHED_TOKENS: usize = 10_000;
 
+/// The kind of credential a principal showed: each has its own name space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Anonymous,
+    ApiKey,
+    Jwt,
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// Its name ("" when anonymous); sealed into its sessions' ids.
+    /// Its name in its credential's name space (`key:NAME`,
+    /// `jwt:ISSUER:SUBJECT`; "" when anonymous): sealed into its sessions'
+    /// ids, the key of its rate limits, sent to backends.
     pub name: String,
+    pub credential: Credential,
+    /// The name rules match: an API key's configured principal, a JWT's
+    /// subject.
+    pub subject: String,
     pub tier: String,
     pub scopes: Vec<String>,
 }
@@ -40,8 +63,35 @@ impl Principal {
     pub fn anonymous() -> Self {
         Self {
             name: String::new(),
+            credential: Credential::Anonymous,
+            subject: String::new(),
             tier: "anonymous".into(),
             scopes: Vec::new(),
+        }
+    }
+
+    /// An API key's principal, named `key:NAME`.
+    fn api_key(name: &str, tier: &str, scopes: &[String]) -> Self {
+        Self {
+            name: format!("key:{name}"),
+            credential: Credential::ApiKey,
+            subject: name.to_owned(),
+            tier: tier.to_owned(),
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    /// A JWT's principal, named `jwt:ISSUER:SUBJECT`; `%` and `:` in the
+    /// issuer are percent-encoded, so the first `:` after it ends it and no
+    /// (issuer, subject) pair reads as another.
+    fn jwt(issuer: &str, subject: String, tier: String, scopes: Vec<String>) -> Self {
+        let issuer = issuer.replace('%', "%25").replace(':', "%3A");
+        Self {
+            name: format!("jwt:{issuer}:{subject}"),
+            credential: Credential::Jwt,
+            subject,
+            tier,
+            scopes,
         }
     }
 
@@ -97,11 +147,7 @@ impl Authenticator {
             if !k.revoked {
                 keys.insert(
                     hash,
-                    Arc::new(Principal {
-                        name: k.principal.clone(),
-                        tier: k.tier.clone(),
-                        scopes: k.scopes.clone(),
-                    }),
+                    Arc::new(Principal::api_key(&k.principal, &k.tier, &k.scopes)),
                 );
             }
         }
@@ -154,12 +200,17 @@ impl Authenticator {
                     .map(|(kid, (key, alg))| {
                         let mut validation = Validation::new(alg);
                         validation.set_audience(&[&j.audience]);
-                        if let Some(iss) = &j.issuer {
-                            validation.set_issuer(&[iss]);
-                        }
                         validation.validate_nbf = true;
                         validation.leeway = j.leeway_secs;
-                        validation.set_required_spec_claims(&["exp", "aud"]);
+                        match &j.issuer {
+                            // jsonwebtoken checks `iss` only when the token
+                            // has one: a configured issuer makes it required.
+                            Some(iss) => {
+                                validation.set_issuer(&[iss]);
+                                validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+                            }
+                            None => validation.set_required_spec_claims(&["exp", "aud"]),
+                        }
                         (kid, (key, alg, validation))
                     })
                     .collect();
@@ -262,25 +313,31 @@ impl Authenticator {
                 K::InvalidAudience => "token for another audience",
                 K::InvalidIssuer => "token from another issuer",
                 K::InvalidSignature => "token signature invalid",
+                K::MissingRequiredClaim(c) => match c.as_str() {
+                    "iss" => "token names no issuer",
+                    "aud" => "token names no audience",
+                    "exp" => "token has no expiry",
+                    _ => "token lacks a required claim",
+                },
                 _ => "invalid token",
             })
         })?;
         let claims = data.claims;
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-        let name = text(&jwt.principal_claim)
+        let subject = text(&jwt.principal_claim)
             .filter(|n| !n.is_empty())
             .ok_or(Reject::Unauthorized("token names no principal"))?;
-        let principal = Arc::new(Principal {
-            name,
-            tier: jwt
-                .tier_claim
+        let principal = Arc::new(Principal::jwt(
+            claims.get("iss").and_then(|v| v.as_str()).unwrap_or(""),
+            subject,
+            jwt.tier_claim
                 .as_deref()
                 .and_then(text)
                 .unwrap_or_else(|| "default".into()),
-            scopes: text(&jwt.scope_claim)
+            text(&jwt.scope_claim)
                 .map(|s| s.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
-        });
+        ));
         let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(now);
         if self.cache.len() >= MAX_CACHED_TOKENS {
             self.cache.retain(|_, (_, e)| *e > now);
@@ -327,42 +384,80 @@ impl Grant {
     }
 }
 
-pub struct Rules(Vec<(RuleConfig, Arc<Grant>)>);
+/// Whom one rule applies to.
+struct Matcher {
+    /// No principals, scopes or tiers named: everybody.
+    everybody: bool,
+    /// By credential kind (`None`: the one kind configured) and name.
+    principals: Vec<(Option<Credential>, String)>,
+    scopes: Vec<String>,
+    tiers: Vec<String>,
+}
+
+impl Matcher {
+    fn matches(&self, who: &Principal) -> bool {
+        self.everybody
+            || self.principals.iter().any(|(kind, name)| {
+                who.credential != Credential::Anonymous
+                    && *name == who.subject
+                    && kind.is_none_or(|k| k == who.credential)
+            })
+            || self.tiers.contains(&who.tier)
+            || self.scopes.iter().any(|s| who.scopes.contains(s))
+    }
+}
+
+pub struct Rules(Vec<(Matcher, Arc<Grant>)>);
 
 impl Rules {
-    pub fn new(rules: &[RuleConfig]) -> Self {
-        Self(
-            rules
-                .iter()
-                .map(|r| {
-                    (
-                        r.clone(),
-                        Arc::new(Grant {
-                            pools: r.pools.clone(),
-                            allow_tools: r.allow_tools.clone(),
-                            deny_tools: r.deny_tools.clone(),
-                            required_scope: r.required_scope.clone(),
-                        }),
-                    )
-                })
-                .collect(),
-        )
+    /// The rules of `config`. A rule names an API key's principal as
+    /// `key:NAME` and a JWT subject as `jwt:SUBJECT`; a bare name means the
+    /// one kind of credential configured, and is refused when both are (it
+    /// could match a key and a token subject that are different callers).
+    pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
+        let both = !config.keys.is_empty() && config.jwt.is_some();
+        let mut out = Vec::with_capacity(config.rules.len());
+        for r in &config.rules {
+            let mut principals = Vec::with_capacity(r.principals.len());
+            for p in &r.principals {
+                let entry = if let Some(name) = p.strip_prefix("key:") {
+                    (Some(Credential::ApiKey), name.to_owned())
+                } else if let Some(sub) = p.strip_prefix("jwt:") {
+                    (Some(Credential::Jwt), sub.to_owned())
+                } else if both {
+                    anyhow::bail!(
+                        "[[auth.rules]] principals: \"{p}\" could name an API key's principal or a JWT subject; write \"key:{p}\" or \"jwt:{p}\""
+                    );
+                } else {
+                    (None, p.clone())
+                };
+                principals.push(entry);
+            }
+            out.push((
+                Matcher {
+                    everybody: r.principals.is_empty() && r.scopes.is_empty() && r.tiers.is_empty(),
+                    principals,
+                    scopes: r.scopes.clone(),
+                    tiers: r.tiers.clone(),
+                },
+                Arc::new(Grant {
+                    pools: r.pools.clone(),
+                    allow_tools: r.allow_tools.clone(),
+                    deny_tools: r.deny_tools.clone(),
+                    required_scope: r.required_scope.clone(),
+                }),
+            ));
+        }
+        Ok(Self(out))
     }
 
     /// The grant of the first rule matching `who` (everything, if none does).
     pub fn grant(&self, who: &Principal) -> Arc<Grant> {
-        for (rule, grant) in &self.0 {
-            let everybody =
-                rule.principals.is_empty() && rule.scopes.is_empty() && rule.tiers.is_empty();
-            if everybody
-                || rule.principals.contains(&who.name)
-                || rule.tiers.contains(&who.tier)
-                || rule.scopes.iter().any(|s| who.scopes.contains(s))
-            {
-                return Arc::clone(grant);
-            }
-        }
-        Arc::new(Grant::default())
+        self.0
+            .iter()
+            .find(|(m, _)| m.matches(who))
+            .map(|(_, g)| Arc::clone(g))
+            .unwrap_or_default()
     }
 }
 
@@ -383,7 +478,7 @@ pub fn filter_tools_list(message: &str, grant: &Grant) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{JwtConfig, KeyConfig};
+    use crate::config::{JwtConfig, KeyConfig, RuleConfig};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -430,12 +525,16 @@ mod tests {
                 AuthMode::Required,
             )
             .unwrap();
-        assert_eq!((ops.name.as_str(), ops.tier.as_str()), ("ops", "gold"));
+        assert_eq!((ops.name.as_str(), ops.tier.as_str()), ("key:ops", "gold"));
+        assert_eq!(
+            (ops.credential, ops.subject.as_str()),
+            (Credential::ApiKey, "ops")
+        );
         assert_eq!(
             a.authenticate(&headers("x-api-key", "ops-key"), AuthMode::Required)
                 .unwrap()
                 .name,
-            "ops"
+            "key:ops"
         );
         for bad in ["Bearer nope", "Bearer old-key", "Basic b3BzOm9wcw=="] {
             assert!(matches!(
@@ -494,7 +593,26 @@ mod tests {
                 AuthMode::Required,
             )
             .unwrap();
-        assert_eq!(who.name, "alice");
+        assert_eq!(who.name, "jwt:https%3A//issuer.test:alice");
+        assert_eq!(
+            (who.credential, who.subject.as_str()),
+            (Credential::Jwt, "alice")
+        );
+        // A token whose subject is an API key's principal name is another principal.
+        let ops_token = mint(
+            serde_json::json!({"sub":"ops","aud":"mcp","iss":"https://issuer.test","exp":now+60}),
+        );
+        let by_token = a
+            .authenticate(
+                &headers("authorization", &format!("Bearer {ops_token}")),
+                AuthMode::Required,
+            )
+            .unwrap();
+        let by_key = a
+            .authenticate(&headers("x-api-key", "ops-key"), AuthMode::Required)
+            .unwrap();
+        assert_ne!(by_token.name, by_key.name);
+        assert_eq!(by_token.subject, by_key.subject);
         assert_eq!(who.scopes, vec!["a", "b"]);
         for (claims, why) in [
             (
@@ -515,7 +633,11 @@ mod tests {
             ),
             (
                 serde_json::json!({"sub":"a","iss":"https://issuer.test","exp":now+60}),
-                "invalid token",
+                "token names no audience",
+            ),
+            (
+                serde_json::json!({"sub":"a","aud":"mcp","exp":now+60}),
+                "token names no issuer",
             ),
         ] {
             let t = mint(claims);
@@ -544,33 +666,29 @@ mod tests {
 
     #[test]
     fn rules_grant_pools_and_tools_and_filter_listings() {
-        let rules = Rules::new(&[
-            RuleConfig {
-                principals: vec!["reader".into()],
-                allow_tools: Some(vec!["get_agent".into(), "list_agents".into()]),
-                pools: Some(vec!["registry".into()]),
-                required_scope: Some("registry:write".into()),
-                ..RuleConfig::default()
-            },
-            RuleConfig {
-                scopes: vec!["registry:write".into()],
-                deny_tools: vec!["delete_agent".into()],
-                ..RuleConfig::default()
-            },
-        ]);
-        let reader = Principal {
-            name: "reader".into(),
-            tier: "default".into(),
-            scopes: vec![],
-        };
+        let rules = Rules::new(&AuthConfig {
+            rules: vec![
+                RuleConfig {
+                    principals: vec!["reader".into()],
+                    allow_tools: Some(vec!["get_agent".into(), "list_agents".into()]),
+                    pools: Some(vec!["registry".into()]),
+                    required_scope: Some("registry:write".into()),
+                    ..RuleConfig::default()
+                },
+                RuleConfig {
+                    scopes: vec!["registry:write".into()],
+                    deny_tools: vec!["delete_agent".into()],
+                    ..RuleConfig::default()
+                },
+            ],
+            ..config()
+        })
+        .unwrap();
+        let reader = Principal::api_key("reader", "default", &[]);
         let g = rules.grant(&reader);
         assert!(g.may_call("get_agent") && !g.may_call("delete_agent"));
         assert!(g.may_reach("registry") && !g.may_reach("other"));
-        let writer = Principal {
-            name: "w".into(),
-            tier: "default".into(),
-            scopes: vec!["registry:write".into()],
-        };
+        let writer = Principal::api_key("w", "default", &["registry:write".into()]);
         let g2 = rules.grant(&writer);
         assert!(g2.may_call("register_agent") && !g2.may_call("delete_agent"));
         let nobody = rules.grant(&Principal::anonymous());
@@ -582,5 +700,58 @@ mod tests {
         let filtered = filter_tools_list(listing, &g).unwrap();
         assert!(filtered.contains("get_agent") && !filtered.contains("delete_agent"));
         assert!(filter_tools_list(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, &g).is_none());
+    }
+
+    #[test]
+    fn rules_name_each_credential_kind_and_refuse_ambiguous_bare_names() {
+        let rule = |who: &str| RuleConfig {
+            principals: vec![who.into()],
+            deny_tools: vec!["delete_agent".into()],
+            ..RuleConfig::default()
+        };
+        let jwt = JwtConfig {
+            audience: "mcp".into(),
+            issuer: None,
+            hs256_secret_env: None,
+            jwks_file: None,
+            leeway_secs: 0,
+            principal_claim: "sub".into(),
+            tier_claim: None,
+            scope_claim: "scope".into(),
+        };
+        let both = |r: RuleConfig| AuthConfig {
+            rules: vec![r],
+            jwt: Some(jwt.clone()),
+            ..config()
+        };
+        let err = Rules::new(&both(rule("ops")))
+            .err()
+            .expect("bare name refused");
+        assert!(err.to_string().contains("key:ops"), "{err}");
+        let key_ops = Principal::api_key("ops", "gold", &[]);
+        let jwt_ops = Principal::jwt("https://i", "ops".into(), "gold".into(), vec![]);
+        let by_key = Rules::new(&both(rule("key:ops"))).unwrap();
+        assert!(!by_key.grant(&key_ops).may_call("delete_agent"));
+        assert!(by_key.grant(&jwt_ops).may_call("delete_agent"));
+        let by_jwt = Rules::new(&both(rule("jwt:ops"))).unwrap();
+        assert!(by_jwt.grant(&key_ops).may_call("delete_agent"));
+        assert!(!by_jwt.grant(&jwt_ops).may_call("delete_agent"));
+        // One kind configured: a bare name is that kind's.
+        let keys_only = Rules::new(&AuthConfig {
+            rules: vec![rule("ops")],
+            ..config()
+        })
+        .unwrap();
+        assert!(!keys_only.grant(&key_ops).may_call("delete_agent"));
+        assert!(
+            keys_only
+                .grant(&Principal::anonymous())
+                .may_call("delete_agent")
+        );
+        // An issuer with ':' in it cannot make two principals read alike.
+        assert_ne!(
+            Principal::jwt("a:b", "c".into(), String::new(), vec![]).name,
+            Principal::jwt("a", "b:c".into(), String::new(), vec![]).name
+        );
     }
 }

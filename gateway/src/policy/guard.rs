@@ -46,7 +46,7 @@ impl Guard {
         }
         Ok(Self {
             auth,
-            rules: Rules::new(&config.auth.rules),
+            rules: Rules::new(&config.auth)?,
             limits: Limits::new(&config.limits.tiers, &config.limits.global),
             modes,
             principal_header: http::HeaderName::from_bytes(

@@ -43,45 +43,76 @@ pub enum Method {
     Response,
 }
 
+/// Longest tool name the MCP specification allows (2025-11-25, "Tool
+/// Names": 1 to 128 characters). A `tools/call` naming a longer (or empty)
+/// one is refused: no server the gateway fronts can have listed it.
+pub const MAX_TOOL_NAME: usize = 128;
+
+/// The one field of `params` the gateway routes a message by (`name` or
+/// `uri`). Deserialized by serde's derived visitor, which refuses a
+/// duplicate key, a wrong type (`null` included) and a missing key, so the
+/// gateway never acts on one reading of a body while a server acts on
+/// another. Every other key is skipped unread.
+#[derive(Deserialize)]
+struct NameParam<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct UriParam<'a> {
+    #[serde(borrow)]
+    uri: Cow<'a, str>,
+}
+
+/// Reads `params` as an object of the shape `T` wants.
+fn routing_params<'a, T: Deserialize<'a>>(
+    method: &str,
+    params: Option<&'a RawValue>,
+) -> Result<T, Reject> {
+    let params = params
+        .map(RawValue::get)
+        .filter(|p| p.starts_with('{'))
+        .ok_or_else(|| Reject::Invalid(format!("{method}: \"params\" must be an object")))?;
+    serde_json::from_str(params).map_err(|e| Reject::Invalid(format!("{method}: \"params\": {e}")))
+}
+
 impl Method {
-    fn from_wire(method: &str, params: Option<&RawValue>, is_request: bool) -> Method {
-        #[derive(Deserialize)]
-        struct Named<'a> {
-            #[serde(borrow, default)]
-            name: Option<Cow<'a, str>>,
-            #[serde(borrow, default)]
-            uri: Option<Cow<'a, str>>,
-        }
-        let named = || {
-            params
-                .and_then(|p| serde_json::from_str::<Named>(p.get()).ok())
-                .unwrap_or(Named {
-                    name: None,
-                    uri: None,
-                })
-        };
-        match method {
+    fn from_wire(
+        method: &str,
+        params: Option<&RawValue>,
+        is_request: bool,
+    ) -> Result<Method, Reject> {
+        let name = |m: &str| routing_params::<NameParam>(m, params).map(|p| p.name.into_owned());
+        Ok(match method {
             "initialize" => Method::Initialize,
             "notifications/initialized" => Method::Initialized,
             "notifications/cancelled" => Method::Cancelled,
             "ping" => Method::Ping,
             "tools/list" => Method::ToolsList,
-            "tools/call" => Method::ToolsCall {
-                name: named().name.map(Cow::into_owned).unwrap_or_default(),
-            },
+            "tools/call" => {
+                let name = name(method)?;
+                let chars = name.chars().count();
+                if chars == 0 || chars > MAX_TOOL_NAME {
+                    return Err(Reject::Invalid(format!(
+                        "tools/call: a tool name has 1 to {MAX_TOOL_NAME} characters ({chars} given)"
+                    )));
+                }
+                Method::ToolsCall { name }
+            }
             "resources/list" => Method::ResourcesList,
             "resources/read" => Method::ResourcesRead {
-                uri: named().uri.map(Cow::into_owned).unwrap_or_default(),
+                uri: routing_params::<UriParam>(method, params)?.uri.into_owned(),
             },
             "resources/templates/list" => Method::ResourceTemplatesList,
             "prompts/list" => Method::PromptsList,
             "prompts/get" => Method::PromptsGet {
-                name: named().name.map(Cow::into_owned).unwrap_or_default(),
+                name: name(method)?,
             },
             "server/discover" => Method::ServerDiscover,
             other if is_request => Method::Other(other.to_owned()),
             other => Method::Notification(other.to_owned()),
-        }
+        })
     }
 
     /// A notification from the client (no id, nothing answers it).
@@ -165,24 +196,37 @@ impl Rpc {
     }
 }
 
+/// The top-level keys of one message. serde's derived visitor refuses a
+/// duplicate key; [`present`] keeps an explicit `null` apart from a missing
+/// key, so `"method": null` is a wrong type, not an absent method.
 #[derive(Deserialize)]
 struct Wire<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
+}
+
+/// A key that is there, whatever its value (`null` too).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 fn invalid(msg: &str) -> Reject {
     Reject::Invalid(msg.to_owned())
+}
+
+/// JSON-RPC ids are strings or numbers (`null` only where no id is known).
+fn id_is_well_typed(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null"
 }
 
 fn check(raw: &RawValue) -> Result<Rpc, Reject> {
@@ -194,6 +238,9 @@ fn check(raw: &RawValue) -> Result<Rpc, Reject> {
     if wire.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
+    if wire.id.is_some_and(|id| !id_is_well_typed(id)) {
+        return Err(invalid("\"id\" must be a string or a number"));
+    }
     let id = wire.id.filter(|v| v.get() != "null");
     match wire.method {
         Some(m) => {
@@ -203,12 +250,12 @@ fn check(raw: &RawValue) -> Result<Rpc, Reject> {
                 return Err(invalid("\"method\" must be a non-empty string"));
             }
             Ok(Rpc {
-                method: Method::from_wire(&name, wire.params, id.is_some()),
+                method: Method::from_wire(&name, wire.params, id.is_some())?,
                 id: id.map(RawValue::to_owned),
                 batch: false,
             })
         }
-        None if wire.id.is_some() && (wire.result.is_some() || wire.error.is_some()) => Ok(Rpc {
+        None if id.is_some() && (wire.result.is_some() || wire.error.is_some()) => Ok(Rpc {
             method: Method::Response,
             id: None,
             batch: false,
@@ -425,6 +472,78 @@ mod tests {
             r#"[{"jsonrpc":"2.0","method":"ok"}, 3]"#,
         ] {
             assert_eq!(parse(bad.as_bytes()).unwrap_err().code(), -32600, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_routing_fields_are_refused_never_guessed() {
+        // Each of these reads one way to the gateway and another to some
+        // server (most JSON parsers keep the last duplicate key).
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_agent","name":"delete_agent"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null,"name":"delete_agent"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_agent","n\u0061me":"delete_agent"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["delete_agent"]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["delete_agent"]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a://x","uri":"a://y"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":null,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"id":2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"params":{},"params":{"name":"x"},"method":"tools/call"}"#,
+        ] {
+            let refused = parse(bad.as_bytes()).expect_err(bad);
+            assert_eq!((refused.status(), refused.code()), (400, -32600), "{bad}");
+        }
+        // Keys the gateway does not route by may repeat or be anything.
+        let ok = parse(
+            br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"uri":5,"name":"get_agent","arguments":{},"arguments":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.method.name(), Some("get_agent"));
+        let escaped = parse(
+            br#"{"jsonrpc":"2.0","id":-3,"method":"tools/call","params":{"n\u0061me":"get_\u0061gent"}}"#,
+        )
+        .unwrap();
+        assert_eq!(escaped.method.name(), Some("get_agent"));
+    }
+
+    #[test]
+    fn tool_names_beyond_the_specs_length_are_refused() {
+        let call = |name: &str| {
+            parse(
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let longest = "t".repeat(MAX_TOOL_NAME);
+        assert_eq!(
+            call(&longest).unwrap().method.name(),
+            Some(longest.as_str())
+        );
+        for bad in [
+            String::new(),
+            "t".repeat(MAX_TOOL_NAME + 1),
+            "t".repeat(1 << 20),
+        ] {
+            let refused = call(&bad).unwrap_err();
+            assert_eq!(refused.code(), -32600, "{} characters", bad.len());
+            assert!(
+                refused.to_string().contains("1 to 128 characters"),
+                "{refused}"
+            );
         }
     }
 

@@ -3,12 +3,17 @@
 //! open streams, across everything, and per client IP before
 //! authentication. Limits come from the principal's tier.
 //!
-//! Every keyed table is bounded: limiters forget idle keys
-//! (`retain_recent`, on a timer and whenever a table passes `max_keys`), and
-//! a table still over `max_keys` is cleared (a flood of distinct keys then
-//! costs the flooder nothing but also grows nothing). Stream counts hold only
-//! principals with a stream open. No lock is shared by all requests: the
-//! limiters and counters are sharded maps and atomics.
+//! Every keyed table is bounded by keys (`max_keys`) and by bytes
+//! (`max_key_bytes`): limiters forget keys whose bucket has filled again (on
+//! a timer), and past either bound the least recently seen keys
+//! ([`keyed`](super::keyed)), so a flood of new keys never resets the
+//! budgets of principals that keep coming. A key's size is bounded too: a
+//! tool gets its own per-principal key only if the pool's servers listed
+//! it (clients cannot make keys by inventing names; the others share one),
+//! and tool names over the specification's 128 characters never get here
+//! (`jsonrpc::parse` refuses them). Stream counts hold only principals with
+//! a stream open. No lock is shared by all requests: the limiters and
+//! counters are sharded maps and atomics.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,12 +21,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::auth::Principal;
+use super::keyed::Keyed;
 use crate::config::{GlobalLimits, TierConfig};
 use crate::reject::Reject;
 
@@ -29,36 +34,16 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
 }
 
-/// A keyed limiter that can be started over (governor's cannot be emptied).
-struct Keyed<K: std::hash::Hash + Eq + Clone> {
-    inner: ArcSwap<DefaultKeyedRateLimiter<K>>,
-    quota: Quota,
+/// The bounds every keyed table gets.
+#[derive(Clone, Copy)]
+struct Bounds {
+    keys: usize,
+    bytes: usize,
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
-    fn new(quota: Quota) -> Self {
-        Self {
-            inner: ArcSwap::from_pointee(RateLimiter::keyed(quota)),
-            quota,
-        }
-    }
-
-    fn check_key(&self, key: &K) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
-        self.inner.load().check_key(key)
-    }
-
-    fn len(&self) -> usize {
-        self.inner.load().len()
-    }
-
-    fn retain_recent(&self) {
-        let l = self.inner.load();
-        l.retain_recent();
-        l.shrink_to_fit();
-    }
-
-    fn reset(&self) {
-        self.inner.store(Arc::new(RateLimiter::keyed(self.quota)));
+impl Bounds {
+    fn keyed<K: std::hash::Hash + Eq + Clone + super::keyed::Weigh>(self, q: Quota) -> Keyed<K> {
+        Keyed::new(q, self.keys, self.bytes)
     }
 }
 
@@ -72,22 +57,30 @@ struct Tier {
 }
 
 impl Tier {
-    fn new(c: &TierConfig) -> Self {
+    fn new(c: &TierConfig, b: Bounds) -> Self {
         let per_minute = |n: u32| Quota::per_minute(nz(n));
         Self {
-            requests: Keyed::new(
+            requests: b.keyed(
                 Quota::per_second(nz(c.requests_per_second))
                     .allow_burst(nz(c.burst.unwrap_or(c.requests_per_second))),
             ),
-            tools: c.tool_calls_per_minute.map(|n| Keyed::new(per_minute(n))),
+            tools: c.tool_calls_per_minute.map(|n| b.keyed(per_minute(n))),
             per_tool: c
                 .tool_limits
                 .iter()
-                .map(|(tool, n)| (tool.clone(), Keyed::new(per_minute(*n))))
+                .map(|(tool, n)| (tool.clone(), b.keyed(per_minute(*n))))
                 .collect(),
-            sessions: c.sessions_per_minute.map(|n| Keyed::new(per_minute(n))),
+            sessions: c.sessions_per_minute.map(|n| b.keyed(per_minute(n))),
             max_streams: c.max_streams,
         }
+    }
+
+    fn tables(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let one = |l: &Keyed<Arc<str>>| (l.keys(), l.bytes());
+        std::iter::once(one(&self.requests))
+            .chain(self.tools.iter().map(|l| (l.keys(), l.bytes())))
+            .chain(self.per_tool.values().map(one))
+            .chain(self.sessions.iter().map(one))
     }
 }
 
@@ -99,7 +92,8 @@ pub struct Limits {
     per_ip_inflight: Option<usize>,
     ip_inflight: DashMap<IpAddr, usize>,
     streams: DashMap<Arc<str>, usize>,
-    max_keys: usize,
+    /// The tool part of the key of every tool the pool's servers did not list.
+    unlisted: Arc<str>,
 }
 
 /// A stream (or in-flight request) counted against a cap until dropped.
@@ -129,19 +123,23 @@ fn wait(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
 
 impl Limits {
     pub fn new(tiers: &BTreeMap<String, TierConfig>, global: &GlobalLimits) -> Arc<Self> {
+        let b = Bounds {
+            keys: global.max_keys.max(16),
+            bytes: global.max_key_bytes.max(64 * 1024),
+        };
         Arc::new(Self {
             tiers: tiers
                 .iter()
-                .map(|(n, c)| (n.clone(), Tier::new(c)))
+                .map(|(n, c)| (n.clone(), Tier::new(c, b)))
                 .collect(),
             global: global
                 .requests_per_second
                 .map(|n| RateLimiter::direct(Quota::per_second(nz(n)))),
             per_ip: global
                 .per_ip_requests_per_second
-                .map(|n| Keyed::new(Quota::per_second(nz(n)))),
+                .map(|n| b.keyed(Quota::per_second(nz(n)))),
             per_ip_connections: global.per_ip_connections_per_second.map(|n| {
-                Keyed::new(
+                b.keyed(
                     Quota::per_second(nz(n))
                         .allow_burst(nz(global.per_ip_connection_burst.unwrap_or(n))),
                 )
@@ -149,7 +147,7 @@ impl Limits {
             per_ip_inflight: global.per_ip_inflight,
             ip_inflight: DashMap::new(),
             streams: DashMap::new(),
-            max_keys: global.max_keys.max(16),
+            unlisted: Arc::from(""),
         })
     }
 
@@ -174,7 +172,6 @@ impl Limits {
         let Some(l) = &self.per_ip_connections else {
             return true;
         };
-        self.bound(l);
         l.check_key(&ip).is_ok()
     }
 
@@ -182,7 +179,6 @@ impl Limits {
     pub fn check_ip(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<Held<IpAddr>>, Reject> {
         let Some(ip) = ip else { return Ok(None) };
         if let Some(l) = &self.per_ip {
-            self.bound(l);
             l.check_key(&ip).map_err(|n| Reject::RateLimited {
                 retry_after: wait(n),
                 what: "requests per client address",
@@ -216,7 +212,6 @@ impl Limits {
             })?;
         }
         if let Some(t) = self.tier(who) {
-            self.bound(&t.requests);
             t.requests.check_key(key).map_err(|n| Reject::RateLimited {
                 retry_after: wait(n),
                 what: "requests per principal",
@@ -225,8 +220,17 @@ impl Limits {
         Ok(())
     }
 
-    /// A `tools/call`: the principal's rate for that tool.
-    pub fn check_tool(&self, who: &Principal, key: &Arc<str>, tool: &str) -> Result<(), Reject> {
+    /// A `tools/call`: the principal's rate for that tool. `listed` says
+    /// whether the pool's servers listed the tool (`session::replay::
+    /// ToolHints::lists`): only those get a key of their own, every other
+    /// name shares one, so clients cannot make keys by inventing names.
+    pub fn check_tool(
+        &self,
+        who: &Principal,
+        key: &Arc<str>,
+        tool: &str,
+        listed: impl Fn(&str) -> bool,
+    ) -> Result<(), Reject> {
         let Some(t) = self.tier(who) else {
             return Ok(());
         };
@@ -235,13 +239,15 @@ impl Limits {
             what: "calls of this tool per principal",
         };
         if let Some(l) = t.per_tool.get(tool) {
-            self.bound(l);
             return l.check_key(key).map_err(refused);
         }
         if let Some(l) = &t.tools {
-            self.bound(l);
-            l.check_key(&(Arc::clone(key), Arc::from(tool)))
-                .map_err(refused)?;
+            let tool = if listed(tool) {
+                Arc::from(tool)
+            } else {
+                Arc::clone(&self.unlisted)
+            };
+            l.check_key(&(Arc::clone(key), tool)).map_err(refused)?;
         }
         Ok(())
     }
@@ -249,7 +255,6 @@ impl Limits {
     /// A new session (initialize, GET /sse).
     pub fn check_new_session(&self, who: &Principal, key: &Arc<str>) -> Result<(), Reject> {
         if let Some(l) = self.tier(who).and_then(|t| t.sessions.as_ref()) {
-            self.bound(l);
             l.check_key(key).map_err(|n| Reject::RateLimited {
                 retry_after: wait(n),
                 what: "new sessions per principal",
@@ -283,21 +288,6 @@ impl Limits {
         }))
     }
 
-    /// Keeps a keyed limiter within `max_keys`.
-    fn bound<K: std::hash::Hash + Eq + Clone>(&self, l: &Keyed<K>) {
-        if l.len() >= self.max_keys {
-            l.retain_recent();
-            // Still full of keys seen just now: start over (lenient, bounded).
-            if l.len() >= self.max_keys {
-                tracing::warn!(
-                    keys = l.len(),
-                    "a rate-limit table hit its key cap; starting it over"
-                );
-                l.reset();
-            }
-        }
-    }
-
     /// Forgets idle keys everywhere (called on a timer).
     pub fn tidy(&self) {
         for t in self.tiers.values() {
@@ -322,15 +312,24 @@ impl Limits {
 
     /// Keys held now, over all tables (for /metrics and the bound's test).
     pub fn keys(&self) -> usize {
-        let mut n = self.streams.len() + self.ip_inflight.len();
-        for t in self.tiers.values() {
-            n += t.requests.len();
-            n += t.tools.as_ref().map_or(0, |l| l.len());
-            n += t.per_tool.values().map(|l| l.len()).sum::<usize>();
-            n += t.sessions.as_ref().map_or(0, |l| l.len());
-        }
-        n + self.per_ip.as_ref().map_or(0, |l| l.len())
-            + self.per_ip_connections.as_ref().map_or(0, |l| l.len())
+        self.tables().map(|(keys, _)| keys).sum::<usize>()
+            + self.streams.len()
+            + self.ip_inflight.len()
+    }
+
+    /// Bytes counted for the keys of the rate-limit tables.
+    pub fn key_bytes(&self) -> usize {
+        self.tables().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// Keys and bytes of each rate-limit table.
+    fn tables(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let ip = |l: &Keyed<IpAddr>| (l.keys(), l.bytes());
+        self.tiers
+            .values()
+            .flat_map(Tier::tables)
+            .chain(self.per_ip.iter().map(ip))
+            .chain(self.per_ip_connections.iter().map(ip))
     }
 
     /// How often [`Limits::tidy`] should run.
@@ -343,10 +342,17 @@ mod tests {
 
     fn who(name: &str) -> Principal {
         Principal {
-            name: name.into(),
+            name: format!("key:{name}"),
+            credential: super::super::auth::Credential::ApiKey,
+            subject: name.into(),
             tier: "default".into(),
             scopes: vec![],
         }
+    }
+
+    /// The tools the pool's servers listed, in these tests.
+    fn listed(tool: &str) -> bool {
+        ["get_agent", "list_agents", "delete_agent"].contains(&tool)
     }
 
     fn tier(rps: u32) -> BTreeMap<String, TierConfig> {
@@ -380,13 +386,16 @@ mod tests {
         l.check_request(&who("b"), &kb)
             .expect("another principal has its own budget");
         for _ in 0..3 {
-            l.check_tool(&a, &ka, "get_agent").unwrap();
+            l.check_tool(&a, &ka, "get_agent", listed).unwrap();
         }
-        assert!(l.check_tool(&a, &ka, "get_agent").is_err());
-        assert!(l.check_tool(&a, &ka, "list_agents").is_ok(), "per tool");
-        l.check_tool(&a, &ka, "delete_agent").unwrap();
+        assert!(l.check_tool(&a, &ka, "get_agent", listed).is_err());
         assert!(
-            l.check_tool(&a, &ka, "delete_agent").is_err(),
+            l.check_tool(&a, &ka, "list_agents", listed).is_ok(),
+            "per tool"
+        );
+        l.check_tool(&a, &ka, "delete_agent", listed).unwrap();
+        assert!(
+            l.check_tool(&a, &ka, "delete_agent", listed).is_err(),
             "its own limit"
         );
         l.check_new_session(&a, &ka).unwrap();
@@ -415,6 +424,70 @@ mod tests {
             let k: Arc<str> = Arc::from(i.to_string());
             let _ = l.check_request(&who("x"), &k);
             assert!(l.keys() <= 1000 + 1, "keys {} at {i}", l.keys());
+        }
+    }
+
+    #[test]
+    fn tools_no_server_listed_share_one_key() {
+        let l = Limits::new(&tier(100), &GlobalLimits::default());
+        let (a, ka) = (who("a"), Arc::<str>::from("key:a"));
+        l.check_tool(&a, &ka, "get_agent", listed).unwrap();
+        let before = l.keys();
+        // Three calls a minute for all unlisted names together, however many.
+        for i in 0..3 {
+            l.check_tool(&a, &ka, &format!("invented-{i}"), listed)
+                .unwrap();
+        }
+        assert_eq!(l.keys(), before + 1, "one shared key, not one per name");
+        assert!(
+            l.check_tool(&a, &ka, "invented-99", listed).is_err(),
+            "the shared key's budget is spent"
+        );
+        assert!(
+            l.check_tool(&a, &ka, "list_agents", listed).is_ok(),
+            "a listed tool keeps its own budget"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_new_principals_does_not_reset_a_busy_ones_limit() {
+        let l = Limits::new(
+            &tier(5),
+            &GlobalLimits {
+                max_keys: 16,
+                ..GlobalLimits::default()
+            },
+        );
+        let (busy, kb) = (who("busy"), Arc::<str>::from("key:busy"));
+        while l.check_request(&busy, &kb).is_ok() {}
+        for i in 0..1000u32 {
+            let k: Arc<str> = Arc::from(format!("key:new-{i}"));
+            let _ = l.check_request(&who("new"), &k);
+            assert!(
+                l.check_request(&busy, &kb).is_err(),
+                "the busy principal's budget came back after {i} new principals"
+            );
+        }
+    }
+
+    #[test]
+    fn long_principal_names_are_bounded_by_bytes() {
+        let max = 256 * 1024;
+        let l = Limits::new(
+            &tier(5),
+            &GlobalLimits {
+                max_key_bytes: max,
+                ..GlobalLimits::default()
+            },
+        );
+        for i in 0..5_000u32 {
+            let k: Arc<str> = Arc::from(format!("jwt::{i}-{}", "s".repeat(4096)));
+            let _ = l.check_request(&who("x"), &k);
+            assert!(
+                l.key_bytes() <= max + 8192,
+                "{} bytes at {i}",
+                l.key_bytes()
+            );
         }
     }
 }

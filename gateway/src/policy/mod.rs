@@ -23,4 +23,5 @@ pub mod body;
 pub mod edge;
 pub mod guard;
 pub mod jsonrpc;
+pub mod keyed;
 pub mod limits;

@@ -79,6 +79,11 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// One unlabelled series with its `# TYPE` line.
+fn single(out: &mut String, name: &str, kind: &str, value: u64) {
+    let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+}
+
 fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
     reply(
         status,
@@ -179,9 +184,18 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
-        let state = &self.gw.state;
-        let m = &state.metrics;
         let mut out = String::new();
+        self.counter_metrics(&mut out);
+        self.gauge_metrics(&mut out);
+        self.latency_metrics(&mut out);
+        self.rollout_metrics(&mut out);
+        self.pool_metrics(&mut out);
+        out
+    }
+
+    /// The process-wide counters, and those by reason.
+    fn counter_metrics(&self, out: &mut String) {
+        let m = &self.gw.state.metrics;
         let counters = [
             ("mcp_gateway_requests_total", &m.requests),
             ("mcp_gateway_sessions_issued_total", &m.sessions_issued),
@@ -201,11 +215,7 @@ impl Admin {
             ("mcp_gateway_tls_reloads_total", &m.tls_reloads),
         ];
         for (name, c) in counters {
-            let _ = writeln!(
-                out,
-                "# TYPE {name} counter\n{name} {}",
-                c.load(Ordering::Relaxed)
-            );
+            single(out, name, "counter", c.load(Ordering::Relaxed));
         }
         let _ = writeln!(out, "# TYPE mcp_gateway_rejected_total counter");
         for reason in Reason::ALL {
@@ -225,62 +235,68 @@ impl Admin {
                 m.cuts(why)
             );
         }
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_connections_open gauge\nmcp_gateway_connections_open {}",
-            state.connections.open()
-        );
         // Ids the previous session key opened: when this stops rising after
         // a rotation, the previous key can go (deploy/RUNBOOK.md).
-        let _ = writeln!(
+        let name = "mcp_gateway_session_ids_opened_with_previous_key_total";
+        single(
             out,
-            "# TYPE mcp_gateway_session_ids_opened_with_previous_key_total counter\nmcp_gateway_session_ids_opened_with_previous_key_total {}",
-            self.gw.sessions.sealer().opened_with_previous()
+            name,
+            "counter",
+            self.gw.sessions.sealer().opened_with_previous(),
         );
-        m.post_seconds
-            .render("mcp_gateway_post_duration_seconds", &mut out);
-        m.latencies.render(&mut out);
-        let pools = self.gw.sessions.pools();
-        type_line(ToolLatencies::NAME, &mut out);
-        for pool in pools {
-            pool.tool_seconds.render(&pool.name, &mut out);
+    }
+
+    /// What is held now: connections, requests, body bytes, legacy
+    /// sessions, limiter keys.
+    fn gauge_metrics(&self, out: &mut String) {
+        let state = &self.gw.state;
+        let limits = &self.gw.guard().limits;
+        let gauges = [
+            (
+                "mcp_gateway_connections_open",
+                state.connections.open() as u64,
+            ),
+            ("mcp_gateway_inflight", state.inflight() as u64),
+            ("mcp_gateway_buffered_body_bytes", state.buffered() as u64),
+            (
+                "mcp_gateway_legacy_sessions",
+                self.gw.legacy.table.len() as u64,
+            ),
+            ("mcp_gateway_rate_limit_keys", limits.keys() as u64),
+            (
+                "mcp_gateway_rate_limit_key_bytes",
+                limits.key_bytes() as u64,
+            ),
+        ];
+        for (name, value) in gauges {
+            single(out, name, "gauge", value);
         }
-        type_line("mcp_gateway_upstream_duration_seconds", &mut out);
+    }
+
+    /// The latency histograms.
+    fn latency_metrics(&self, out: &mut String) {
+        let m = &self.gw.state.metrics;
+        m.post_seconds
+            .render("mcp_gateway_post_duration_seconds", out);
+        m.latencies.render(out);
+        let pools = self.gw.sessions.pools();
+        type_line(ToolLatencies::NAME, out);
+        for pool in pools {
+            pool.tool_seconds.render(&pool.name, out);
+        }
+        type_line("mcp_gateway_upstream_duration_seconds", out);
         for pool in pools {
             pool.upstream_seconds.render_series(
                 "mcp_gateway_upstream_duration_seconds",
                 &format!("pool=\"{}\"", label_value(&pool.name)),
-                &mut out,
+                out,
             );
         }
-        self.rollout_metrics(&mut out);
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_inflight gauge\nmcp_gateway_inflight {}",
-            state.inflight()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_buffered_body_bytes gauge\nmcp_gateway_buffered_body_bytes {}",
-            state.buffered()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_legacy_sessions gauge\nmcp_gateway_legacy_sessions {}",
-            self.gw.legacy.table.len()
-        );
-        let limits = &self.gw.guard().limits;
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_rate_limit_keys gauge\nmcp_gateway_rate_limit_keys {}",
-            limits.keys()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_rate_limit_key_bytes gauge\nmcp_gateway_rate_limit_key_bytes {}",
-            limits.key_bytes()
-        );
-        // Panic: every backend of the pool unhealthy or ejected, tried anyway.
+    }
+
+    /// Per pool (panic: every backend unhealthy or ejected, tried anyway)
+    /// and per backend.
+    fn pool_metrics(&self, out: &mut String) {
         type PerPool = fn(&crate::pool::Pool) -> u64;
         let per_pool: [(&str, &str, PerPool); 2] = [
             ("mcp_gateway_pool_panic", "gauge", |p| {
@@ -336,7 +352,6 @@ impl Admin {
                 }
             }
         }
-        out
     }
 
     /// Managed pools' rollouts: backends in the pool, backends replaced by

@@ -180,7 +180,7 @@ impl pingora::services::background::BackgroundService for Reloader {
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             return;
         };
-        let mut tidy = tokio::time::interval(crate::policy::limits::Limits::TIDY_EVERY);
+        let mut tidy = tokio::time::interval(crate::policy::limits::Limiters::TIDY_EVERY);
         // The certificate files, checked for a change on their own timer.
         let check_every = self.0.tls_reload_interval;
         let mut certs = tokio::time::interval(check_every.max(Duration::from_millis(100)));

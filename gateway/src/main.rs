@@ -188,51 +188,40 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
         s.set_ready_check(Arc::new(move |addr| {
             weak.upgrade().is_some_and(|p| {
                 p.member_at(&addr)
-                    .is_some_and(|b| p.lb.backends().ready(&b.backend))
+                    .is_some_and(|b| p.checks.backends().ready(&b.backend))
             })
         }));
     }
     Ok(pool)
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    if let Some(Command::Rollout { admin, pool }) = &cli.command {
-        let rt = tokio::runtime::Runtime::new()?;
-        let ok = rt.block_on(mcp_gateway::ctl::rollout(
-            *admin,
-            pool,
-            cli.admin_token.as_deref(),
-        ))?;
-        std::process::exit(if ok { 0 } else { 1 });
-    }
-    let telemetry = telemetry::init("mcp-gateway", cli.log_format, cli.otlp_endpoint.as_deref())?;
-    let config = Config::load(&cli)?;
-    if cli.check_config {
-        let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
-        let listeners = [
-            ("http", config.listen.http),
-            ("https", config.listen.https),
-            ("admin", config.listen.admin),
-        ]
+/// `--check-config`: the configuration loads and its policy builds.
+fn check_config(config: &Config) -> Result<()> {
+    let guard = mcp_gateway::policy::guard::Guard::new(config)?;
+    let listeners = [
+        ("http", config.listen.http),
+        ("https", config.listen.https),
+        ("admin", config.listen.admin),
+    ]
+    .iter()
+    .filter_map(|(k, a)| a.map(|a| format!("{k} {a}")))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let pools = config
+        .pools
         .iter()
-        .filter_map(|(k, a)| a.map(|a| format!("{k} {a}")))
+        .map(|p| format!("{} at {}", p.name, p.route))
         .collect::<Vec<_>>()
         .join(", ");
-        let pools = config
-            .pools
-            .iter()
-            .map(|p| format!("{} at {}", p.name, p.route))
-            .collect::<Vec<_>>()
-            .join(", ");
-        println!(
-            "configuration OK: {listeners}; pools: {pools}; {}",
-            guard.summary()
-        );
-        return Ok(());
-    }
-    let sealer = session_sealer(&config)?;
+    println!(
+        "configuration OK: {listeners}; pools: {pools}; {}",
+        guard.summary()
+    );
+    Ok(())
+}
 
+/// pingora's server, with the drain and grace periods of the configuration.
+fn pingora_server(config: &Config, upgrade: bool) -> Result<Server> {
     let mut conf = ServerConf::new().context("pingora defaults")?;
     conf.threads = config.threads.unwrap_or(2);
     // After the drain (DrainingSignals) pingora closes the listeners, then
@@ -244,62 +233,50 @@ fn main() -> Result<()> {
         conf.upgrade_sock = sock.to_string_lossy().into_owned();
     }
     let opt = pingora::server::configuration::Opt {
-        upgrade: cli.upgrade,
+        upgrade,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    Ok(server)
+}
 
-    let mut pools = Vec::new();
-    for (i, pc) in config.pools.iter().enumerate() {
-        pools.push(build_pool(&mut server, i as u16, pc)?);
+/// The served certificate and its files, when there is an HTTPS listener.
+type Certificate = (Arc<ServedCert>, std::path::PathBuf, std::path::PathBuf);
+
+fn certificate(config: &Config, banner: &mut Vec<String>) -> Result<Option<Certificate>> {
+    if config.listen.https.is_none() {
+        return Ok(None);
     }
-    let admin_token = config.admin.token.clone();
-    let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
-    let auth_summary = guard.summary();
-    let mut banner = Vec::new();
-    let tls = match config.listen.https {
-        None => None,
-        Some(_) => {
-            let (cert, key) = match (&config.tls.cert, &config.tls.key, &config.tls.dev_dir) {
-                (Some(c), Some(k), _) => (c.clone(), k.clone()),
-                (_, _, Some(dir)) => {
-                    let dev = ensure_dev_tls(dir)?;
-                    banner.push(format!("development CA:    {}", dev.ca.display()));
-                    (dev.cert, dev.key)
-                }
-                _ => bail!("HTTPS needs a certificate"),
-            };
-            Some((ServedCert::load(&cert, &key)?, cert, key))
+    let (cert, key) = match (&config.tls.cert, &config.tls.key, &config.tls.dev_dir) {
+        (Some(c), Some(k), _) => (c.clone(), k.clone()),
+        (_, _, Some(dir)) => {
+            let dev = ensure_dev_tls(dir)?;
+            banner.push(format!("development CA:    {}", dev.ca.display()));
+            (dev.cert, dev.key)
         }
+        _ => bail!("HTTPS needs a certificate"),
     };
-    let gw = Gateway::new(
-        &config,
-        cli.clone(),
-        guard,
-        pools,
-        sealer,
-        tls.as_ref().map(|(served, _, _)| Arc::clone(served)),
-    );
-    server.add_service(background_service(
-        "reloader",
-        mcp_gateway::app::Reloader(Arc::clone(&gw)),
-    ));
+    Ok(Some((ServedCert::load(&cert, &key)?, cert, key)))
+}
 
-    // The proxy behind the front door (connection cap, header deadline and bound).
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        McpProxy {
-            gw: Arc::clone(&gw),
-        },
-    );
+/// The MCP listeners: the proxy behind the front door (connection cap,
+/// header deadline and bound), on plain HTTP and HTTPS.
+fn mcp_service(
+    server: &Server,
+    gw: &Arc<Gateway>,
+    config: &Config,
+    tls: Option<Certificate>,
+    banner: &mut Vec<String>,
+) -> Result<Service<Front<pingora::proxy::HttpProxy<McpProxy>>>> {
+    let app = pingora::proxy::http_proxy(&server.configuration, McpProxy { gw: Arc::clone(gw) });
     let front = Front {
         app: Arc::new(app),
-        gw: Arc::clone(&gw),
+        gw: Arc::clone(gw),
     };
     let mut proxy = Service::new("mcp-gateway".to_string(), front);
     proxy.set_connection_filter(Arc::new(mcp_gateway::app::AcceptFilter {
-        gw: Arc::clone(&gw),
+        gw: Arc::clone(gw),
     }));
     if let Some(addr) = config.listen.http {
         proxy.add_tcp(&addr.to_string());
@@ -321,15 +298,48 @@ fn main() -> Result<()> {
             "MCP (HTTPS):       https://{addr}/mcp   legacy SSE: https://{addr}/sse"
         ));
     }
-    server.add_service(proxy);
+    Ok(proxy)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Rollout { admin, pool }) = &cli.command {
+        let rt = tokio::runtime::Runtime::new()?;
+        let ok = rt.block_on(mcp_gateway::ctl::rollout(
+            *admin,
+            pool,
+            cli.admin_token.as_deref(),
+        ))?;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    let telemetry = telemetry::init("mcp-gateway", cli.log_format, cli.otlp_endpoint.as_deref())?;
+    let config = Config::load(&cli)?;
+    if cli.check_config {
+        return check_config(&config);
+    }
+    let sealer = session_sealer(&config)?;
+    let mut server = pingora_server(&config, cli.upgrade)?;
+    let mut pools = Vec::new();
+    for (i, pc) in config.pools.iter().enumerate() {
+        pools.push(build_pool(&mut server, i as u16, pc)?);
+    }
+    let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
+    let auth_summary = guard.summary();
+    let mut banner = Vec::new();
+    let tls = certificate(&config, &mut banner)?;
+    let served = tls.as_ref().map(|(served, _, _)| Arc::clone(served));
+    let gw = Gateway::new(&config, cli.clone(), guard, pools, sealer, served);
+    server.add_service(background_service(
+        "reloader",
+        mcp_gateway::app::Reloader(Arc::clone(&gw)),
+    ));
+    server.add_service(mcp_service(&server, &gw, &config, tls, &mut banner)?);
     if let Some(addr) = config.listen.admin {
-        let mut admin = Service::new(
-            "admin".to_string(),
-            HttpServer::new_app(Admin {
-                gw: Arc::clone(&gw),
-                token: admin_token.clone(),
-            }),
-        );
+        let admin = Admin {
+            gw: Arc::clone(&gw),
+            token: config.admin.token.clone(),
+        };
+        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin));
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
         banner.push(format!(

@@ -29,7 +29,7 @@ use crate::policy::body;
 use crate::policy::edge::{self, Endpoint};
 use crate::policy::guard::Guard;
 use crate::policy::jsonrpc::{self, Method, Rpc};
-use crate::policy::limits::{Held, Limits};
+use crate::policy::limits::{Held, Limiters};
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Downstream, Failure, Rewrite};
@@ -212,7 +212,7 @@ impl McpProxy {
                 scope: grant.required_scope().map(str::to_owned),
             });
         }
-        let key = Limits::key(&who, ip);
+        let key = Limiters::key(&who, ip);
         let mut over = guard.limits.check_request(&who, &key).err();
         ctx.who = Some(who);
         ctx.grant = Some(grant);

@@ -234,34 +234,9 @@ fn build_request(
         .body(Full::new(out.body))
         .map_err(|e| UpstreamError::Failed(format!("building the request: {e}")))?;
     let headers = req.headers_mut();
-    let mut prior_xff = None;
-    if let Some(client) = out.client_headers {
-        let named = connection_named(client);
-        let credential = |n: &HeaderName| {
-            n == http::header::AUTHORIZATION || n == "x-api-key" || n == "proxy-authorization"
-        };
-        for (name, value) in client {
-            // `x_mcp_principal` is `x-mcp-principal` to many servers.
-            let dashed = match name.as_str() {
-                n if n.contains('_') => std::borrow::Cow::Owned(n.replace('_', "-")),
-                n => std::borrow::Cow::Borrowed(n),
-            };
-            let dashed = dashed.as_ref();
-            let dropped =
-                REQUEST_DROP.contains(&dashed) && !(out.keep_credentials && credential(name));
-            let principal = out.principal.is_some_and(|(h, _)| h.as_str() == dashed);
-            if dropped || principal || named.contains(name) {
-                continue;
-            }
-            if dashed == "x-forwarded-for" {
-                if name == "x-forwarded-for" {
-                    prior_xff = Some(value);
-                }
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    let prior_xff = out.client_headers.and_then(|client| {
+        copy_client_headers(client, &out.principal, out.keep_credentials, headers)
+    });
     if let Some(ip) = &out.forwarded.client_ip {
         let value = match prior_xff.and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {ip}"),
@@ -304,6 +279,42 @@ fn build_request(
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(c));
     }
     Ok(req)
+}
+
+/// Copies the client's headers by the rules above; returns the client's
+/// own `X-Forwarded-For`, which the gateway appends to.
+fn copy_client_headers<'c>(
+    client: &'c HeaderMap,
+    principal: &Option<(&HeaderName, &str)>,
+    keep_credentials: bool,
+    headers: &mut HeaderMap,
+) -> Option<&'c HeaderValue> {
+    let named = connection_named(client);
+    let credential = |n: &HeaderName| {
+        n == http::header::AUTHORIZATION || n == "x-api-key" || n == "proxy-authorization"
+    };
+    let mut prior_xff = None;
+    for (name, value) in client {
+        // `x_mcp_principal` is `x-mcp-principal` to many servers.
+        let dashed = match name.as_str() {
+            n if n.contains('_') => std::borrow::Cow::Owned(n.replace('_', "-")),
+            n => std::borrow::Cow::Borrowed(n),
+        };
+        let dashed = dashed.as_ref();
+        let dropped = REQUEST_DROP.contains(&dashed) && !(keep_credentials && credential(name));
+        let owned = principal.is_some_and(|(h, _)| h.as_str() == dashed);
+        if dropped || owned || named.contains(name) {
+            continue;
+        }
+        if dashed == "x-forwarded-for" {
+            if name == "x-forwarded-for" {
+                prior_xff = Some(value);
+            }
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    prior_xff
 }
 
 /// Header names a `Connection:` header lists (they are hop-by-hop too).

@@ -29,7 +29,7 @@ use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use ring::digest::{SHA256, digest};
 
-use crate::config::{AuthConfig, AuthMode};
+use crate::config::{AuthConfig, AuthMode, JwtConfig};
 use crate::reject::Reject;
 use crate::token::now_secs;
 
@@ -100,6 +100,73 @@ impl Principal {
     }
 }
 
+/// The HS256 secret (keyed `None`) and the JWKS keys (by `kid`), each with
+/// its one algorithm.
+fn jwt_keys(j: &JwtConfig) -> anyhow::Result<HashMap<Option<String>, (DecodingKey, Algorithm)>> {
+    let mut found = HashMap::new();
+    if let Some(env) = &j.hs256_secret_env {
+        let secret = std::env::var(env)
+            .map_err(|_| anyhow::anyhow!("[auth.jwt] hs256_secret_env: {env} is not set"))?;
+        if secret.len() < 32 {
+            anyhow::bail!("{env}: an HS256 secret needs at least 32 bytes");
+        }
+        let key = DecodingKey::from_secret(secret.as_bytes());
+        found.insert(None, (key, Algorithm::HS256));
+    }
+    if let Some(path) = &j.jwks_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let set: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a JWKS: {e}", path.display()))?;
+        for key in &set.keys {
+            let alg = match &key.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let decoding = DecodingKey::from_jwk(key)
+                .map_err(|e| anyhow::anyhow!("{}: unusable key: {e}", path.display()))?;
+            found.insert(key.common.key_id.clone(), (decoding, alg));
+        }
+    }
+    if found.is_empty() {
+        anyhow::bail!("[auth.jwt] needs hs256_secret_env or jwks_file");
+    }
+    Ok(found)
+}
+
+impl Jwt {
+    fn new(j: &JwtConfig) -> anyhow::Result<Self> {
+        // One validation per key: jsonwebtoken checks a token against its
+        // key's algorithm family, so each key allows exactly its own algorithm.
+        let keys = jwt_keys(j)?
+            .into_iter()
+            .map(|(kid, (key, alg))| {
+                let mut validation = Validation::new(alg);
+                validation.set_audience(&[&j.audience]);
+                validation.validate_nbf = true;
+                validation.leeway = j.leeway_secs;
+                match &j.issuer {
+                    // jsonwebtoken checks `iss` only when the token has one:
+                    // a configured issuer makes it required.
+                    Some(iss) => {
+                        validation.set_issuer(&[iss]);
+                        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+                    }
+                    None => validation.set_required_spec_claims(&["exp", "aud"]),
+                }
+                (kid, (key, alg, validation))
+            })
+            .collect();
+        Ok(Self {
+            keys,
+            principal_claim: j.principal_claim.clone(),
+            tier_claim: j.tier_claim.clone(),
+            scope_claim: j.scope_claim.clone(),
+        })
+    }
+}
+
 struct Jwt {
     /// By `kid` (None: the HS256 secret, used for tokens without a known `kid`).
     keys: HashMap<Option<String>, (DecodingKey, Algorithm, Validation)>,
@@ -151,77 +218,7 @@ impl Authenticator {
                 );
             }
         }
-        let jwt = match &config.jwt {
-            None => None,
-            Some(j) => {
-                let mut found = HashMap::new();
-                if let Some(env) = &j.hs256_secret_env {
-                    let secret = std::env::var(env).map_err(|_| {
-                        anyhow::anyhow!("[auth.jwt] hs256_secret_env: {env} is not set")
-                    })?;
-                    if secret.len() < 32 {
-                        anyhow::bail!("{env}: an HS256 secret needs at least 32 bytes");
-                    }
-                    found.insert(
-                        None,
-                        (
-                            DecodingKey::from_secret(secret.as_bytes()),
-                            Algorithm::HS256,
-                        ),
-                    );
-                }
-                if let Some(path) = &j.jwks_file {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-                    let set: JwkSet = serde_json::from_str(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: not a JWKS: {e}", path.display()))?;
-                    for key in &set.keys {
-                        let alg = match &key.algorithm {
-                            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
-                                Algorithm::ES256
-                            }
-                            _ => continue,
-                        };
-                        let decoding = DecodingKey::from_jwk(key).map_err(|e| {
-                            anyhow::anyhow!("{}: unusable key: {e}", path.display())
-                        })?;
-                        found.insert(key.common.key_id.clone(), (decoding, alg));
-                    }
-                }
-                if found.is_empty() {
-                    anyhow::bail!("[auth.jwt] needs hs256_secret_env or jwks_file");
-                }
-                // One validation per key: jsonwebtoken checks a token
-                // against its key's algorithm family, so each key allows
-                // exactly its own algorithm.
-                let keys = found
-                    .into_iter()
-                    .map(|(kid, (key, alg))| {
-                        let mut validation = Validation::new(alg);
-                        validation.set_audience(&[&j.audience]);
-                        validation.validate_nbf = true;
-                        validation.leeway = j.leeway_secs;
-                        match &j.issuer {
-                            // jsonwebtoken checks `iss` only when the token
-                            // has one: a configured issuer makes it required.
-                            Some(iss) => {
-                                validation.set_issuer(&[iss]);
-                                validation.set_required_spec_claims(&["exp", "aud", "iss"]);
-                            }
-                            None => validation.set_required_spec_claims(&["exp", "aud"]),
-                        }
-                        (kid, (key, alg, validation))
-                    })
-                    .collect();
-                Some(Jwt {
-                    keys,
-                    principal_claim: j.principal_claim.clone(),
-                    tier_claim: j.tier_claim.clone(),
-                    scope_claim: j.scope_claim.clone(),
-                })
-            }
-        };
+        let jwt = config.jwt.as_ref().map(Jwt::new).transpose()?;
         Ok(Self {
             keys,
             jwt,

@@ -1,5 +1,5 @@
 //! The reloadable part of the request path: who may come in
-//! ([`Authenticator`]), what they may do ([`Rules`]), how fast ([`Limits`]),
+//! ([`Authenticator`]), what they may do ([`Rules`]), how fast ([`Limiters`]),
 //! and each pool's credential mode. Built whole from the configuration and
 //! swapped whole on reload (SIGHUP, `POST /reload`), so a request sees one
 //! consistent set; an invalid file leaves the running set in place.
@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use super::auth::{Authenticator, Rules};
-use super::limits::Limits;
+use super::limits::Limiters;
 use crate::config::{AuthMode, Config};
 
 pub struct Guard {
     pub auth: Authenticator,
     pub rules: Rules,
-    pub limits: Arc<Limits>,
+    pub limits: Arc<Limiters>,
     /// Credential mode per pool, by pool index.
     modes: Vec<AuthMode>,
     /// Header carrying the verified principal to backends.
@@ -47,7 +47,7 @@ impl Guard {
         Ok(Self {
             auth,
             rules: Rules::new(&config.auth)?,
-            limits: Limits::new(&config.limits.tiers, &config.limits.global),
+            limits: Limiters::new(&config.limits.tiers, &config.limits.global),
             modes,
             principal_header: http::HeaderName::from_bytes(
                 config.auth.principal_header.to_ascii_lowercase().as_bytes(),

@@ -84,7 +84,7 @@ impl Tier {
     }
 }
 
-pub struct Limits {
+pub struct Limiters {
     tiers: BTreeMap<String, Tier>,
     global: Option<DefaultDirectRateLimiter>,
     per_ip: Option<Keyed<IpAddr>>,
@@ -98,9 +98,9 @@ pub struct Limits {
 
 /// A stream (or in-flight request) counted against a cap until dropped.
 pub struct Held<K: std::hash::Hash + Eq + Clone> {
-    table: Arc<Limits>,
+    table: Arc<Limiters>,
     key: K,
-    which: fn(&Limits) -> &DashMap<K, usize>,
+    which: fn(&Limiters) -> &DashMap<K, usize>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
@@ -121,7 +121,7 @@ fn wait(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
     secs.ceil().max(1.0) as u64
 }
 
-impl Limits {
+impl Limiters {
     pub fn new(tiers: &BTreeMap<String, TierConfig>, global: &GlobalLimits) -> Arc<Self> {
         let b = Bounds {
             keys: global.max_keys.max(16),
@@ -332,7 +332,7 @@ impl Limits {
             .chain(self.per_ip_connections.iter().map(ip))
     }
 
-    /// How often [`Limits::tidy`] should run.
+    /// How often [`Limiters::tidy`] should run.
     pub const TIDY_EVERY: Duration = Duration::from_secs(10);
 }
 
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn each_limit_lets_n_through_and_refuses_the_next() {
-        let l = Limits::new(&tier(5), &GlobalLimits::default());
+        let l = Limiters::new(&tier(5), &GlobalLimits::default());
         let (a, ka) = (who("a"), Arc::<str>::from("a"));
         for _ in 0..5 {
             l.check_request(&a, &ka).unwrap();
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_spray_of_distinct_keys_stays_bounded() {
-        let l = Limits::new(
+        let l = Limiters::new(
             &tier(100),
             &GlobalLimits {
                 max_keys: 1000,
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn tools_no_server_listed_share_one_key() {
-        let l = Limits::new(&tier(100), &GlobalLimits::default());
+        let l = Limiters::new(&tier(100), &GlobalLimits::default());
         let (a, ka) = (who("a"), Arc::<str>::from("key:a"));
         l.check_tool(&a, &ka, "get_agent", listed).unwrap();
         let before = l.keys();
@@ -451,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_new_principals_does_not_reset_a_busy_ones_limit() {
-        let l = Limits::new(
+        let l = Limiters::new(
             &tier(5),
             &GlobalLimits {
                 max_keys: 16,
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn long_principal_names_are_bounded_by_bytes() {
         let max = 256 * 1024;
-        let l = Limits::new(
+        let l = Limiters::new(
             &tier(5),
             &GlobalLimits {
                 max_key_bytes: max,

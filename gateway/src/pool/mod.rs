@@ -279,12 +279,19 @@ fn failed_just_now(s: &BackendState, now: u64) -> bool {
 /// badly or cut an answer is listening: it may be tried again.)
 pub const PANIC_RETRY_GAP_MS: u64 = 250;
 
+/// pingora's load balancer, used for what it does well — discovery and
+/// active health checks — and never to pick: its selection (the type
+/// parameter pingora requires) is never called; [`Pool::pick_except`]
+/// picks (P2C, slow start, panic routing).
+pub type Checked = LoadBalancer<RoundRobin>;
+
 pub struct Pool {
     pub index: u16,
     pub name: String,
     /// Route prefix without a trailing slash ("" for the root).
     pub prefix: String,
-    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Discovery and health checks (see [`Checked`]).
+    pub checks: Arc<Checked>,
     pub members: Arc<MemberTable>,
     /// Ejection and slow-start rules ([`outlier`]).
     pub policy: Policy,
@@ -328,7 +335,7 @@ impl Pool {
         index: u16,
         name: String,
         prefix: String,
-        lb: Arc<LoadBalancer<RoundRobin>>,
+        checks: Arc<Checked>,
         members: Arc<MemberTable>,
         policy: Policy,
         supervisor: Option<Arc<supervisor::Supervisor>>,
@@ -337,7 +344,7 @@ impl Pool {
             index,
             name,
             prefix,
-            lb,
+            checks,
             members,
             policy,
             supervisor,
@@ -350,7 +357,7 @@ impl Pool {
 
     /// Whether the pool's active health check passes for this backend.
     pub fn healthy(&self, state: &BackendState) -> bool {
-        self.lb.backends().ready(&state.backend)
+        self.checks.backends().ready(&state.backend)
     }
 
     /// Whether a backend may take new work: healthy per the health check
@@ -661,7 +668,7 @@ mod tests {
 
     fn unhealthy(pool: &Pool, id: &str) {
         let b = pool.member(id).unwrap();
-        pool.lb.backends().set_enable(&b.backend, false);
+        pool.checks.backends().set_enable(&b.backend, false);
     }
 
     #[test]

@@ -133,7 +133,10 @@ impl Gateway {
         self.legacy
             .upstream
             .set_idle(next.limits.upstream_idle_timeout);
-        self.legacy.table.set_max(next.sessions.max_legacy_sessions);
+        let legacy = &next.sessions;
+        self.legacy
+            .table
+            .set_caps(legacy.max_legacy_sessions, next.limits.client_share);
         self.access_log.store(next.access_log, Ordering::Relaxed);
         self.config.store(Arc::new(next));
         tracing::info!(%summary, "configuration reloaded");

@@ -188,7 +188,8 @@ pub struct Sessions {
     /// How long a session id stays valid.
     #[serde(with = "duration", default = "day")]
     pub max_age: Duration,
-    /// Most legacy SSE sessions this process holds at once.
+    /// Most legacy SSE sessions this process holds at once per pool (one
+    /// client, principal or anonymous address, at most its `client_share`).
     #[serde(default = "default_legacy_sessions")]
     pub max_legacy_sessions: usize,
 }

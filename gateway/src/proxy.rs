@@ -33,6 +33,7 @@ use crate::policy::limits::{Held, Limiters};
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Downstream, Failure, Rewrite};
+use crate::respond;
 use crate::session::{Binding, Caller};
 use crate::streamable::Admitted;
 use crate::trace;
@@ -118,15 +119,10 @@ impl McpProxy {
     /// (empty: the root resource).
     fn resource_metadata(&self, session: &Session, ctx: &Ctx, prefix: &str) -> Vec<u8> {
         let guard = ctx.guard.clone().unwrap_or_else(|| self.gw.guard());
-        let req = session.req_header();
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let host = header(req, "host").unwrap_or("localhost");
-        let resource = guard.resource.clone().unwrap_or_else(|| {
-            format!(
-                "{}://{host}{prefix}/mcp",
-                if tls { "https" } else { "http" }
-            )
-        });
+        let resource = guard
+            .resource
+            .clone()
+            .unwrap_or_else(|| format!("{}{prefix}/mcp", respond::origin(session, None)));
         let doc = serde_json::json!({
             "resource": resource,
             "authorization_servers": guard.authorization_servers,
@@ -239,11 +235,16 @@ impl McpProxy {
         let rpc = ctx.rpc.insert(jsonrpc::parse(&body.bytes)?);
         let req = session.req_header();
         jsonrpc::check_headers(rpc, header(req, "mcp-method"), header(req, "mcp-name"))?;
+        jsonrpc::check_batch(rpc, header(req, "mcp-protocol-version"))?;
         let (Some(who), Some(grant), Some(key)) = (&ctx.who, &ctx.grant, &ctx.key) else {
             return Err(Reject::Capacity);
         };
         let checked = over.map_or(Ok(()), Err).and_then(|()| {
-            if let Method::ToolsCall { name } = &rpc.method {
+            // Every message of a batch, as the first.
+            for method in rpc.methods() {
+                let Method::ToolsCall { name } = method else {
+                    continue;
+                };
                 if !grant.may_call(name) {
                     return Err(Reject::ToolDenied {
                         tool: name.clone(),
@@ -310,7 +311,8 @@ impl McpProxy {
         match endpoint {
             Endpoint::Sse => {
                 let caller = self.caller(session, ctx);
-                gw.legacy.serve_stream(session, &pool, caller).await
+                let client = ctx.key.clone().unwrap_or_else(|| Arc::from(""));
+                gw.legacy.serve_stream(session, &pool, caller, client).await
             }
             Endpoint::Messages => self.message(session, ctx, &pool, body).await,
             Endpoint::Mcp => {
@@ -444,7 +446,8 @@ impl ProxyHttp for McpProxy {
             }
         };
         let id = ctx.rpc.as_ref().and_then(|r| r.id.as_deref());
-        let mut down = Downstream::new(session, &self.gw.state);
+        let resource = ctx.guard.as_ref().and_then(|g| g.resource.clone());
+        let mut down = Downstream::new(session, &self.gw.state).with_resource(resource);
         match relay::refuse(&mut down, &self.gw.state.metrics, &reject, id).await {
             Err(Failure::Abort(e)) => Err(e),
             _ => Ok(true),
@@ -522,12 +525,12 @@ impl McpProxy {
                     $level,
                     status,
                     http_method = req.method.as_str(),
-                    path = req.uri.path(),
-                    rpc = rpc.and_then(|r| r.method.as_str()).unwrap_or("-"),
-                    name = rpc.and_then(|r| r.method.name()).unwrap_or("-"),
-                    id = rpc.and_then(|r| r.id_text()).unwrap_or("-"),
-                    session = session_tag(req).unwrap_or("-"),
-                    principal = ctx.who.as_ref().map(|w| w.name.as_str()).filter(|n| !n.is_empty()).unwrap_or("-"),
+                    path = clip(req.uri.path()).as_ref(),
+                    rpc = clip(rpc.and_then(|r| r.method.as_str()).unwrap_or("-")).as_ref(),
+                    name = clip(rpc.and_then(|r| r.method.name()).unwrap_or("-")).as_ref(),
+                    id = clip(rpc.and_then(|r| r.id_text()).unwrap_or("-")).as_ref(),
+                    session = clip(session_tag(req).unwrap_or("-")).as_ref(),
+                    principal = clip(ctx.who.as_ref().map(|w| w.name.as_str()).filter(|n| !n.is_empty()).unwrap_or("-")).as_ref(),
                     client = %client_ip(session).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
                     backend = ctx.served.as_ref().map(|b| b.id.as_str()).unwrap_or("-"),
                     ms,
@@ -543,6 +546,31 @@ impl McpProxy {
     }
 }
 
+/// Most characters of one client-supplied field in a log line.
+const LOG_FIELD: usize = 96;
+
+/// A client-supplied value as a log line may carry it: at most
+/// [`LOG_FIELD`] characters (then "…"), control characters escaped, so a
+/// client can neither fill the log nor forge a line of it.
+fn clip(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= LOG_FIELD && !value.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(LOG_FIELD + 8);
+    for (i, c) in value.chars().enumerate() {
+        if i == LOG_FIELD {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The first 8 characters of the session id a request carries (Streamable
 /// HTTP header or legacy query), for log correlation; never the whole id,
 /// which is a bearer of the session.
@@ -553,5 +581,23 @@ fn session_tag(req: &RequestHeader) -> Option<&str> {
             (k == "sessionId" || k == "session_id").then_some(v)
         })
     })?;
-    id.get(..8).or(Some(id))
+    Some(id.char_indices().nth(8).map_or(id, |(end, _)| &id[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_fields_are_cut_short_and_escaped() {
+        assert_eq!(clip("tools/call"), "tools/call");
+        let long = "x".repeat(1_000_000);
+        assert_eq!(clip(&long).chars().count(), LOG_FIELD + 1);
+        let forged = clip("a\nfake line\u{1b}[31m");
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}'),
+            "{forged}"
+        );
+        assert!(forged.contains("\\n"), "{forged}");
+    }
 }

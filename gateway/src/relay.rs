@@ -294,6 +294,9 @@ pub struct Downstream<'a> {
     phase: tokio::sync::watch::Receiver<Phase>,
     /// The response header went out.
     open: bool,
+    /// The configured resource (`[auth] resource`), for the challenge of a
+    /// refusal about credentials.
+    resource: Option<String>,
 }
 
 impl<'a> Downstream<'a> {
@@ -305,7 +308,14 @@ impl<'a> Downstream<'a> {
             keepalive: limits.sse_keepalive,
             phase: state.phases(),
             open: false,
+            resource: None,
         }
+    }
+
+    /// Names the configured resource in credential challenges.
+    pub fn with_resource(mut self, resource: Option<String>) -> Self {
+        self.resource = resource;
+        self
     }
 
     async fn write_head(&mut self, head: ResponseHeader, end: bool) -> Result<(), Failure> {
@@ -442,10 +452,11 @@ impl Sink for Downstream<'_> {
         id: Option<&RawValue>,
     ) -> Result<(), Failure> {
         if !self.open {
-            let session = &*self.session;
-            let (head, body) =
-                respond::response(reject, id, || respond::resource_metadata_url(session))
-                    .map_err(Failure::Abort)?;
+            let (session, resource) = (&*self.session, self.resource.as_deref());
+            let (head, body) = respond::response(reject, id, || {
+                respond::resource_metadata_url(session, resource)
+            })
+            .map_err(Failure::Abort)?;
             return self.whole(head, body).await;
         }
         if let Some(event) = respond::event(reject, id) {

@@ -78,9 +78,27 @@ fn challenge(reject: &Reject, metadata_url: impl FnOnce() -> String) -> Option<S
     })
 }
 
-/// Where this request's protected-resource metadata is (RFC 9728: the
-/// well-known path, then the resource's own path).
-pub fn resource_metadata_url(session: &Session) -> String {
+/// Whether a `Host` value is a plain authority (host and port, no quotes,
+/// spaces or anything else that could end up in a header it is copied into).
+pub fn is_authority(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// The request's own origin: the configured resource's scheme and
+/// authority when there is one, else how the client reached the gateway (a
+/// `Host` that is not a plain authority counts as `localhost`).
+pub fn origin(session: &Session, resource: Option<&str>) -> String {
+    if let Some(origin) = resource.and_then(|r| {
+        let (scheme, rest) = r.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        is_authority(authority).then(|| format!("{scheme}://{authority}"))
+    }) {
+        return origin;
+    }
     let req = session.req_header();
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let host = req
@@ -88,16 +106,21 @@ pub fn resource_metadata_url(session: &Session) -> String {
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .filter(|h| is_authority(h))
         .unwrap_or("localhost");
-    let path = req.uri.path();
-    let resource = ["/mcp", "/sse", "/messages", "/message"]
+    format!("{}://{host}", if tls { "https" } else { "http" })
+}
+
+/// Where this request's protected-resource metadata is (RFC 9728: the
+/// well-known path, then the resource's own path).
+pub fn resource_metadata_url(session: &Session, resource: Option<&str>) -> String {
+    let path = session.req_header().uri.path();
+    let suffix = ["/mcp", "/sse", "/messages", "/message"]
         .iter()
         .find_map(|e| path.strip_suffix(e))
         .unwrap_or("");
-    format!(
-        "{}://{host}/.well-known/oauth-protected-resource{resource}",
-        if tls { "https" } else { "http" }
-    )
+    let origin = origin(session, resource);
+    format!("{origin}/.well-known/oauth-protected-resource{suffix}")
 }
 
 #[cfg(test)]
@@ -125,6 +148,15 @@ mod tests {
             event(&limited, None).is_none(),
             "nothing answers a notification"
         );
+    }
+
+    #[test]
+    fn only_plain_authorities_pass_as_hosts() {
+        assert!(is_authority("gw.example.com:8443"));
+        assert!(is_authority("[::1]:80"));
+        assert!(!is_authority(r#"evil", error="x"#));
+        assert!(!is_authority("a b"));
+        assert!(!is_authority(""));
     }
 
     #[test]

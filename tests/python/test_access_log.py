@@ -53,3 +53,31 @@ def test_json_access_log_has_one_line_per_request_and_no_secrets(tmp_path):
         gw.proc.stop()
         backend.proc.stop()
         log.close()
+
+
+def test_client_supplied_fields_are_cut_short_and_escaped_in_the_access_log(tmp_path):
+    """A ping with a 1 MB id and a method name full of control characters
+    gives an access line of a bounded size, with nothing unescaped."""
+    backend = Backend(tmp_path / "r.db", "log-1")
+    log = open(tmp_path / "gateway.log", "w")
+    gw = Gateway(tmp_path, "logged-long", [backend.addr], stderr=log,
+                 env={"MCP_GATEWAY_ACCESS_LOG": "true", "RUST_LOG": "info"})
+    try:
+        with httpx2.Client(timeout=10) as c:
+            url = f"{gw.http}/mcp"
+            c.post(url, headers={"accept": ACCEPT}, json={"jsonrpc": "2.0", "id": "x" * 1_000_000, "method": "ping"})
+            c.post(url, headers={"accept": ACCEPT},
+                   json={"jsonrpc": "2.0", "id": 2, "method": "evil\n\u001b[31mforged line"})
+
+        def access_lines():
+            return [line for line in (tmp_path / "gateway.log").read_text().splitlines() if "access" in line]
+        wait_until(lambda: len(access_lines()) >= 2, 10, "the access lines")
+        longest = max(len(line) for line in access_lines())
+        assert longest < 2048, f"an access line of {longest} bytes"
+        text = (tmp_path / "gateway.log").read_text()
+        assert "\u001b" not in text, "a control character reached the log"
+        assert not any(line.startswith("forged line") for line in text.splitlines()), "a client forged a log line"
+    finally:
+        gw.proc.stop()
+        backend.proc.stop()
+        log.close()

@@ -134,8 +134,10 @@ def read_response(s):
 
 def test_bodies_held_at_once_past_the_buffer_budget_get_503_until_one_is_done(tmp_path, backend):
     budget = 64 * 1024
+    # client_share = 1: the one client may hold the whole budget, so the
+    # budget itself is what answers (a client's share is test_slow_clients.py's)
     gw = Gateway(tmp_path, "buffered", [backend.addr],
-                 limits=f"max_body_bytes = {budget}\nmax_buffered_bytes = {budget}\n")
+                 limits=f"max_body_bytes = {budget}\nmax_buffered_bytes = {budget}\nclient_share = 1.0\n")
     held = post_head(gw, 60_000)
     body = padded_discover(60_000)
     try:

@@ -173,7 +173,9 @@ def test_dns_discovery_follows_membership_changes(tmp_path):
 
 def test_the_inflight_cap_answers_503_with_retry_after(tmp_path):
     backend = Backend(tmp_path / "cap.db", "cap-backend")
-    gw = Gateway(tmp_path, "cap", [backend.addr], limits="max_inflight = 2")
+    # client_share = 1: this one address may take both slots, so the
+    # gateway-wide cap is what answers
+    gw = Gateway(tmp_path, "cap", [backend.addr], limits="max_inflight = 2\nclient_share = 1.0")
     streams = []
     try:
         # two legacy SSE streams hold the two slots

@@ -109,7 +109,9 @@ def test_the_legacy_session_cap_answers_503(tmp_path):
 
 def test_a_client_that_stalls_mid_body_is_cut_off_after_idle_timeout(tmp_path):
     backend = Backend(tmp_path / "idle.db", "idle-backend")
-    gw = Gateway(tmp_path, "idle", [backend.addr], limits='idle_timeout = "1s"')
+    # body_min_rate = 1: the body's own rate rule (test_slow_clients.py) does
+    # not come first, so the idle timeout is what cuts it
+    gw = Gateway(tmp_path, "idle", [backend.addr], limits='idle_timeout = "1s"\nbody_min_rate = 1')
     try:
         s = socket.create_connection(("127.0.0.1", gw.http_port))
         started = time.monotonic()  # before the gateway can have started its clock

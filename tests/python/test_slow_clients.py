@@ -7,6 +7,7 @@ body budget grow with the bytes that arrived, within a client's share.
 Small limits keep each case to a few seconds."""
 
 import hashlib
+import signal
 import socket
 import threading
 import time
@@ -221,3 +222,35 @@ def test_one_address_holds_at_most_its_share_of_max_inflight(tmp_path, slow_back
         assert sorted(results).count(200) == 2 and results.count(429) == 2, results
     finally:
         gw.proc.stop()
+
+
+def test_sigterm_under_open_streams_and_slow_clients_exits_within_grace_and_timeout(tmp_path):
+    """Issue 21, finding 14: a gateway holding legacy streams, trickling
+    headers and slow bodies still exits within shutdown_grace_secs +
+    shutdown_timeout_secs of SIGTERM (a second of slack for the process to
+    end)."""
+    from conftest import Backend
+    backend = Backend(tmp_path / "stop.db", "stop")
+    gw = Gateway(tmp_path, "stop", [backend.addr], extra_config="shutdown_grace_secs = 1\nshutdown_timeout_secs = 2")
+    socks = []
+    try:
+        for _ in range(10):
+            s = connect(gw)
+            s.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            socks.append(s)
+        for _ in range(10):
+            s = connect(gw)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a header that never ends
+            socks.append(s)
+        socks += [post_slowly(gw, 100_000, 10) for _ in range(10)]  # bodies that never end
+        wait_until(lambda: metric(gw, "mcp_gateway_connections_open") >= 30, 10, "30 open connections")
+        started = time.monotonic()
+        gw.proc.p.send_signal(signal.SIGTERM)
+        assert gw.proc.p.wait(30) == 0
+        took = time.monotonic() - started
+        assert took < 1 + 2 + 1, f"exited {took:.1f} s after SIGTERM"
+    finally:
+        for s in socks:
+            s.close()
+        gw.proc.stop()
+        backend.proc.stop()

@@ -52,11 +52,12 @@ impl Bridge {
         max_sessions: usize,
         advertise: Option<String>,
     ) -> Self {
+        let share = state.limits().client_share;
         Self {
             state,
             sessions,
             upstream,
-            table: Table::new(max_sessions),
+            table: Table::new(max_sessions, share),
             advertise,
         }
     }

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Bridge;
-use super::table::{Entry, Inbound};
+use super::table::{Entry, Full, Inbound};
 use crate::policy::jsonrpc;
 use crate::pool::Pool;
 use crate::reject::Reject;
@@ -186,6 +186,7 @@ impl Bridge {
         session: &mut Session,
         pool: &Arc<Pool>,
         caller: Caller,
+        client: Arc<str>,
     ) -> Result<(), Failure> {
         let id = new_id();
         // The id the client sees: sealed, naming this replica, when replicas share sessions.
@@ -199,9 +200,17 @@ impl Bridge {
         };
         let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
         let (out_tx, mut out_rx) = mpsc::channel::<OutEvent>(OUTBOX);
-        let entry = Entry::new(inbox_tx, &caller.principal, pool.index);
-        if !self.table.insert(&id, entry) {
-            return Err(Reject::LegacyCapacity.into());
+        let entry = Entry::new(inbox_tx, &caller.principal, pool.index, client);
+        match self.table.insert(&id, entry) {
+            Ok(()) => {}
+            Err(Full::Pool) => return Err(Reject::LegacyCapacity.into()),
+            Err(Full::Client) => {
+                return Err(Reject::RateLimited {
+                    retry_after: 5,
+                    what: "legacy sessions per client",
+                }
+                .into());
+            }
         }
         let out = Out {
             tx: out_tx,

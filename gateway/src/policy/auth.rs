@@ -460,16 +460,29 @@ impl Rules {
 
 /// A `tools/list` answer with the tools `grant` does not allow taken out;
 /// `None` when the message is not such an answer or nothing is removed.
+/// (A batch's answer, an array, has each of its `tools/list` answers filtered.)
 pub fn filter_tools_list(message: &str, grant: &Grant) -> Option<String> {
     let mut v: serde_json::Value = serde_json::from_str(message).ok()?;
-    let tools = v.pointer_mut("/result/tools")?.as_array_mut()?;
-    let before = tools.len();
-    tools.retain(|t| {
-        t.get("name")
-            .and_then(|n| n.as_str())
-            .is_some_and(|n| grant.may_call(n))
-    });
-    (tools.len() != before).then(|| v.to_string())
+    let filter = |one: &mut serde_json::Value| {
+        let Some(tools) = one
+            .pointer_mut("/result/tools")
+            .and_then(|t| t.as_array_mut())
+        else {
+            return false;
+        };
+        let before = tools.len();
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| grant.may_call(n))
+        });
+        tools.len() != before
+    };
+    let changed = match &mut v {
+        serde_json::Value::Array(all) => all.iter_mut().map(filter).fold(false, |a, b| a | b),
+        one => filter(one),
+    };
+    changed.then(|| v.to_string())
 }
 
 #[cfg(test)]

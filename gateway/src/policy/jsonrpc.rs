@@ -181,13 +181,21 @@ pub struct Rpc {
     pub method: Method,
     /// The request id as raw JSON; `None` for notifications and responses.
     pub id: Option<Box<RawValue>>,
-    /// The body is a batch (2025-03-26 allowed them).
+    /// The body is a batch (2025-03-26 allowed them; 2025-06-18 removed them).
     pub batch: bool,
+    /// The methods of a batch's other messages: every policy step reads
+    /// them as it reads the first.
+    pub rest: Vec<Method>,
 }
 
 impl Rpc {
     pub fn is_initialize(&self) -> bool {
         self.method == Method::Initialize
+    }
+
+    /// The method of every message in the body.
+    pub fn methods(&self) -> impl Iterator<Item = &Method> {
+        std::iter::once(&self.method).chain(&self.rest)
     }
 
     /// The request id as JSON text (`None` for notifications and responses).
@@ -253,12 +261,14 @@ fn check(raw: &RawValue) -> Result<Rpc, Reject> {
                 method: Method::from_wire(&name, wire.params, id.is_some())?,
                 id: id.map(RawValue::to_owned),
                 batch: false,
+                rest: Vec::new(),
             })
         }
         None if id.is_some() && (wire.result.is_some() || wire.error.is_some()) => Ok(Rpc {
             method: Method::Response,
             id: None,
             batch: false,
+            rest: Vec::new(),
         }),
         None => Err(invalid(
             "a message needs \"method\" (request/notification) or \"result\"/\"error\" (response)",
@@ -273,20 +283,45 @@ pub fn parse(body: &[u8]) -> Result<Rpc, Reject> {
     if raw.get().starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(raw.get())
             .map_err(|e| Reject::Parse(format!("invalid JSON: {e}")))?;
-        let mut first = None;
-        for item in &items {
-            let rpc = check(item)?;
-            first.get_or_insert(rpc);
+        let mut messages = items.iter().map(|item| check(item));
+        let mut rpc = messages.next().ok_or_else(|| invalid("an empty batch"))??;
+        for other in messages {
+            rpc.rest.push(other?.method);
         }
-        let mut rpc = first.ok_or_else(|| invalid("an empty batch"))?;
         rpc.batch = true;
+        if rpc.methods().any(|m| *m == Method::Initialize) {
+            return Err(invalid("initialize cannot be part of a batch"));
+        }
         return Ok(rpc);
     }
     check(raw)
 }
 
+/// Whether a revision has JSON-RPC batches: 2025-03-26 only (and a
+/// request without `MCP-Protocol-Version` is 2025-03-26); 2025-06-18
+/// removed them and 2026-07-28 carries one message per request.
+pub fn has_batches(version: Option<&str>) -> bool {
+    version.is_none_or(|v| v <= "2025-03-26")
+}
+
+/// A batch from a client of a revision without batches is refused, naming it.
+pub fn check_batch(rpc: &Rpc, version: Option<&str>) -> Result<(), Reject> {
+    if rpc.batch && !has_batches(version) {
+        let v = version.unwrap_or(ASSUMED_PROTOCOL_VERSION);
+        return Err(Reject::Invalid(format!(
+            "JSON-RPC batches were removed in 2025-06-18 and this request speaks {v}: send one message per request"
+        )));
+    }
+    Ok(())
+}
+
 /// The 2026-07-28 headers, when present, must say what the body says.
 pub fn check_headers(rpc: &Rpc, method: Option<&str>, name: Option<&str>) -> Result<(), Reject> {
+    if rpc.batch && (method.is_some() || name.is_some()) {
+        return Err(invalid(
+            "a batch cannot carry Mcp-Method or Mcp-Name (one message per request)",
+        ));
+    }
     if let (Some(h), Some(m)) = (method, rpc.method.as_str())
         && h != m
     {

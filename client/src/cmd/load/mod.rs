@@ -1,63 +1,160 @@
-//! `mcp-client load`: a load generator for MCP through the gateway.
+//! `mcp-client load`: load-test any MCP server (through the gateway or not).
 //!
-//! N sessions (one transport, or a mix), a weighted tool mix with generated
-//! arguments, a fixed duration or call count, and either a closed loop
-//! (each session sends its next call when the last one returns) or an open
-//! loop at a target rate, where latency is measured from the *intended*
-//! send time so a slow server cannot hide its queueing (no coordinated
-//! omission). Results: per-tool throughput and HDR-histogram percentiles,
-//! errors by kind, a live progress line, `--output json`, and an optional
-//! self-contained HTML report with a latency-over-time chart.
+//! A scenario (a TOML/YAML/JSON file, or the registry's mix built from
+//! `--mix`/`--seed-agents`) says what sessions call: tools, prompts,
+//! resources, lists, with templated arguments and values captured from
+//! earlier results. Stages shape the run: an open loop whose rate ramps
+//! (latency measured from each call's intended send time, so queueing is
+//! not hidden) or a closed loop whose session count ramps; churn, idle GET
+//! streams and sessions that answer sampling/elicitation add the load
+//! shapes a gateway meets. Results: per-step throughput and HDR
+//! percentiles, errors by kind, a live progress line, `-o json` (with the
+//! histograms, so `load merge` combines shards exactly), an HTML report,
+//! k6-style thresholds and a baseline comparison that exit 99 when crossed.
+//!
+//! Files: `scenario` (the file format), `template` and `data` (arguments),
+//! `stages` (load shapes), `runner` (the run), `answer` (server requests),
+//! `results` (counts, histograms, merge), `threshold`, `compare`, `html`.
 
-use std::collections::BTreeMap;
+mod answer;
+mod compare;
+mod data;
+mod html;
+mod results;
+mod runner;
+mod scenario;
+mod stages;
+mod template;
+mod threshold;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use hdrhistogram::Histogram;
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::Output;
-use crate::connect::{ConnectArgs, Connection, TransportChoice, connect, rate_limited};
+use crate::connect::{ConnectArgs, TransportChoice};
+pub use results::{Results, merge};
+use runner::Plan;
+pub use scenario::{DEFAULT_MIX, Mix, Mode, Scenario};
+use stages::{Profile, Stage, parse_stage, split};
+use threshold::Threshold;
+
+/// What the run did not live up to: crossed thresholds, regressions against
+/// the baseline. `mcp-client` exits with [`GatesCrossed::EXIT_CODE`] on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct GatesCrossed(pub Vec<String>);
+
+impl GatesCrossed {
+    /// As k6 does: apart from 1 (the run itself failed).
+    pub const EXIT_CODE: i32 = 99;
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LoadCommand {
+    #[command(subcommand)]
+    pub action: Option<LoadAction>,
+    #[command(flatten)]
+    pub run: LoadArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LoadAction {
+    /// Combine shards' JSON reports (`--shard i/n` runs) into one: counts
+    /// summed, HDR histograms added exactly.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The shards' JSON reports (`-o json` or `--save` output).
+    #[arg(required = true, num_args = 1..)]
+    pub reports: Vec<PathBuf>,
+    #[command(flatten)]
+    pub gates: Gates,
+}
+
+/// What is done with the results: thresholds, a baseline, files.
+#[derive(Debug, Clone, Args)]
+pub struct Gates {
+    /// A pass/fail criterion, as in k6: 'p99 < 50ms', 'errors < 0.1%',
+    /// 'echo: p95 <= 20ms' (a step or tool), 'throughput >= 100/s'.
+    /// Repeatable; adds to the scenario's. Crossed: exit code 99.
+    #[arg(long = "threshold")]
+    pub thresholds: Vec<String>,
+    /// An earlier run's JSON report: prints the change per step and flags
+    /// regressions beyond --margin (exit code 99 when there are any).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Worse than the baseline by more than this is a regression: p50/p99
+    /// up, or throughput down, by more than this share.
+    #[arg(long, default_value = "10%", value_parser = parse_percent)]
+    pub margin: f64,
+    /// An error rate more than this many percentage points above the
+    /// baseline's is a regression.
+    #[arg(long, default_value = "0.1", value_parser = parse_points)]
+    pub error_margin: f64,
+    /// Write a self-contained HTML report (charts of this run and the baseline).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Also write the JSON report (what `-o json` prints) to this file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Concurrent MCP sessions.
-    #[arg(long, default_value_t = 8)]
-    pub sessions: usize,
-    /// How long to run (after warm-up), e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Stop after this many measured calls instead (whichever comes first).
+    /// A scenario file (.toml, .yaml or .json; see client/scenarios/).
+    /// Without one: the registry's mix (--mix, --seed-agents).
+    #[arg(long, short = 's')]
+    pub scenario: Option<PathBuf>,
+    /// Closed loop: concurrent sessions [default: 8]. Open loop: the
+    /// sessions the calls are spread over.
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// How long to run after the warm-up, without stages [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many measured calls (whichever comes first).
     #[arg(long)]
     pub calls: Option<u64>,
-    /// Open loop: target calls per second across all sessions (default: closed loop).
+    /// Open loop: calls per second across all sessions (default: closed loop).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Weighted tool mix, e.g. get_agent=70,search_agents=20,register_agent=10.
-    #[arg(
-        long,
-        default_value = "get_agent=70,search_agents=20,register_agent=10"
-    )]
-    pub mix: String,
-    /// Calls before this much time are not measured.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
+    /// What stages count: calls per second (rate) or sessions.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// A stage, DURATION:TARGET (repeatable, in order; replaces the
+    /// scenario's stages): the target — calls/s, or sessions — is reached
+    /// at the stage's end, e.g. --stage 60s:2000 --stage 5m:2000 --stage 30s:0.
+    #[arg(long = "stage", value_parser = parse_stage)]
+    pub stages: Vec<Stage>,
+    /// Sessions ended and replaced per second (new sessions per second).
+    #[arg(long)]
+    pub churn: Option<f64>,
+    /// GET event streams held open, idle, on sessions of their own while the calls run.
+    #[arg(long)]
+    pub idle_streams: Option<usize>,
+    /// Registry shortcut: the weighted tool mix [default: get_agent=70,search_agents=20,register_agent=10].
+    #[arg(long, conflicts_with = "scenario")]
+    pub mix: Option<String>,
+    /// Registry shortcut: agents registered up front for get_agent/search_agents to find [default: 100].
+    #[arg(long, conflicts_with = "scenario")]
+    pub seed_agents: Option<usize>,
+    /// Calls intended before this much time are not measured [default: 2s; 0s with stages].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub warmup: Option<Duration>,
     /// Transports for the sessions, round-robin, e.g. streamable,sse,stateless (default: --transport).
     #[arg(long, value_delimiter = ',')]
     pub transports: Vec<TransportChoice>,
-    /// Agents registered up front for get_agent/search_agents to find.
-    #[arg(long, default_value_t = 100)]
-    pub seed_agents: usize,
-    /// Write a self-contained HTML report here.
-    #[arg(long)]
-    pub html: Option<std::path::PathBuf>,
-    /// Per-call timeout.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// Per-call timeout [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
     /// Most calls outstanding at once in open loop (beyond: counted as "client_saturated").
     #[arg(long, default_value_t = 10_000)]
     pub max_outstanding: u64,
@@ -69,587 +166,476 @@ pub struct LoadArgs {
     /// measured window is reported per 1,000 calls, e.g. a proxy's pids.
     #[arg(long, value_delimiter = ',')]
     pub cpu_pid: Vec<u32>,
+    /// Run shard I of N (1-based, e.g. 2/4): a 1/N share of the rate,
+    /// sessions, churn and idle streams, with sequence numbers of its own;
+    /// combine the shards' reports with `load merge`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    #[command(flatten)]
+    pub gates: Gates,
 }
 
-/// CPU time (user + system) the given processes have used so far, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // fields after the command name (which may hold spaces) in parentheses
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n = s.trim().strip_suffix('%').unwrap_or(s.trim());
+    n.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v / 100.0)
+        .ok_or_else(|| format!("`{s}`: a percentage, e.g. 10%"))
 }
 
-/// A weighted choice of tools.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mix(Vec<(String, u32)>);
+fn parse_points(s: &str) -> Result<f64, String> {
+    parse_percent(s).map_err(|_| format!("`{s}`: percentage points, e.g. 0.1"))
+}
 
-impl Mix {
-    pub fn parse(text: &str) -> Result<Self> {
-        let mut items = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (tool, w) = part.split_once('=').unwrap_or((part, "1"));
-            let w: u32 = w
-                .parse()
-                .with_context(|| format!("weight of {tool} is not a number"))?;
-            if w > 0 {
-                items.push((tool.to_owned(), w));
-            }
-        }
-        if items.is_empty() {
-            bail!("the tool mix is empty");
-        }
-        Ok(Self(items))
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{s}`: a shard is I/N with 1 <= I <= N, e.g. 2/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if i == 0 || i > n {
+        return Err(bad());
     }
+    Ok((i - 1, n))
+}
 
-    pub fn pick(&self, r: u64) -> &str {
-        let total: u64 = self.0.iter().map(|(_, w)| *w as u64).sum();
-        let mut x = r % total;
-        for (tool, w) in &self.0 {
-            if x < *w as u64 {
-                return tool;
-            }
-            x -= *w as u64;
-        }
-        &self.0[0].0
+pub async fn command(conn: &ConnectArgs, cmd: &LoadCommand, output: Output) -> Result<()> {
+    match &cmd.action {
+        Some(LoadAction::Merge(m)) => merge_reports(m, output),
+        None => run(conn, &cmd.run, output).await,
     }
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Arguments for one call of `tool` (ids are generated, unique per run).
-pub fn arguments(tool: &str, run: &str, n: u64, r: u64, seed_agents: usize) -> Value {
-    let seeded = format!("load-seed-{}", r % seed_agents.max(1) as u64);
-    match tool {
-        "get_agent" => json!({ "agent_id": seeded }),
-        "get_agent_facts" => json!({ "username": seeded.replace('-', "_") }),
-        "search_agents" => json!({ "query": format!("load-seed-{}", r % 10), "limit": 10 }),
-        "list_agents" => json!({ "limit": 10 }),
-        "register_agent" => {
-            json!({ "agent_id": format!("load-{run}-{n}"), "agent_url": "http://127.0.0.1:9/a2a", "capabilities": ["load"] })
-        }
-        "update_agent" => json!({ "agent_id": seeded, "status": "active" }),
-        _ => json!({}),
+fn duration_of(
+    cli: Option<Duration>,
+    file: &Option<String>,
+    what: &str,
+) -> Result<Option<Duration>> {
+    match (cli, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(text)) => humantime::parse_duration(text)
+            .map(Some)
+            .with_context(|| format!("load.{what} `{text}`")),
+        (None, None) => Ok(None),
     }
 }
 
-struct Sample {
-    tool: String,
-    latency_us: u64,
-    error: Option<String>,
-    done_at: Duration,
-    measured: bool,
-}
-
-#[derive(Default)]
-struct ToolStats {
-    ok: u64,
-    errors: u64,
-    hist: Option<Histogram<u64>>,
-}
-
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-fn classify(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}").to_lowercase();
-    if text.contains("timed out") || text.contains("timeout") {
-        "timeout".into()
-    } else if text.contains("connect") {
-        "connect".into()
-    } else if text.contains("session") {
-        "session".into()
+/// The scenario's `[load]` table and the flags, as this process's plan and
+/// the configuration the report echoes.
+fn plan(args: &LoadArgs, scenario: &Scenario, run_id: &str) -> Result<(Plan, Value)> {
+    let file = &scenario.load;
+    let file_stages = match &file.stages {
+        Some(stages) => stages
+            .iter()
+            .map(|s| {
+                let d = humantime::parse_duration(&s.duration)
+                    .with_context(|| format!("load.stages: `{}`", s.duration))?;
+                if !(s.target.is_finite() && s.target >= 0.0) {
+                    bail!("load.stages: the target must be 0 or more");
+                }
+                Ok(Stage {
+                    duration: d,
+                    target: s.target,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let stages = if args.stages.is_empty() {
+        file_stages
     } else {
-        "transport".into()
+        args.stages.clone()
+    };
+    if args.rate.is_some() && !args.stages.is_empty() {
+        bail!("--rate holds one rate; --stage ramps it: give one or the other");
     }
-}
-
-/// One call: its error kind (None: ok) and, when rate-limited, the wait asked for.
-async fn call_once(
-    conn: &Connection,
-    tool: &str,
-    args: Value,
-    timeout: Duration,
-) -> (Option<String>, Option<Duration>) {
-    match tokio::time::timeout(timeout, conn.call(tool, args)).await {
-        Err(_) => (Some("timeout".into()), None),
-        Ok(Err(e)) => match rate_limited(&e) {
-            Some(wait) => (Some("rate_limited".into()), Some(wait)),
-            None => (Some(classify(&e)), None),
-        },
-        Ok(Ok(r)) if r.is_error.unwrap_or(false) => (Some("tool_error".into()), None),
-        Ok(Ok(_)) => (None, None),
-    }
-}
-
-pub async fn run(conn_args: &ConnectArgs, args: &LoadArgs, output: Output) -> Result<()> {
-    let mix = Mix::parse(&args.mix)?;
-    if args.sessions == 0 {
+    let rate = args.rate.or(file.rate);
+    let mode = if args.rate.is_some() {
+        Mode::Rate
+    } else {
+        args.mode.or(file.mode).unwrap_or(if rate.is_some() {
+            Mode::Rate
+        } else {
+            Mode::Sessions
+        })
+    };
+    let sessions = args.sessions.or(file.sessions).unwrap_or(8);
+    if sessions == 0 {
         bail!("--sessions must be at least 1");
     }
+    let duration = duration_of(args.duration, &file.duration, "duration")?;
+    let warmup =
+        duration_of(args.warmup, &file.warmup, "warmup")?.unwrap_or(if stages.is_empty() {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        });
+    let profile = if stages.is_empty() {
+        let total = warmup + duration.unwrap_or(Duration::from_secs(10));
+        match mode {
+            Mode::Rate => {
+                let r = rate.context("an open loop needs a rate: --rate, load.rate or stages")?;
+                if !(r.is_finite() && r > 0.0) {
+                    bail!("the rate must be above 0");
+                }
+                Profile::hold(r, total)
+            }
+            Mode::Sessions => Profile::hold(sessions as f64, total),
+        }
+    } else {
+        if duration.is_some() {
+            bail!("with stages the stages set the run's length: drop --duration / load.duration");
+        }
+        Profile {
+            start: file.start.unwrap_or(0.0),
+            stages,
+        }
+    };
+    if warmup >= profile.total() {
+        bail!(
+            "the warm-up ({}) is as long as the whole run ({})",
+            humantime::format_duration(warmup),
+            humantime::format_duration(profile.total())
+        );
+    }
+    let (shard, shards) = args.shard.unwrap_or((0, 1));
+    let churn = args.churn.or(file.churn).unwrap_or(0.0);
+    if !(churn.is_finite() && churn >= 0.0) {
+        bail!("churn is 0 or more sessions per second");
+    }
+    let idle = args.idle_streams.or(file.idle_streams).unwrap_or(0);
+    let timeout =
+        duration_of(args.timeout, &file.timeout, "timeout")?.unwrap_or(Duration::from_secs(30));
+    let plan = Plan {
+        mode,
+        profile: profile.clone(),
+        pool: split(sessions, shard, shards).max(1),
+        warmup,
+        timeout,
+        calls: args.calls.map(|c| split(c as usize, shard, shards) as u64),
+        churn: churn / shards as f64,
+        idle_streams: split(idle, shard, shards),
+        max_outstanding: args.max_outstanding,
+        honour_retry_after: args.honour_retry_after,
+        transports: args.transports.clone(),
+        shard: (shard, shards),
+        run_id: run_id.to_owned(),
+        cpu_pids: args.cpu_pid.clone(),
+    };
+    let config = json!({
+        "scenario": scenario.name,
+        "run_id": run_id,
+        "mode": match mode { Mode::Rate => "open-loop", Mode::Sessions => "closed-loop" },
+        "sessions": sessions,
+        "rate": if stages_given(args, scenario) { Value::Null } else { json!(rate) },
+        "start": profile.start,
+        "stages": profile.stages.iter().map(|s| json!({"duration_s": s.duration.as_secs_f64(), "target": s.target})).collect::<Vec<_>>(),
+        "duration_s": (profile.total() - warmup).as_secs_f64(),
+        // open loop: calls the schedule sends, all shards, warm-up included
+        "scheduled_calls": (mode == Mode::Rate).then(|| profile.calls().ceil() as u64),
+        "warmup_s": warmup.as_secs_f64(),
+        "churn_per_s": churn,
+        "idle_streams": idle,
+        "timeout_s": timeout.as_secs_f64(),
+        "calls": args.calls,
+        "mix": args.mix.clone().or_else(|| args.scenario.is_none().then(|| DEFAULT_MIX.to_owned())),
+        "transports": args.transports.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>(),
+        "shard": format!("{}/{shards}", shard + 1),
+    });
+    Ok((plan, config))
+}
+
+fn stages_given(args: &LoadArgs, scenario: &Scenario) -> bool {
+    !args.stages.is_empty() || scenario.load.stages.is_some()
+}
+
+/// The thresholds of the scenario and the flags, each scope checked
+/// against the scenario's steps and tools (so a typo fails before the run).
+fn thresholds(scenario: Option<&Scenario>, gates: &Gates) -> Result<Vec<Threshold>> {
+    let mut out: Vec<Threshold> = scenario.map(|s| s.thresholds.clone()).unwrap_or_default();
+    for t in &gates.thresholds {
+        out.push(t.parse().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(s) = scenario {
+        let scopes = s.scopes();
+        for t in &out {
+            if let Some(scope) = &t.scope
+                && !scopes.contains(scope)
+            {
+                bail!(
+                    "threshold `{}`: no step or tool is named `{scope}` (there are: {})",
+                    t.text,
+                    scopes.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_baseline(gates: &Gates) -> Result<Option<(PathBuf, Results)>> {
+    gates
+        .baseline
+        .as_ref()
+        .map(|p| Ok((p.clone(), Results::read(p).context("the baseline")?)))
+        .transpose()
+}
+
+async fn run(conn: &ConnectArgs, args: &LoadArgs, output: Output) -> Result<()> {
+    let mut scenario = match &args.scenario {
+        Some(path) => Scenario::read(path)?,
+        None => {
+            let mix = Mix::parse(args.mix.as_deref().unwrap_or(DEFAULT_MIX))?;
+            scenario::registry(&mix, args.seed_agents.unwrap_or(100))?
+        }
+    };
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
+    let (plan, config) = plan(args, &scenario, &run_id)?;
+    scenario
+        .data
+        .set_shard(plan.shard.0 as u64, plan.shard.1 as u64);
+    let thresholds = thresholds(Some(&scenario), &args.gates)?;
+    let baseline = read_baseline(&args.gates)?;
+    let results = runner::execute(conn, Arc::new(scenario), Arc::new(plan), config, output).await?;
+    finish(&results, &args.gates, &thresholds, baseline, output)
+}
 
-    // Connect every session up front.
-    let mut conns = Vec::with_capacity(args.sessions);
-    for i in 0..args.sessions {
-        let mut a = conn_args.clone();
-        if !args.transports.is_empty() {
-            a.transport = args.transports[i % args.transports.len()];
-        }
-        let mut attempts = 0;
-        let conn = loop {
-            match connect(&a).await {
-                Ok(c) => break c,
-                // A polite client waits out a rate limit here too (a few times).
-                Err(e) if args.honour_retry_after && attempts < 10 => match rate_limited(&e) {
-                    Some(wait) => {
-                        attempts += 1;
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => return Err(e.context(format!("session {i}"))),
-                },
-                Err(e) => return Err(e.context(format!("session {i}"))),
-            }
-        };
-        conns.push(Arc::new(conn));
-    }
-    // Seed agents for reads to find (already-exists is fine).
-    for i in 0..args.seed_agents {
-        let _ = conns[0]
-            .call("register_agent", json!({"agent_id": format!("load-seed-{i}"), "agent_url": "http://127.0.0.1:9/a2a", "capabilities": ["load"]}))
-            .await;
-    }
+fn merge_reports(args: &MergeArgs, output: Output) -> Result<()> {
+    let parts = args
+        .reports
+        .iter()
+        .map(|p| Results::read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = merge(parts)?;
+    let thresholds = thresholds(None, &args.gates)?;
+    let baseline = read_baseline(&args.gates)?;
+    finish(&merged, &args.gates, &thresholds, baseline, output)
+}
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
-    let start = Instant::now();
-    let measure_from = args.warmup;
-    let end_at = args.warmup + args.duration;
-    let issued = Arc::new(AtomicU64::new(0));
-    let outstanding = Arc::new(AtomicU64::new(0));
-    let limit = args.calls;
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
 
-    let cpu_probe = (!args.cpu_pid.is_empty()).then(|| {
-        let pids = args.cpu_pid.clone();
-        let from = start + measure_from;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(from.into()).await;
-            cpu_seconds(&pids)
-        })
-    });
-    let driver = {
-        let conns = conns.clone();
-        let mix = mix.clone();
-        let args = args.clone();
-        let run_id = run_id.clone();
-        let issued = Arc::clone(&issued);
-        let outstanding = Arc::clone(&outstanding);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match args.rate {
-                Some(rate) if rate > 0.0 => {
-                    // Open loop: the schedule, not the server, decides when calls go out.
-                    let interval = Duration::from_secs_f64(1.0 / rate);
-                    let mut rng = 0x5EED_u64;
-                    let mut n = 0u64;
-                    loop {
-                        let intended = interval.mul_f64(n as f64);
-                        if intended >= end_at {
-                            break;
-                        }
-                        if let Some(l) = limit
-                            && issued.load(Ordering::Relaxed) >= l
-                        {
-                            break;
-                        }
-                        tokio::time::sleep_until((start + intended).into()).await;
-                        let r = splitmix(&mut rng);
-                        let tool = mix.pick(r).to_owned();
-                        let measured = intended >= measure_from;
-                        if measured {
-                            issued.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if outstanding.load(Ordering::Relaxed) >= args.max_outstanding {
-                            let _ = tx.send(Sample {
-                                tool,
-                                latency_us: 0,
-                                error: Some("client_saturated".into()),
-                                done_at: start.elapsed(),
-                                measured,
-                            });
-                            n += 1;
-                            continue;
-                        }
-                        let conn = Arc::clone(&conns[(n as usize) % conns.len()]);
-                        let call_args = arguments(&tool, &run_id, n, r >> 8, args.seed_agents);
-                        let tx = tx.clone();
-                        let outstanding = Arc::clone(&outstanding);
-                        outstanding.fetch_add(1, Ordering::Relaxed);
-                        let timeout = args.timeout;
-                        tokio::spawn(async move {
-                            let (error, _) = call_once(&conn, &tool, call_args, timeout).await;
-                            outstanding.fetch_sub(1, Ordering::Relaxed);
-                            let done = start.elapsed();
-                            let latency_us = done.saturating_sub(intended).as_micros() as u64;
-                            let _ = tx.send(Sample {
-                                tool,
-                                latency_us,
-                                error,
-                                done_at: done,
-                                measured,
-                            });
-                        });
-                        n += 1;
-                    }
-                }
-                _ => {
-                    // Closed loop: each session calls back to back.
-                    let mut workers = Vec::new();
-                    for (i, conn) in conns.iter().enumerate() {
-                        let conn = Arc::clone(conn);
-                        let mix = mix.clone();
-                        let run_id = run_id.clone();
-                        let tx = tx.clone();
-                        let issued = Arc::clone(&issued);
-                        let args = args.clone();
-                        workers.push(tokio::spawn(async move {
-                            let mut rng = 0x5EED_u64 ^ (i as u64) << 32;
-                            let mut n = i as u64;
-                            loop {
-                                let sent = start.elapsed();
-                                if sent >= end_at {
-                                    break;
-                                }
-                                let measured = sent >= measure_from;
-                                if measured {
-                                    let k = issued.fetch_add(1, Ordering::Relaxed);
-                                    if limit.is_some_and(|l| k >= l) {
-                                        break;
-                                    }
-                                }
-                                let r = splitmix(&mut rng);
-                                let tool = mix.pick(r).to_owned();
-                                let call_args =
-                                    arguments(&tool, &run_id, n, r >> 8, args.seed_agents);
-                                let (error, wait) =
-                                    call_once(&conn, &tool, call_args, args.timeout).await;
-                                let done = start.elapsed();
-                                let latency_us = (done - sent).as_micros() as u64;
-                                let _ = tx.send(Sample {
-                                    tool,
-                                    latency_us,
-                                    error,
-                                    done_at: done,
-                                    measured,
-                                });
-                                if let Some(wait) = wait.filter(|_| args.honour_retry_after) {
-                                    // Never past the end of the run.
-                                    let until = (start + end_at).min(Instant::now() + wait);
-                                    tokio::time::sleep_until(until.into()).await;
-                                }
-                                n += args.sessions as u64;
-                            }
-                        }));
-                    }
-                    for w in workers {
-                        let _ = w.await;
-                    }
-                }
-            }
-        })
+/// Prints and writes the report, then checks the gates.
+fn finish(
+    results: &Results,
+    gates: &Gates,
+    thresholds: &[Threshold],
+    baseline: Option<(PathBuf, Results)>,
+    output: Output,
+) -> Result<()> {
+    let verdicts = thresholds
+        .iter()
+        .map(|t| t.check(results))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let margins = compare::Margins {
+        relative: gates.margin,
+        error_rate: gates.error_margin,
     };
-    drop(tx);
-
-    let bar = if output == Output::Pretty {
-        let bar = indicatif::ProgressBar::new(end_at.as_millis() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let mut report = results.to_json();
+    report["thresholds"] = json!(
+        verdicts
+            .iter()
+            .map(|v| json!({
+                "threshold": v.threshold, "passed": v.passed, "observed": v.observed,
+            }))
+            .collect::<Vec<_>>()
+    );
+    let mut crossed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| format!("threshold crossed: `{}` ({})", v.threshold, v.observed))
+        .collect();
+    let mut comparison_text = String::new();
+    if let Some((path, base)) = &baseline {
+        let shown = path.display().to_string();
+        let changes = compare::compare(base, results, margins);
+        report["comparison"] = compare::to_json(&shown, base, results, margins, &changes);
+        comparison_text = compare::render(&shown, base, results, &changes);
+        crossed.extend(
+            changes
+                .iter()
+                .filter(|c| c.regression)
+                .map(|c| format!("regression against {shown}: {}", c.describe())),
         );
-        Some(bar)
-    } else {
-        None
-    };
-
-    let mut tools: BTreeMap<String, ToolStats> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut all = new_hist();
-    let mut timeline: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
-    let mut last_tick = Instant::now();
-    while let Some(s) = rx.recv().await {
-        if !s.measured {
-            continue;
-        }
-        let entry = tools.entry(s.tool.clone()).or_default();
-        match &s.error {
-            Some(kind) => {
-                entry.errors += 1;
-                *errors.entry(kind.clone()).or_default() += 1;
-            }
-            None => {
-                entry.ok += 1;
-                let v = s.latency_us.max(1);
-                entry.hist.get_or_insert_with(new_hist).saturating_record(v);
-                all.saturating_record(v);
-                timeline
-                    .entry(s.done_at.as_secs())
-                    .or_insert_with(new_hist)
-                    .saturating_record(v);
-            }
-        }
-        if let Some(bar) = &bar
-            && last_tick.elapsed() > Duration::from_millis(200)
-        {
-            last_tick = Instant::now();
-            let secs = start
-                .elapsed()
-                .saturating_sub(measure_from)
-                .as_secs_f64()
-                .max(0.001);
-            let ok: u64 = tools.values().map(|t| t.ok).sum();
-            let err: u64 = tools.values().map(|t| t.errors).sum();
-            bar.set_position(start.elapsed().as_millis() as u64);
-            bar.set_message(format!(
-                "{:.0} calls/s  errors {}  p99 {:.2} ms",
-                ok as f64 / secs,
-                err,
-                all.value_at_quantile(0.99) as f64 / 1000.0
-            ));
-        }
-    }
-    let _ = driver.await;
-    // the measured window ends here, before the sessions are closed
-    let cpu_used = match cpu_probe.filter(|p| p.is_finished()) {
-        Some(probe) => Some(cpu_seconds(&args.cpu_pid) - probe.await.unwrap_or(0.0)),
-        None => None,
-    };
-    let elapsed = start
-        .elapsed()
-        .saturating_sub(measure_from)
-        .min(args.duration)
-        .as_secs_f64()
-        .max(0.001);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    for c in conns {
-        if let Ok(c) = Arc::try_unwrap(c) {
-            c.close().await;
-        }
-    }
-
-    let mut report = build_report(&tools, &errors, &all, elapsed, args, &timeline);
-    report["config"]["run_id"] = json!(run_id);
-    if let Some(cpu) = cpu_used {
-        let calls = report["total"]["ok"].as_u64().unwrap_or(0)
-            + report["total"]["errors"].as_u64().unwrap_or(0);
-        report["cpu"] = json!({
-            "pids": args.cpu_pid,
-            "seconds": cpu,
-            "ms_per_1000_calls": if calls > 0 { cpu * 1_000_000.0 / calls as f64 } else { 0.0 },
-        });
     }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Pretty => print!("{}", render_table(&report)),
+        Output::Pretty => {
+            print!("{}", results::render_table(results));
+            if !verdicts.is_empty() {
+                println!("\nthresholds:");
+                for v in &verdicts {
+                    println!("  {v}");
+                }
+            }
+            print!("{comparison_text}");
+        }
     }
-    if let Some(path) = &args.html {
-        std::fs::write(path, render_html(&report))
-            .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &gates.save {
+        write(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &gates.html {
+        let lines: Vec<String> = verdicts.iter().map(ToString::to_string).collect();
+        let base = baseline
+            .as_ref()
+            .map(|(p, b)| (p.to_str().unwrap_or("baseline"), b));
+        write(
+            path,
+            &html::render_html(results, base, &lines, &comparison_text),
+        )?;
         if output == Output::Pretty {
             println!("HTML report: {}", path.display());
         }
     }
-    Ok(())
-}
-
-fn percentiles(h: &Histogram<u64>) -> Value {
-    let ms = |v: u64| (v as f64) / 1000.0;
-    json!({
-        "p50_ms": ms(h.value_at_quantile(0.50)),
-        "p90_ms": ms(h.value_at_quantile(0.90)),
-        "p99_ms": ms(h.value_at_quantile(0.99)),
-        "p999_ms": ms(h.value_at_quantile(0.999)),
-        "max_ms": ms(h.max()),
-    })
-}
-
-fn build_report(
-    tools: &BTreeMap<String, ToolStats>,
-    errors: &BTreeMap<String, u64>,
-    all: &Histogram<u64>,
-    secs: f64,
-    args: &LoadArgs,
-    timeline: &BTreeMap<u64, Histogram<u64>>,
-) -> Value {
-    let per_tool: Vec<Value> = tools
-        .iter()
-        .map(|(name, t)| {
-            let mut v = json!({ "tool": name, "ok": t.ok, "errors": t.errors, "calls_per_sec": t.ok as f64 / secs });
-            if let Some(h) = &t.hist
-                && let (Some(o), Value::Object(p)) = (v.as_object_mut(), percentiles(h))
-            {
-                o.extend(p);
-            }
-            v
-        })
-        .collect();
-    let ok: u64 = tools.values().map(|t| t.ok).sum();
-    let err: u64 = tools.values().map(|t| t.errors).sum();
-    let series: Vec<Value> = timeline
-        .iter()
-        .map(|(sec, h)| json!({"second": sec, "count": h.len(), "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0}))
-        .collect();
-    json!({
-        "config": {
-            "sessions": args.sessions,
-            "duration_s": args.duration.as_secs_f64(),
-            "warmup_s": args.warmup.as_secs_f64(),
-            "rate": args.rate,
-            "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
-            "mix": args.mix,
-            "transports": args.transports.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>(),
-        },
-        "measured_seconds": secs,
-        "total": { "ok": ok, "errors": err, "calls_per_sec": ok as f64 / secs, "latency": if all.is_empty() { Value::Null } else { percentiles(all) } },
-        "tools": per_tool,
-        "errors_by_kind": errors,
-        "timeline": series,
-    })
-}
-
-fn render_table(r: &Value) -> String {
-    let mut out = format!(
-        "\n{} calls ok, {} errors in {:.1}s ({:.1} calls/s, {})\n\n",
-        r["total"]["ok"],
-        r["total"]["errors"],
-        r["measured_seconds"].as_f64().unwrap_or(0.0),
-        r["total"]["calls_per_sec"].as_f64().unwrap_or(0.0),
-        r["config"]["mode"].as_str().unwrap_or("")
-    );
-    out.push_str(&format!(
-        "{:<18} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "tool", "ok", "errors", "calls/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
-    ));
-    let f = |v: &Value| {
-        v.as_f64()
-            .map(|x| format!("{x:.2}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    let rows = r["tools"].as_array().cloned().unwrap_or_default();
-    for t in rows.iter().chain(std::iter::once(&json!({"tool": "ALL", "ok": r["total"]["ok"], "errors": r["total"]["errors"], "calls_per_sec": r["total"]["calls_per_sec"], "p50_ms": r["total"]["latency"]["p50_ms"], "p90_ms": r["total"]["latency"]["p90_ms"], "p99_ms": r["total"]["latency"]["p99_ms"], "p999_ms": r["total"]["latency"]["p999_ms"], "max_ms": r["total"]["latency"]["max_ms"]}))) {
-        out.push_str(&format!(
-            "{:<18} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            t["tool"].as_str().unwrap_or(""), t["ok"].as_u64().unwrap_or(0), t["errors"].as_u64().unwrap_or(0), f(&t["calls_per_sec"]), f(&t["p50_ms"]), f(&t["p90_ms"]), f(&t["p99_ms"]), f(&t["p999_ms"]), f(&t["max_ms"])
-        ));
+    if crossed.is_empty() {
+        Ok(())
+    } else {
+        Err(GatesCrossed(crossed).into())
     }
-    if let Some(errs) = r["errors_by_kind"].as_object().filter(|e| !e.is_empty()) {
-        out.push_str("\nerrors by kind:\n");
-        for (k, v) in errs {
-            out.push_str(&format!("  {k:<18} {v}\n"));
-        }
-    }
-    out
-}
-
-/// A self-contained HTML page: the table and an inline SVG chart of p50/p99
-/// latency per second. No scripts, no external assets.
-pub fn render_html(r: &Value) -> String {
-    let points = r["timeline"].as_array().cloned().unwrap_or_default();
-    let (w, h, pad) = (800.0, 300.0, 40.0);
-    let max_ms = points
-        .iter()
-        .filter_map(|p| p["p99_ms"].as_f64())
-        .fold(0.0_f64, f64::max)
-        .max(0.001);
-    let n = points.len().max(2) as f64 - 1.0;
-    let line = |key: &str| -> String {
-        points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let x = pad + (w - 2.0 * pad) * (i as f64) / n;
-                let y = h - pad - (h - 2.0 * pad) * p[key].as_f64().unwrap_or(0.0) / max_ms;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let table = render_table(r).replace('&', "&amp;").replace('<', "&lt;");
-    format!(
-        r##"<!doctype html><html><head><meta charset="utf-8"><title>mcp-client load report</title>
-<style>body{{font-family:sans-serif;margin:2em}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>
-<h1>MCP load report</h1>
-<pre>{table}</pre>
-<h2>Latency over time (ms, per second of the run)</h2>
-<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="latency over time">
-<rect x="0" y="0" width="{w}" height="{h}" fill="white" stroke="#ccc"/>
-<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#999"/>
-<text x="4" y="{pad}" font-size="12">{max_ms:.2}</text><text x="4" y="{b}" font-size="12">0</text>
-<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{p50}"/>
-<polyline fill="none" stroke="#d62728" stroke-width="2" points="{p99}"/>
-<text x="{lx}" y="20" font-size="12" fill="#1f77b4">p50</text><text x="{lx2}" y="20" font-size="12" fill="#d62728">p99</text>
-</svg>
-<h2>Raw</h2><pre>{raw}</pre></body></html>
-"##,
-        b = h - pad,
-        r = w - pad,
-        lx = w - 120.0,
-        lx2 = w - 80.0,
-        p50 = line("p50_ms"),
-        p99 = line("p99_ms"),
-        raw = serde_json::to_string_pretty(r)
-            .unwrap_or_default()
-            .replace('<', "&lt;"),
-    )
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    #[test]
-    fn mix_parses_and_picks_by_weight() {
-        let m = Mix::parse("a=70, b=20,c=10,d=0").unwrap();
-        let mut counts = BTreeMap::new();
-        for r in 0..100 {
-            *counts.entry(m.pick(r).to_owned()).or_insert(0) += 1;
-        }
-        assert_eq!(counts["a"], 70);
-        assert_eq!(counts["b"], 20);
-        assert_eq!(counts["c"], 10);
-        assert!(!counts.contains_key("d"));
-        assert!(Mix::parse("").is_err());
-        assert!(Mix::parse("a=x").is_err());
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Load(LoadCommand),
+    }
+
+    fn load(args: &[&str]) -> std::result::Result<LoadCommand, clap::Error> {
+        let mut all = vec!["mcp-client", "load"];
+        all.extend(args);
+        Cli::try_parse_from(all).map(|c| match c.cmd {
+            Cmd::Load(l) => l,
+        })
+    }
+
+    fn registry_plan(args: &[&str]) -> Result<(Plan, Value)> {
+        let cmd = load(args).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let s = scenario::registry(&Mix::parse(DEFAULT_MIX)?, 1)?;
+        plan(&cmd.run, &s, "r")
     }
 
     #[test]
-    fn generated_ids_are_unique_per_call() {
-        let a = arguments("register_agent", "run", 1, 5, 10);
-        let b = arguments("register_agent", "run", 2, 5, 10);
-        assert_ne!(a["agent_id"], b["agent_id"]);
+    fn merge_is_a_subcommand_and_runs_take_flags() {
+        let m = load(&["merge", "a.json", "b.json", "--threshold", "p99 < 5ms"]).unwrap();
+        assert!(matches!(m.action, Some(LoadAction::Merge(ref a)) if a.reports.len() == 2));
+        let r = load(&[
+            "--rate",
+            "100",
+            "--shard",
+            "2/3",
+            "--threshold",
+            "errors < 1%",
+        ])
+        .unwrap();
+        assert!(r.action.is_none());
+        assert_eq!(r.run.shard, Some((1, 3)));
+        for bad in [
+            &["--shard", "0/2"][..],
+            &["--shard", "3/2"],
+            &["--margin", "x"],
+            &["--stage", "10s"],
+        ] {
+            assert!(load(bad).is_err(), "{bad:?}");
+        }
+        assert!(load(&["--scenario", "x.toml", "--mix", "a=1"]).is_err());
+    }
+
+    #[test]
+    fn flags_make_the_plan_and_shards_split_it() {
+        let (p, c) = registry_plan(&[
+            "--rate",
+            "300",
+            "--duration",
+            "4s",
+            "--warmup",
+            "1s",
+            "--sessions",
+            "5",
+            "--shard",
+            "1/2",
+        ])
+        .unwrap();
+        assert_eq!(p.mode, Mode::Rate);
         assert_eq!(
-            arguments("get_agent", "run", 1, 13, 10)["agent_id"],
-            "load-seed-3"
+            p.scheduled().count(),
+            750,
+            "every second call of 300/s over 5 s"
+        );
+        assert_eq!(p.pool, 3);
+        assert_eq!(c["mode"], "open-loop");
+        assert_eq!(c["duration_s"], 4.0);
+        let (p, _) = registry_plan(&[
+            "--stage",
+            "2s:10",
+            "--stage",
+            "2s:0",
+            "--churn",
+            "4",
+            "--idle-streams",
+            "3",
+            "--shard",
+            "2/2",
+        ])
+        .unwrap();
+        assert_eq!(p.mode, Mode::Sessions);
+        assert_eq!(p.warmup, Duration::ZERO, "a ramp is its own warm-up");
+        assert_eq!((p.sessions_at(2.0), p.churn, p.idle_streams), (5, 2.0, 1));
+        for (bad, why) in [
+            (&["--rate", "5", "--stage", "1s:5"][..], "one or the other"),
+            (
+                &["--stage", "1s:5", "--duration", "3s"],
+                "stages set the run's length",
+            ),
+            (
+                &["--stage", "1s:5", "--warmup", "2s"],
+                "as long as the whole run",
+            ),
+            (&["--mode", "rate"], "needs a rate"),
+            (&["--sessions", "0"], "at least 1"),
+        ] {
+            let err = format!("{:#}", registry_plan(bad).unwrap_err());
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_threshold_on_an_unknown_step_is_refused_before_the_run() {
+        let s = scenario::registry(&Mix::parse(DEFAULT_MIX).unwrap(), 1).unwrap();
+        let gates = |t: &str| load(&["--threshold", t]).unwrap().run.gates;
+        assert_eq!(
+            thresholds(Some(&s), &gates("get_agent: p99 < 5ms"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = thresholds(Some(&s), &gates("get_agnet: p99 < 5ms"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no step or tool is named `get_agnet`"),
+            "{err}"
         );
     }
 }

@@ -201,6 +201,19 @@ def test_churn_and_idle_streams_are_counted_as_the_gateway_saw_them(everything, 
     assert metric(gw, "mcp_gateway_sessions_issued_total") - issued == s["opened"] + 3
 
 
+def test_a_failed_check_is_counted_with_what_the_result_held(everything, tmp_path):
+    path = tmp_path / "wrong.yaml"
+    path.write_text("steps:\n  - tool: echo\n    args: { message: hi }\n"
+                    "    expect: { /content/0/text: 'Echo: nope' }\n"
+                    "thresholds: ['errors < 1%']\n")
+    out = load(everything, path, "--rate", "20", "--duration", "500ms", "--warmup", "0s", "--sessions", "1")
+    assert out.returncode == 99, out.stderr
+    echo = json.loads(out.stdout)["steps"][0]
+    assert echo["ok"] == 0 and echo["errors_by_kind"] == {"check_failed": 10}, echo
+    assert echo["error_examples"] == {"check_failed": '/content/0/text is "Echo: hi", expected "Echo: nope"'}
+    assert "threshold crossed: `errors < 1%` (100.000% (10 of 10 calls))" in out.stderr, out.stderr
+
+
 def readme_scenario():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Load testing"):]

@@ -166,9 +166,9 @@ pub struct LoadArgs {
     /// measured window is reported per 1,000 calls, e.g. a proxy's pids.
     #[arg(long, value_delimiter = ',')]
     pub cpu_pid: Vec<u32>,
-    /// Run shard I of N (1-based, e.g. 2/4): a 1/N share of the rate,
-    /// sessions, churn and idle streams, with sequence numbers of its own;
-    /// combine the shards' reports with `load merge`.
+    /// Run shard I of N (1-based, e.g. 2/4): every N-th call of the open
+    /// loop's schedule, an N-th of the sessions, churn, idle streams and
+    /// --calls; combine the shards' reports with `load merge`.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     #[command(flatten)]

@@ -30,6 +30,10 @@ pub const LEGEND: &[(&str, &str)] = &[
         "calls that completed with an error (see errors_by_kind), timed out, failed a check or capture, or were never sent (client_saturated, template)",
     ),
     ("error_rate", "errors / (ok + errors)"),
+    (
+        "error_examples",
+        "per step, the first error of each kind, in words",
+    ),
     ("calls_per_sec", "ok calls per measured second"),
     (
         "latency",
@@ -130,6 +134,8 @@ pub struct StepResult {
     pub ok: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// The first error of each kind, in words.
+    pub error_examples: BTreeMap<String, String>,
     /// Latency of ok calls, µs.
     pub hist: Histogram<u64>,
 }
@@ -143,6 +149,7 @@ impl StepResult {
             ok: 0,
             errors: 0,
             errors_by_kind: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
             hist: new_hist(),
         }
     }
@@ -340,6 +347,7 @@ impl Results {
                     "error_rate": error_rate(s.ok, s.errors),
                     "calls_per_sec": self.calls_per_sec(s.ok),
                     "errors_by_kind": s.errors_by_kind,
+                    "error_examples": s.error_examples,
                     "histogram": encode(&s.hist),
                 });
                 if let (Some(o), Value::Object(p)) = (v.as_object_mut(), percentiles(&s.hist)) {
@@ -417,6 +425,7 @@ impl Results {
                     ok: s.ok,
                     errors: s.errors,
                     errors_by_kind: s.errors_by_kind,
+                    error_examples: s.error_examples,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -497,6 +506,8 @@ struct WireStep {
     errors: u64,
     #[serde(default)]
     errors_by_kind: BTreeMap<String, u64>,
+    #[serde(default)]
+    error_examples: BTreeMap<String, String>,
     histogram: String,
 }
 
@@ -562,6 +573,9 @@ pub fn merge(parts: Vec<Results>) -> Result<Results> {
                     o.errors += s.errors;
                     for (k, v) in s.errors_by_kind {
                         *o.errors_by_kind.entry(k).or_default() += v;
+                    }
+                    for (k, v) in s.error_examples {
+                        o.error_examples.entry(k).or_insert(v);
                     }
                     add(&mut o.hist, &s.hist)?;
                 }
@@ -655,6 +669,12 @@ pub fn render_table(r: &Results) -> String {
         out.push_str("\nerrors by kind:\n");
         for (k, v) in errors {
             out.push_str(&format!("  {k:<18} {v}\n"));
+        }
+        out.push_str("first of each kind, per step:\n");
+        for s in &r.steps {
+            for (k, e) in &s.error_examples {
+                out.push_str(&format!("  {} {k}: {e}\n", s.name));
+            }
         }
     }
     let s = &r.sessions;

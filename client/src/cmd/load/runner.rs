@@ -87,7 +87,7 @@ enum Event {
     Call {
         step: usize,
         latency_us: u64,
-        error: Option<String>,
+        error: Option<Failure>,
         done_at: Duration,
         measured: bool,
     },
@@ -280,40 +280,57 @@ fn render(step: &Step, env: &mut Env<'_>) -> Result<(Request, Vec<Option<Value>>
     Ok((request, expected))
 }
 
+/// A failed call: its kind (as counted in `errors_by_kind`) and what
+/// happened, in words (the report keeps the first of each kind per step).
+#[derive(Debug, PartialEq)]
+struct Failure {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Failure {
+    fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Why a call failed, as counted in `errors_by_kind`.
-fn classify(e: &anyhow::Error) -> String {
+fn classify(e: &anyhow::Error) -> &'static str {
     for cause in e.chain() {
         if let Some(rmcp::ServiceError::McpError(_)) = cause.downcast_ref::<rmcp::ServiceError>() {
-            return "rpc_error".into();
+            return "rpc_error";
         }
     }
     let text = format!("{e:#}").to_lowercase();
     if text.contains("timed out") || text.contains("timeout") {
-        "timeout".into()
+        "timeout"
     } else if text.contains("connect") {
-        "connect".into()
+        "connect"
     } else if text.contains("session") {
-        "session".into()
+        "session"
     } else {
-        "transport".into()
+        "transport"
     }
 }
 
-/// Sends one request; the result as JSON, or the error's kind (and the
-/// wait a rate limit asked for).
+/// Sends one request; the result as JSON, or why it failed (and the wait
+/// a rate limit asked for).
 async fn send(
     conn: &Connection<Answering>,
     request: Request,
     timeout: Duration,
-) -> Result<Value, (String, Option<Duration>)> {
+) -> Result<Value, (Failure, Option<Duration>)> {
     let s = &conn.service;
-    // Ok(None): a tool result with isError
+    // Err(text): a tool result with isError
     let call = async {
-        Ok::<Option<Value>, anyhow::Error>(Some(match request {
+        Ok::<Result<Value, String>, anyhow::Error>(Ok(match request {
             Request::Tool(name, args) => {
                 let r: CallToolResult = conn.call(&name, Value::Object(args)).await?;
                 if r.is_error.unwrap_or(false) {
-                    return Ok(None);
+                    return Ok(Err(crate::connect::result_text(&r)));
                 }
                 serde_json::to_value(r)?
             }
@@ -336,13 +353,21 @@ async fn send(
         }))
     };
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(("timeout".into(), None)),
-        Ok(Ok(Some(v))) => Ok(v),
-        Ok(Ok(None)) => Err(("tool_error".into(), None)),
-        Ok(Err(e)) => match rate_limited(&e) {
-            Some(wait) => Err(("rate_limited".into(), Some(wait))),
-            None => Err((classify(&e), None)),
-        },
+        Err(_) => Err((
+            Failure::new("timeout", format!("no answer within {timeout:?}")),
+            None,
+        )),
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(text))) => Err((Failure::new("tool_error", text), None)),
+        Ok(Err(e)) => {
+            let wait = rate_limited(&e);
+            let kind = if wait.is_some() {
+                "rate_limited"
+            } else {
+                classify(&e)
+            };
+            Err((Failure::new(kind, format!("{e:#}")), wait))
+        }
     }
 }
 
@@ -353,7 +378,7 @@ fn check_and_capture(
     result: &Value,
     expected: &[Option<Value>],
     captures: &mut BTreeMap<String, Value>,
-) -> Result<(), &'static str> {
+) -> Result<(), Failure> {
     for ((pointer, check), want) in step.expect.iter().zip(expected) {
         let got = result.pointer(pointer);
         let ok = match (check, got, want) {
@@ -362,7 +387,16 @@ fn check_and_capture(
             _ => false,
         };
         if !ok {
-            return Err("check_failed");
+            let wanted = match (check, want) {
+                (Check::Matches(re), _) => format!("to match {}", re.as_str()),
+                (_, Some(w)) => format!("{w}"),
+                _ => String::new(),
+            };
+            let found = got.map_or("nothing".to_owned(), |v| v.to_string());
+            return Err(Failure::new(
+                "check_failed",
+                format!("{pointer} is {found}, expected {wanted}"),
+            ));
         }
     }
     for (name, pointer) in &step.captures {
@@ -370,7 +404,12 @@ fn check_and_capture(
             Some(v) => {
                 captures.insert(name.clone(), v.clone());
             }
-            None => return Err("capture_failed"),
+            None => {
+                return Err(Failure::new(
+                    "capture_failed",
+                    format!("{name}: nothing at {pointer} in the result"),
+                ));
+            }
         }
     }
     Ok(())
@@ -404,9 +443,9 @@ async fn call(
                 request,
                 expected,
             })
-            .map_err(|_| step)
+            .map_err(|e| (step, e))
     };
-    let report = |step: usize, error: Option<String>| {
+    let report = |step: usize, error: Option<Failure>| {
         let done = ctx.start.elapsed();
         ctx.send(Event::Call {
             step,
@@ -418,13 +457,20 @@ async fn call(
     };
     let p = match prepared {
         Ok(p) => p,
-        Err(step) => {
-            report(step, Some("template".into()));
+        Err((step, e)) => {
+            report(step, Some(Failure::new("template", e.to_string())));
             return (step, None);
         }
     };
     if saturated {
-        report(p.step, Some("client_saturated".into()));
+        let limit = ctx.plan.max_outstanding;
+        report(
+            p.step,
+            Some(Failure::new(
+                "client_saturated",
+                format!("{limit} calls were outstanding (--max-outstanding)"),
+            )),
+        );
         return (p.step, None);
     }
     let step = &ctx.scenario.steps[p.step];
@@ -434,11 +480,11 @@ async fn call(
                 let mut st = session.state.lock().unwrap_or_else(PoisonError::into_inner);
                 check_and_capture(step, &result, &p.expected, &mut st.captures)
             };
-            report(p.step, outcome.err().map(str::to_owned));
+            report(p.step, outcome.err());
             (p.step, None)
         }
-        Err((kind, wait)) => {
-            report(p.step, Some(kind));
+        Err((failure, wait)) => {
+            report(p.step, Some(failure));
             (p.step, wait)
         }
     }
@@ -993,10 +1039,13 @@ impl Collector {
                 let s = &mut self.steps[step];
                 let second = self.timeline.entry(done_at.as_secs()).or_default();
                 match error {
-                    Some(kind) => {
+                    Some(f) => {
                         s.errors += 1;
                         second.errors += 1;
-                        *s.errors_by_kind.entry(kind).or_default() += 1;
+                        *s.errors_by_kind.entry(f.kind.to_owned()).or_default() += 1;
+                        s.error_examples
+                            .entry(f.kind.to_owned())
+                            .or_insert(f.detail);
                     }
                     None => {
                         let v = latency_us.max(1);
@@ -1114,12 +1163,18 @@ mod tests {
         let wrong = json!({"content": [{"type": "text", "text": "Echo: hi 8"}], "isError": false});
         assert_eq!(
             check_and_capture(step, &wrong, &expected, &mut caps),
-            Err("check_failed")
+            Err(Failure::new(
+                "check_failed",
+                r#"/content/0/text is "Echo: hi 8", expected "Echo: hi 7""#
+            ))
         );
         let no_text = json!({"content": [], "isError": false});
         assert_eq!(
             check_and_capture(step, &no_text, &expected, &mut caps),
-            Err("check_failed")
+            Err(Failure::new(
+                "check_failed",
+                "/content/0/text is nothing, expected \"Echo: hi 7\""
+            ))
         );
     }
 }

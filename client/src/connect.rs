@@ -11,7 +11,7 @@ use rmcp::model::{
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,15 +105,18 @@ impl ConnectArgs {
     }
 }
 
-pub type Service = RunningService<RoleClient, ClientConfig>;
+pub type Service<H = ClientConfig> = RunningService<RoleClient, H>;
 
-/// A connected MCP session and the transport it ended up on.
-pub struct Connection {
-    pub service: Service,
+/// A connected MCP session and the transport it ended up on. `H` answers
+/// the server's requests (sampling, elicitation); the plain `ClientConfig`
+/// answers none and declares no capability for them.
+pub struct Connection<H: ClientHandler = ClientConfig> {
+    pub service: Service<H>,
     pub transport: TransportChoice,
 }
 
-fn client_info() -> ClientConfig {
+/// Who we say we are in `initialize` (name and version).
+pub fn client_info() -> ClientConfig {
     let mut info = ClientConfig::default();
     info.client_info = Implementation::new("mcp-client", env!("CARGO_PKG_VERSION"));
     info
@@ -189,17 +192,21 @@ async fn diagnose(args: &ConnectArgs, err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-async fn streamable(args: &ConnectArgs, mode: ClientLifecycleMode) -> Result<Service> {
+async fn streamable<H: ClientHandler>(
+    args: &ConnectArgs,
+    handler: H,
+    mode: ClientLifecycleMode,
+) -> Result<Service<H>> {
     let transport = StreamableHttpClientTransport::with_client(
         args.http_client()?,
         StreamableHttpClientTransportConfig::with_uri(args.mcp_url()),
     );
-    Ok(client_info().serve_with_lifecycle(transport, mode).await?)
+    Ok(handler.serve_with_lifecycle(transport, mode).await?)
 }
 
-async fn legacy(args: &ConnectArgs) -> Result<Service> {
+async fn legacy<H: ClientHandler>(args: &ConnectArgs, handler: H) -> Result<Service<H>> {
     let transport = crate::sse::connect(args.http_client()?, &args.sse_url()).await?;
-    Ok(client_info().serve(transport).await?)
+    Ok(handler.serve(transport).await?)
 }
 
 /// Whether the gateway answers at all (to tell "down" from "refused").
@@ -215,16 +222,27 @@ async fn reachable(args: &ConnectArgs) -> Result<()> {
 }
 
 pub async fn connect(args: &ConnectArgs) -> Result<Connection> {
+    connect_with(args, client_info()).await
+}
+
+/// [`connect`] with a handler of our own for the server's requests.
+pub async fn connect_with<H: ClientHandler + Clone>(
+    args: &ConnectArgs,
+    handler: H,
+) -> Result<Connection<H>> {
     if let Err(e) = reachable(args).await {
         return Err(unreachable_hint(args, &e));
     }
-    match connect_transport(args).await {
+    match connect_transport(args, handler).await {
         Ok(c) => Ok(c),
         Err(e) => Err(diagnose(args, e).await),
     }
 }
 
-async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
+async fn connect_transport<H: ClientHandler + Clone>(
+    args: &ConnectArgs,
+    handler: H,
+) -> Result<Connection<H>> {
     let forced = if args.url.trim_end_matches('/').ends_with("/sse")
         && args.transport == TransportChoice::Auto
     {
@@ -236,6 +254,7 @@ async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
         TransportChoice::Stateless => (
             streamable(
                 args,
+                handler,
                 ClientLifecycleMode::Discover {
                     preferred_versions: vec![ProtocolVersion::V_2026_07_28],
                 },
@@ -244,16 +263,16 @@ async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
             TransportChoice::Stateless,
         ),
         TransportChoice::Streamable => (
-            streamable(args, ClientLifecycleMode::Initialize).await?,
+            streamable(args, handler, ClientLifecycleMode::Initialize).await?,
             TransportChoice::Streamable,
         ),
-        TransportChoice::Sse => (legacy(args).await?, TransportChoice::Sse),
+        TransportChoice::Sse => (legacy(args, handler).await?, TransportChoice::Sse),
         TransportChoice::Auto => {
             let auto = ClientLifecycleMode::Auto {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
                 legacy_version: Some(ProtocolVersion::V_2025_11_25),
             };
-            match streamable(args, auto).await {
+            match streamable(args, handler.clone(), auto).await {
                 Ok(s) => {
                     let stateless = s
                         .peer_info()
@@ -268,7 +287,7 @@ async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
                 Err(e) => {
                     tracing::debug!(error = %e, "Streamable HTTP failed; trying legacy SSE");
                     (
-                        legacy(args)
+                        legacy(args, handler)
                             .await
                             .context("neither Streamable HTTP nor legacy SSE worked")?,
                         TransportChoice::Sse,
@@ -280,7 +299,7 @@ async fn connect_transport(args: &ConnectArgs) -> Result<Connection> {
     Ok(Connection { service, transport })
 }
 
-impl Connection {
+impl<H: ClientHandler> Connection<H> {
     pub async fn tools(&self) -> Result<Vec<Tool>> {
         Ok(self.service.list_all_tools().await?)
     }

@@ -43,8 +43,9 @@ enum Command {
         #[command(subcommand)]
         action: A2aAction,
     },
-    /// Load-test the gateway (see `mcp-client load --help`).
-    Load(cmd::load::LoadArgs),
+    /// Load-test an MCP server: scenarios, stages, thresholds, baselines,
+    /// shards (the README's "Load testing" describes the scenario file).
+    Load(Box<cmd::load::LoadCommand>),
 }
 
 #[derive(Subcommand)]
@@ -77,6 +78,10 @@ async fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
+        if let Some(crossed) = e.downcast_ref::<cmd::load::GatesCrossed>() {
+            eprintln!("{crossed}");
+            std::process::exit(cmd::load::GatesCrossed::EXIT_CODE);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -90,8 +95,8 @@ fn outside_http() -> Result<reqwest::Client> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Command::Load(args) = &cli.command {
-        return cmd::load::run(&cli.conn, args, cli.output).await;
+    if let Command::Load(load) = &cli.command {
+        return cmd::load::command(&cli.conn, load, cli.output).await;
     }
     let conn = connect(&cli.conn).await?;
     let result = match cli.command {

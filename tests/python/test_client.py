@@ -107,11 +107,13 @@ def test_load_report_matches_what_the_stack_served(stack, tmp_path):
     assert served == total, (served, total)
     # every register_agent the report counts as ok really exists in the registry
     run_id = report["config"]["run_id"]
-    registered = next(t for t in report["tools"] if t["tool"] == "register_agent")["ok"]
+    registered = next(t for t in report["steps"] if t["step"] == "register_agent")["ok"]
     found = run("--url", gw.http, "-o", "json", "call", "search_agents", f"query=load-{run_id}-", "limit=1000")
     assert json.loads(found.stdout)["structuredContent"]["count"] == registered
     # get_agent on ids nobody registered: tool errors, counted by kind
-    assert report["errors_by_kind"].get("tool_error", 0) == next(t for t in report["tools"] if t["tool"] == "get_agent")["errors"]
+    get_agent = next(t for t in report["steps"] if t["step"] == "get_agent")
+    assert report["errors_by_kind"].get("tool_error", 0) == get_agent["errors"]
+    assert "Agent not found" in get_agent["error_examples"]["tool_error"], get_agent["error_examples"]
     # the percentiles come from the calls made: ordered, and no call took no time
     latency = report["total"]["latency"]
     ordered = [latency[k] for k in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]

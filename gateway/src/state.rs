@@ -91,20 +91,16 @@ impl BodyBudget {
             return Ok(());
         }
         let more = bytes - self.bytes;
+        self.state.take_buffered(more)?;
         if let Some(client) = &self.client {
             let cap = self.state.share_of_buffered();
             if !take(&self.state.buffered_by, Arc::clone(client), more, cap) {
+                self.state.buffered.fetch_sub(more, Ordering::AcqRel);
                 return Err(Reject::RateLimited {
                     retry_after: 1,
                     what: "request body bytes held per client",
                 });
             }
-        }
-        if let Err(full) = self.state.take_buffered(more) {
-            if let Some(client) = &self.client {
-                release(&self.state.buffered_by, client, more);
-            }
-            return Err(full);
         }
         self.bytes = bytes;
         Ok(())

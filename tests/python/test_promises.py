@@ -87,7 +87,9 @@ def open_sse(port):
 
 def test_the_legacy_session_cap_answers_503(tmp_path):
     backend = Backend(tmp_path / "cap.db", "cap-backend")
-    gw = Gateway(tmp_path, "legacy-cap", [backend.addr], sessions="max_legacy_sessions = 2")
+    # client_share = 1: this one client may hold both, so the pool's cap answers
+    gw = Gateway(tmp_path, "legacy-cap", [backend.addr], sessions="max_legacy_sessions = 2",
+                 limits="client_share = 1.0")
     held = []
     try:
         held = [open_sse(gw.http_port)[0], open_sse(gw.http_port)[0]]

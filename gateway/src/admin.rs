@@ -448,7 +448,7 @@ impl ServeHttp for Admin {
             ("POST", "/reload") => match self.gw.reload() {
                 Ok(summary) => json_reply(200, json!({"reloaded": true, "summary": summary})),
                 Err(e) => {
-                    tracing::error!(error = %e, "reload refused; nothing changed");
+                    tracing::error!(error = %e, "reload refused; the configuration in force stays");
                     let status = match e {
                         crate::app::ReloadError::NeedsRestart(_) => 409,
                         crate::app::ReloadError::Invalid(_) => 400,

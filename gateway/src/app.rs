@@ -98,25 +98,24 @@ impl Gateway {
         self.access_log.load(Ordering::Relaxed)
     }
 
-    /// Loads the configuration again (file, flags and environment, as at
-    /// start) and applies it, and reloads the TLS certificate from its
-    /// files (SIGHUP, `POST /reload`). A configuration that does not load,
-    /// or that changes a setting only a restart can change, changes
-    /// nothing: the error names why.
+    /// Reloads the TLS certificate from its files, then loads the
+    /// configuration again (file, flags and environment, as at start) and
+    /// applies it (SIGHUP, `POST /reload`). A certificate that does not load
+    /// stops the reload before anything changed (the old one is served); a
+    /// configuration that does not load, or that changes a setting only a
+    /// restart can change, is not applied: the error names why.
     pub fn reload(&self) -> Result<String, ReloadError> {
-        let summary = self.reload_config()?;
         if let Some(tls) = &self.tls {
             tls.reload()
                 .map_err(|e| ReloadError::Invalid(format!("TLS certificate not reloaded: {e}")))?;
+            Metrics::inc(&self.state.metrics.tls_reloads);
         }
-        Ok(summary)
+        self.reload_config()
     }
 
     fn reload_config(&self) -> Result<String, ReloadError> {
         if self.cli.config.is_none() {
-            return Err(ReloadError::Invalid(
-                "started without --config: nothing to reload".into(),
-            ));
+            return Ok("started without --config: only the certificate is read again".into());
         }
         let next = Config::load(&self.cli).map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let mut restart = self.config.load().restart_needed(&next);
@@ -126,7 +125,8 @@ impl Gateway {
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
-        let guard = Guard::new(&next).map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
+        let guard = Guard::reloaded(&next, &self.guard())
+            .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let summary = guard.summary();
         self.guard.store(Arc::new(guard));
         self.state.set_limits(next.limits.clone());
@@ -201,7 +201,7 @@ impl pingora::services::background::BackgroundService for Reloader {
                 }
                 _ = hup.recv() => {
                     if let Err(e) = self.0.reload() {
-                        tracing::error!(error = %e, "reload refused; nothing changed");
+                        tracing::error!(error = %e, "reload refused; the configuration in force stays");
                     }
                 }
                 _ = tidy.tick() => self.0.guard().limits.tidy(),

@@ -378,6 +378,57 @@ pub struct PoolConfig {
     pub auth: Option<AuthMode>,
 }
 
+/// A virtual server: one route whose sessions see the tools, prompts and
+/// resources of several pools (its members) at once.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub name: String,
+    /// Path prefix it serves, as a pool's ("/all" serves /all/mcp, /all/sse …).
+    pub route: String,
+    pub members: Vec<MemberConfig>,
+    /// Credentials for this route (default: as for pools).
+    pub auth: Option<AuthMode>,
+    /// How long a member's lists are kept before they are asked again (a
+    /// member's `list_changed` notification drops them at once).
+    #[serde(with = "duration", default = "default_list_ttl")]
+    pub list_ttl: Duration,
+}
+
+/// One member of a virtual server: a pool, the prefix of its names, and
+/// what of it clients see.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub pool: String,
+    /// Put before the member's tool and prompt names ("" when they do not clash).
+    #[serde(default)]
+    pub prefix: String,
+    /// The member's tools and prompts clients see, by the member's own names
+    /// (default: all).
+    pub allow: Option<Vec<String>>,
+    /// Names clients see instead of the member's own (`own = "shown"`; no prefix added).
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Descriptions clients see instead of the member's own, by the member's names.
+    #[serde(default)]
+    pub describe: std::collections::BTreeMap<String, String>,
+}
+
+fn default_list_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Whether a name (or a prefix, when `empty_ok`) follows the MCP
+/// specification's tool-name rule: 1–128 characters of `A-Z a-z 0-9 _ - .`.
+pub fn valid_name(name: &str, empty_ok: bool) -> bool {
+    (empty_ok || !name.is_empty())
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 /// A pool's active health check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -640,6 +691,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// Virtual servers over the pools.
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
     #[serde(default)]
     pub threads: Option<usize>,
     /// The access log (see `--access-log`).
@@ -729,6 +783,7 @@ impl Config {
             "limits.connect_timeout",
             self.limits.connect_timeout == next.limits.connect_timeout,
         );
+        check("servers", self.servers == next.servers);
         if self.pools.len() != next.pools.len() {
             check("pools (how many)", false);
             return changed;
@@ -835,6 +890,7 @@ impl Config {
         if self.pools.len() > u16::MAX as usize {
             bail!("too many pools");
         }
+        self.validate_servers()?;
         if !(self.limits.client_share > 0.0 && self.limits.client_share <= 1.0) {
             bail!("[limits] client_share must be above 0 and at most 1");
         }
@@ -854,6 +910,88 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Virtual servers: known pools, routes and names of their own, prefixes
+    /// and names by the specification's rule, no two members whose names
+    /// could clash. Every offending name is named.
+    fn validate_servers(&self) -> Result<()> {
+        let mut routes: Vec<(&str, &str)> = self
+            .pools
+            .iter()
+            .map(|p| (p.route.trim_end_matches('/'), p.name.as_str()))
+            .collect();
+        for s in &self.servers {
+            let what = format!("virtual server {}", s.name);
+            if !s.route.starts_with('/') {
+                bail!("{what}: route must start with '/'");
+            }
+            let route = s.route.trim_end_matches('/');
+            if let Some((_, other)) = routes.iter().find(|(r, _)| *r == route) {
+                bail!("{what}: route {} is already {other}'s", s.route);
+            }
+            routes.push((route, &s.name));
+            if self.pools.iter().any(|p| p.name == s.name) {
+                bail!("{what}: a pool has the same name");
+            }
+            if s.members.is_empty() {
+                bail!("{what}: no members");
+            }
+            check_members(&what, s, &self.pools)?;
+        }
+        Ok(())
+    }
+}
+
+/// A virtual server's members against the pools and each other.
+fn check_members(what: &str, s: &ServerConfig, pools: &[PoolConfig]) -> Result<()> {
+    let mut shown: Vec<(String, &str)> = Vec::new();
+    for (i, m) in s.members.iter().enumerate() {
+        if !pools.iter().any(|p| p.name == m.pool) {
+            bail!("{what}: member {} is no pool", m.pool);
+        }
+        if !valid_name(&m.prefix, true) || m.prefix.len() > 64 {
+            bail!(
+                "{what}: member {}: prefix {:?} must be at most 64 characters of A-Z a-z 0-9 _ - .",
+                m.pool,
+                m.prefix
+            );
+        }
+        // One member may go without a prefix (its names win no clash: a
+        // prefixed member's names come first); prefixed ones must not
+        // start one another.
+        for other in &s.members[..i] {
+            let (a, b) = (&m.prefix, &other.prefix);
+            let both_empty = a.is_empty() && b.is_empty();
+            let nested = !a.is_empty()
+                && !b.is_empty()
+                && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()));
+            if both_empty || nested {
+                bail!(
+                    "{what}: the names of members {} (prefix {a:?}) and {} (prefix {b:?}) can clash: at most one member goes without a prefix, and no prefix may start another",
+                    m.pool,
+                    other.pool
+                );
+            }
+        }
+        for (own, new) in &m.rename {
+            if !valid_name(new, false) {
+                bail!(
+                    "{what}: member {}: rename {own} → {new:?} is not a valid name",
+                    m.pool
+                );
+            }
+            if let Some((_, by)) = shown.iter().find(|(n, _)| n == new) {
+                bail!(
+                    "{what}: the name {new} is given twice (members {by} and {})",
+                    m.pool
+                );
+            }
+            shown.push((new.clone(), &m.pool));
+        }
+    }
+    Ok(())
 }
 
 impl PoolConfig {
@@ -1018,6 +1156,37 @@ mod tests {
         }
         assert!(pool("eject_after = -1").is_err(), "not a count");
         assert!(pool("slow_start = 'soon'").is_err(), "not a duration");
+    }
+
+    #[test]
+    fn virtual_servers_with_clashing_or_unknown_members_are_refused_naming_them() {
+        let with = |members: &str| {
+            let text = format!(
+                "[listen]\nhttp='127.0.0.1:1'\n[[pools]]\nname='a'\ndiscovery={{static={{backends=['127.0.0.1:1']}}}}\n[[pools]]\nname='b'\nroute='/b'\ndiscovery={{static={{backends=['127.0.0.1:2']}}}}\n[[servers]]\nname='all'\nroute='/all'\n{members}"
+            );
+            toml::from_str::<Config>(&text)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let member = |pool: &str, prefix: &str| {
+            format!("[[servers.members]]\npool='{pool}'\nprefix='{prefix}'\n")
+        };
+        assert!(with(&(member("a", "") + &member("b", "b_"))).is_ok());
+        let err = with(&(member("a", "") + &member("b", ""))).unwrap_err();
+        assert!(err.contains("members b") && err.contains("and a"), "{err}");
+        let err = with(&(member("a", "x_") + &member("b", "x_y"))).unwrap_err();
+        assert!(err.contains("can clash"), "{err}");
+        let err = with(&member("nope", "n_")).unwrap_err();
+        assert!(err.contains("member nope is no pool"), "{err}");
+        let err = with(&member("a", "bad prefix")).unwrap_err();
+        assert!(err.contains("prefix \"bad prefix\""), "{err}");
+        let renamed = member("a", "a_")
+            + "rename = { x = 'shown' }\n"
+            + &member("b", "b_")
+            + "rename = { y = 'shown' }\n";
+        let err = with(&renamed).unwrap_err();
+        assert!(err.contains("the name shown is given twice"), "{err}");
     }
 
     #[test]

@@ -1,14 +1,8 @@
 //! `mcp-gateway`: the public front door for MCP servers, on pingora.
 //!
-//! Floors, each using only those below it (ARCHITECTURE.md has the map):
-//! - top: [`proxy`] (pingora's phases: policy steps, then a transport),
-//!   [`admin`], [`ctl`] (operator commands), [`app`] (the parts, assembled once);
-//! - transports: [`streamable`] (`/mcp`) and [`legacy`] (`/sse` + `/messages`);
-//! - sessions: [`session`] (routing, pinning, sealed ids, ejection);
-//! - shared: [`relay`] (writing a response to the client), [`upstream`]
-//!   (the one way to reach a backend), [`policy`] (the steps), [`state`] (budgets);
-//! - ground: [`reject`] (every refusal, typed), [`metrics`], [`pool`], [`token`],
-//!   [`config`], [`tls`].
+//! Its modules stand on floors, each using only those on its own floor or
+//! below: the table is in ARCHITECTURE.md, and `tests/structure.rs` holds
+//! the code to it (no import up a floor, no import circle).
 
 pub mod admin;
 pub mod app;

@@ -109,7 +109,7 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     /// Connections closed at accept (per-IP connection rate).
     pub connections_refused: AtomicU64,
-    /// Times the HTTPS certificate was loaded again from changed files.
+    /// Times the HTTPS certificate was loaded again (its files changed, SIGHUP, `POST /reload`).
     pub tls_reloads: AtomicU64,
     /// How long POST requests took, first byte in to last byte out.
     pub post_seconds: Histogram,

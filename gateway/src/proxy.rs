@@ -240,7 +240,11 @@ impl McpProxy {
             return Err(Reject::Capacity);
         };
         let checked = over.map_or(Ok(()), Err).and_then(|()| {
-            // Every message of a batch, as the first.
+            // Every message of a batch, as the first: each is a request to
+            // the principal's rate, each tool call to the tool's rules.
+            for _ in &rpc.rest {
+                guard.limits.check_request(who, key)?;
+            }
             for method in rpc.methods() {
                 let Method::ToolsCall { name } = method else {
                     continue;
@@ -292,6 +296,12 @@ impl McpProxy {
     ) -> std::result::Result<(), Failure> {
         let gw = &self.gw;
         let (pool, endpoint, body, binding) = match route {
+            Route::Health if gw.state.is_draining() => {
+                let draining = Bytes::from_static(br#"{"status":"draining"}"#);
+                return Downstream::new(session, &gw.state)
+                    .json(503, draining)
+                    .await;
+            }
             Route::Health => {
                 let ok = Bytes::from_static(br#"{"status":"ok"}"#);
                 return Downstream::new(session, &gw.state).json(200, ok).await;

@@ -33,6 +33,9 @@ pub struct State {
     /// closing (the listeners are closed: server streams end cleanly, so
     /// clients reopen them elsewhere).
     phase: tokio::sync::watch::Sender<Phase>,
+    /// The phase as a number, read by every request without a lock (the
+    /// watch, which streams wait on, takes a read lock to look).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,8 +68,12 @@ fn release<K: std::hash::Hash + Eq>(table: &DashMap<K, usize>, key: &K, n: usize
     });
 }
 
-/// Adds `n` to a client's count in `table` unless that passes `cap`.
+/// Adds `n` to a client's count in `table` unless that passes `cap` (a
+/// refusal leaves no entry behind).
 fn take<K: std::hash::Hash + Eq>(table: &DashMap<K, usize>, key: K, n: usize, cap: usize) -> bool {
+    if n > cap {
+        return false;
+    }
     let mut held = table.entry(key).or_insert(0);
     if *held + n > cap {
         return false;
@@ -129,6 +136,7 @@ impl State {
             inflight_by: DashMap::new(),
             buffered_by: DashMap::new(),
             phase: tokio::sync::watch::channel(Phase::Serving).0,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -143,6 +151,9 @@ impl State {
     }
 
     pub fn set_phase(&self, phase: Phase) {
+        if phase >= Phase::Draining {
+            self.draining.store(true, Ordering::Relaxed);
+        }
         self.phase.send_if_modified(|p| {
             let later = phase > *p;
             if later {
@@ -153,7 +164,7 @@ impl State {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.phase.borrow() >= Phase::Draining
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Follows the phase (server streams end when it reaches `Closing`).
@@ -257,6 +268,9 @@ impl Drop for OpenConnection {
 impl Connections {
     /// Counts a connection from `ip`, unless the address holds `cap` already.
     pub fn enter(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<OpenConnection> {
+        if cap == 0 {
+            return None;
+        }
         let mut n = self.by_ip.entry(ip).or_insert(0);
         if *n >= cap {
             return None;

@@ -33,6 +33,9 @@ const INFO: &[u8] = b"mcp-gateway session token v2";
 /// The two kinds of sealed id (part of the authenticated data).
 const KIND_SESSION: u8 = 1;
 const KIND_LEGACY: u8 = 2;
+const KIND_FEDERATED: u8 = 3;
+/// Most members a federated id carries.
+pub const MAX_MEMBERS: usize = 32;
 /// Longest backend session id we will carry (rmcp uses 36-byte UUIDs).
 pub const MAX_BACKEND_SESSION: usize = 256;
 /// Longest `initialize` parameters sealed (the session layer cuts larger
@@ -54,6 +57,22 @@ pub struct SessionRef {
     /// The client's `initialize` params as JSON ("" if unknown).
     pub init: String,
     /// Unique per issued id (the AEAD nonce); keys per-process tables.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// What a federated session id says: one client session of a virtual
+/// server, standing for one backend session per member that had one when
+/// it was sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedRef {
+    /// The virtual server's route index.
+    pub route: u16,
+    pub issued_at: u64,
+    pub principal: String,
+    /// The client's `initialize` params ("" if unknown).
+    pub init: String,
+    /// `(member index, backend identity, backend session id)`.
+    pub members: Vec<(u16, String, String)>,
     pub nonce: [u8; NONCE_LEN],
 }
 
@@ -310,6 +329,61 @@ impl TokenSealer {
         })
     }
 
+    /// A new id for a federated session (its member sessions as opened).
+    pub fn issue_federated(
+        &self,
+        route: u16,
+        principal: &str,
+        init: &str,
+        members: &[(u16, &str, &str)],
+    ) -> Option<(String, [u8; NONCE_LEN])> {
+        let fits = |m: &(u16, &str, &str)| m.1.len() <= 255 && m.2.len() <= MAX_BACKEND_SESSION;
+        if members.len() > MAX_MEMBERS
+            || !members.iter().all(fits)
+            || init.len() > MAX_INIT
+            || principal.len() > 255
+        {
+            return None;
+        }
+        let mut plain = Vec::with_capacity(64 + init.len() + members.len() * 64);
+        plain.extend_from_slice(&route.to_be_bytes());
+        plain.extend_from_slice(&now_secs().to_be_bytes());
+        put(&mut plain, principal.as_bytes());
+        put(&mut plain, init.as_bytes());
+        plain.extend_from_slice(&(members.len() as u16).to_be_bytes());
+        for (index, backend, session) in members {
+            plain.extend_from_slice(&index.to_be_bytes());
+            put(&mut plain, backend.as_bytes());
+            put(&mut plain, session.as_bytes());
+        }
+        self.seal_bytes(KIND_FEDERATED, plain)
+    }
+
+    pub fn open_federated(&self, token: &str) -> Result<FederatedRef, TokenError> {
+        let (plain, nonce) = self.open_bytes(KIND_FEDERATED, token)?;
+        let mut r = Reader(&plain);
+        let decoded = (|| {
+            let (route, issued_at) = (r.u16()?, r.u64()?);
+            let (principal, init) = (r.text()?, r.text()?);
+            let n = r.u16()? as usize;
+            let mut members = Vec::with_capacity(n.min(MAX_MEMBERS));
+            for _ in 0..n {
+                members.push((r.u16()?, r.text()?, r.text()?));
+            }
+            Some(FederatedRef {
+                route,
+                issued_at,
+                principal,
+                init,
+                members,
+                nonce,
+            })
+        })()
+        .ok_or(TokenError::Forged)?;
+        self.check_age(decoded.issued_at)?;
+        Ok(decoded)
+    }
+
     /// A legacy SSE session id naming the replica that holds the stream.
     pub fn issue_legacy(&self, owner: &str, id: &str) -> Option<String> {
         let mut plain = Vec::with_capacity(16 + owner.len() + id.len());
@@ -446,6 +520,36 @@ mod tests {
         assert_eq!(s.open_legacy(&t), Err(TokenError::Forged));
         let l = s.open_legacy(&legacy).unwrap();
         assert_eq!((l.owner.as_str(), l.id.as_str()), ("127.0.0.1:8080", "abc"));
+    }
+
+    #[test]
+    fn a_federated_id_round_trips_its_members_and_is_no_other_kind() {
+        let s = sealer();
+        let members = [(0u16, "registry-0", "s-1"), (2, "127.0.0.1:3001", "s-2")];
+        let (token, nonce) = s.issue_federated(7, "key:alice", INIT, &members).unwrap();
+        let opened = s.open_federated(&token).unwrap();
+        assert_eq!(
+            (
+                opened.route,
+                opened.principal.as_str(),
+                opened.init.as_str()
+            ),
+            (7, "key:alice", INIT)
+        );
+        assert_eq!(
+            opened.members[1],
+            (2, "127.0.0.1:3001".to_owned(), "s-2".to_owned())
+        );
+        assert_eq!(opened.nonce, nonce);
+        assert_eq!(
+            s.open(&token),
+            Err(TokenError::Forged),
+            "not a pool session id"
+        );
+        let (plain, _) = s.issue(0, "b", "s", "", "").unwrap();
+        assert_eq!(s.open_federated(&plain), Err(TokenError::Forged));
+        let many: Vec<_> = (0..=MAX_MEMBERS as u16).map(|i| (i, "b", "s")).collect();
+        assert!(s.issue_federated(7, "", "", &many).is_none(), "bounded");
     }
 
     #[test]

@@ -223,6 +223,9 @@ fn permille(share: f64) -> usize {
 
 /// One more in `key`'s count unless it holds `cap` already.
 fn take<K: std::hash::Hash + Eq>(table: &DashMap<K, usize>, key: K, cap: usize) -> bool {
+    if cap == 0 {
+        return false; // and no entry is left behind
+    }
     let mut n = table.entry(key).or_insert(0);
     if *n >= cap {
         return false;

@@ -1,7 +1,7 @@
 //! One worker per legacy session: it takes the client's messages in the
 //! order they came and carries each to the session's backend through the
 //! session layer's exchange (`session::exchange`, as Streamable HTTP
-//! requests go), writing what comes back to the client's stream ([`Out`]).
+//! requests go), writing what comes back to the client's stream (a `Queue`).
 //!
 //! The first message (normally `initialize`) opens the backend session and
 //! runs alone: later messages need it. After it, a notification reaches the
@@ -21,12 +21,11 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::Bridge;
-use super::stream::Out;
 use super::table::Inbound;
 use crate::metrics::Transport;
 use crate::policy::jsonrpc::{self, Rpc};
 use crate::pool::Pool;
-use crate::relay;
+use crate::relay::{self, Queue, Sink as _};
 use crate::session::binding::trim_init;
 use crate::session::exchange::{Answered, Message, Outcome, Target};
 use crate::session::{Binding, Caller};
@@ -42,7 +41,7 @@ impl Bridge {
         self: Arc<Self>,
         pool: Arc<Pool>,
         mut inbox: mpsc::Receiver<Inbound>,
-        mut out: Out,
+        mut out: Queue,
         caller: Caller,
         permits: Arc<Semaphore>,
     ) {
@@ -107,7 +106,7 @@ impl Bridge {
         &self,
         inbound: Inbound,
         permits: &Arc<Semaphore>,
-        out: &mut Out,
+        out: &mut Queue,
     ) -> Option<(Bytes, Rpc, tracing::Span, Held)> {
         let Inbound {
             body,
@@ -119,7 +118,12 @@ impl Bridge {
         drop(_queued);
         let metrics = &self.state.metrics;
         let id = rpc.id.as_deref();
-        let slot = match refused.map_or_else(|| self.state.enter(), Err) {
+        if let Some(r) = refused {
+            // Counted when its POST was refused: only written here.
+            let _ = out.write_refusal(&r, id).await;
+            return None;
+        }
+        let slot = match self.state.enter() {
             Ok(slot) => slot,
             Err(r) => {
                 let _ = relay::refuse(out, metrics, &r, id).await;
@@ -160,7 +164,7 @@ impl Bridge {
         pool: &Arc<Pool>,
         body: Bytes,
         rpc: &Rpc,
-        out: &mut Out,
+        out: &mut Queue,
         caller: &Caller,
     ) -> Result<Option<Arc<Binding>>, ()> {
         let init = jsonrpc::params_of(&body).map(trim_init).unwrap_or_default();
@@ -190,7 +194,7 @@ impl Bridge {
         binding: Arc<Binding>,
         body: Bytes,
         rpc: Rpc,
-        mut out: Out,
+        mut out: Queue,
         caller: Arc<Caller>,
         _held: Held,
     ) {
@@ -203,7 +207,7 @@ impl Bridge {
 
     /// The backend's server-to-client stream (`GET /mcp`), if it offers one,
     /// opened again on the session's new backend when the session moves.
-    async fn listen(self: Arc<Self>, binding: Arc<Binding>, mut out: Out, caller: Arc<Caller>) {
+    async fn listen(self: Arc<Self>, binding: Arc<Binding>, mut out: Queue, caller: Arc<Caller>) {
         let msg = Message {
             pool: &binding.pool,
             method: http::Method::GET,

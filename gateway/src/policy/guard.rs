@@ -24,6 +24,16 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The policy of `config` after `previous`: the counts of what is held
+    /// now (open streams, requests in flight per address) carry over.
+    pub fn reloaded(config: &Config, previous: &Guard) -> anyhow::Result<Self> {
+        let mut guard = Self::new(config)?;
+        if let Some(limits) = Arc::get_mut(&mut guard.limits) {
+            limits.keep_counts(&previous.limits);
+        }
+        Ok(guard)
+    }
+
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&config.auth)?;
         let default = if auth.configured() {
@@ -31,10 +41,12 @@ impl Guard {
         } else {
             AuthMode::None
         };
-        let modes = config
-            .pools
-            .iter()
-            .map(|p| p.auth.unwrap_or(default))
+        // By route index: the pools, then the virtual servers.
+        let pools = config.pools.iter().map(|p| p.auth);
+        let servers = config.servers.iter().map(|s| s.auth);
+        let modes = pools
+            .chain(servers)
+            .map(|m| m.unwrap_or(default))
             .collect::<Vec<_>>();
         if !auth.configured() && modes.iter().any(|m| *m != AuthMode::None) {
             anyhow::bail!("a pool asks for credentials but no [auth] keys or jwt are configured");

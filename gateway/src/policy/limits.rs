@@ -90,8 +90,9 @@ pub struct Limiters {
     per_ip: Option<Keyed<IpAddr>>,
     per_ip_connections: Option<Keyed<IpAddr>>,
     per_ip_inflight: Option<usize>,
-    ip_inflight: DashMap<IpAddr, usize>,
-    streams: DashMap<Arc<str>, usize>,
+    /// Counts of what is held now (kept across a reload, see [`Limiters::keep_counts`]).
+    ip_inflight: Arc<DashMap<IpAddr, usize>>,
+    streams: Arc<DashMap<Arc<str>, usize>>,
     /// The tool part of the key of every tool the pool's servers did not list.
     unlisted: Arc<str>,
 }
@@ -145,10 +146,18 @@ impl Limiters {
                 )
             }),
             per_ip_inflight: global.per_ip_inflight,
-            ip_inflight: DashMap::new(),
-            streams: DashMap::new(),
+            ip_inflight: Arc::default(),
+            streams: Arc::default(),
             unlisted: Arc::from(""),
         })
+    }
+
+    /// Counts open streams and in-flight requests in `old`'s tables, so a
+    /// reload does not forget what is held (a stream opened before it still
+    /// counts against the cap, and is still given back when it ends).
+    pub fn keep_counts(&mut self, old: &Limiters) {
+        self.ip_inflight = Arc::clone(&old.ip_inflight);
+        self.streams = Arc::clone(&old.streams);
     }
 
     fn tier(&self, who: &Principal) -> Option<&Tier> {
@@ -187,14 +196,20 @@ impl Limiters {
         let Some(cap) = self.per_ip_inflight else {
             return Ok(None);
         };
-        let mut n = self.ip_inflight.entry(ip).or_insert(0);
-        if *n >= cap {
+        // (a cap of 0 refuses without an entry: a refused key leaves none behind)
+        let mut n = match cap {
+            0 => None,
+            _ => Some(self.ip_inflight.entry(ip).or_insert(0)),
+        };
+        if n.as_ref().is_none_or(|n| **n >= cap) {
             return Err(Reject::RateLimited {
                 retry_after: 1,
                 what: "requests in flight per client address",
             });
         }
-        *n += 1;
+        if let Some(n) = n.as_mut() {
+            **n += 1;
+        }
         drop(n);
         Ok(Some(Held {
             table: Arc::clone(self),
@@ -272,14 +287,19 @@ impl Limiters {
         let Some(cap) = self.tier(who).and_then(|t| t.max_streams) else {
             return Ok(None);
         };
-        let mut n = self.streams.entry(Arc::clone(key)).or_insert(0);
-        if *n >= cap {
+        let mut n = match cap {
+            0 => None,
+            _ => Some(self.streams.entry(Arc::clone(key)).or_insert(0)),
+        };
+        if n.as_ref().is_none_or(|n| **n >= cap) {
             return Err(Reject::RateLimited {
                 retry_after: 1,
                 what: "open streams per principal",
             });
         }
-        *n += 1;
+        if let Some(n) = n.as_mut() {
+            **n += 1;
+        }
         drop(n);
         Ok(Some(Held {
             table: Arc::clone(self),

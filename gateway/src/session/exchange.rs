@@ -245,10 +245,7 @@ impl Exchange<'_> {
                 pool.upstream_seconds.observe(sent_at.elapsed());
                 pool.record(&backend, outlier::Outcome::Answered(parts.status.as_u16()));
             }
-            let (parts, frames) = match self
-                .reply(trip, &backend, link.as_deref(), sent, sink.is_open())
-                .await?
-            {
+            let (parts, frames) = match self.reply(trip, &backend, link.as_deref(), sent).await? {
                 Reply::Again => continue,
                 Reply::Done(answered) => return Ok(answered),
                 Reply::Relay(parts, frames) => (parts, frames),
@@ -300,7 +297,6 @@ impl Exchange<'_> {
         backend: &Arc<BackendState>,
         link: Option<&Link>,
         sent: Result<(http::response::Parts, Frames), UpstreamError>,
-        open: bool,
     ) -> Result<Reply, Failure> {
         let (parts, mut frames) = match sent {
             Ok(answer) => answer,
@@ -341,9 +337,10 @@ impl Exchange<'_> {
             self.move_if_bound(trip, link).await?;
             return Ok(Reply::Again);
         }
-        if status == 503 && !open {
+        if status == 503 {
             // Draining or overloaded: not run there (the pool has recorded
-            // the answer: new work goes elsewhere for a moment).
+            // the answer: new work goes elsewhere for a moment), whether or
+            // not the client's stream is open already.
             upstream::read_messages(&parts.headers, &mut frames, MAX_DISCARDED).await;
             self.move_if_bound(trip, link).await?;
             return Ok(Reply::Again);

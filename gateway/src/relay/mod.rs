@@ -40,6 +40,12 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::value::RawValue;
 
+pub mod collect;
+pub mod queue;
+
+pub use collect::Collect;
+pub use queue::Queue;
+
 use crate::asks::{self, Tag};
 use crate::metrics::Metrics;
 use crate::policy::jsonrpc;
@@ -132,8 +138,6 @@ pub trait Sink: Send {
     /// header rules of `upstream.rs`; `None` when the gateway speaks for the
     /// client (the legacy bridge).
     fn client_headers(&self) -> Option<&HeaderMap>;
-    /// Whether the client's stream is open: more may only be events.
-    fn is_open(&self) -> bool;
     /// Relays one backend answer.
     fn relay(&mut self, answer: Answer<'_>) -> impl Future<Output = Result<Seen, Failure>> + Send;
     /// Writes a refusal where the client reads it (called by [`refuse`] only).
@@ -144,6 +148,14 @@ pub trait Sink: Send {
     ) -> impl Future<Output = Result<(), Failure>> + Send;
     /// Ends an open stream cleanly.
     fn finish(&mut self) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// Writes an answer the gateway makes itself: a JSON-RPC message, or
+    /// `None` when there is nothing to say (a notification or an answer
+    /// was taken: 202); `session` is the client's id of a session it opens.
+    fn reply(
+        &mut self,
+        answer: Option<Bytes>,
+        session: Option<&str>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// The one way a refusal reaches a client, before the header or mid-stream:
@@ -250,6 +262,20 @@ impl<'a> Pass<'a> {
         self.shape.apply(data)
     }
 
+    /// A message read whole from an answer the gateway keeps: counted, and
+    /// shown to the inspector if it is the answer; says whether it is.
+    pub fn see(&mut self, data: &str) -> bool {
+        self.seen.messages += 1;
+        let is_answer = match self.answer_to {
+            Some(id) => !self.seen.answered && jsonrpc::answers(data, id),
+            None => false,
+        };
+        if is_answer {
+            self.answer_seen(data);
+        }
+        is_answer
+    }
+
     /// A JSON body read whole (one message, or a batch): the answer itself.
     pub fn whole(&mut self, text: &str) -> Option<String> {
         self.seen.messages += 1;
@@ -291,7 +317,7 @@ pub struct Downstream<'a> {
     write_timeout: Duration,
     keepalive: Duration,
     /// The gateway's phase: server streams end cleanly when it closes.
-    phase: tokio::sync::watch::Receiver<Phase>,
+    pub(crate) phase: tokio::sync::watch::Receiver<Phase>,
     /// The response header went out.
     open: bool,
     /// The configured resource (`[auth] resource`), for the challenge of a
@@ -419,10 +445,6 @@ impl Sink for Downstream<'_> {
         Some(&self.session.req_header().headers)
     }
 
-    fn is_open(&self) -> bool {
-        self.open
-    }
-
     async fn relay(&mut self, answer: Answer<'_>) -> Result<Seen, Failure> {
         let head = if self.open {
             None
@@ -467,6 +489,27 @@ impl Sink for Downstream<'_> {
 
     async fn finish(&mut self) -> Result<(), Failure> {
         self.write(None, true).await
+    }
+
+    async fn reply(&mut self, answer: Option<Bytes>, session: Option<&str>) -> Result<(), Failure> {
+        if self.open {
+            if let Some(body) = answer {
+                let event = queue::message(&String::from_utf8_lossy(&body));
+                self.send(event).await?;
+            }
+            return self.finish().await;
+        }
+        let status = if answer.is_some() { 200 } else { 202 };
+        let mut head = ResponseHeader::build(status, Some(4)).map_err(Failure::Abort)?;
+        head.insert_header("content-type", "application/json")
+            .map_err(Failure::Abort)?;
+        head.insert_header("cache-control", "no-store")
+            .map_err(Failure::Abort)?;
+        if let Some(token) = session {
+            head.insert_header(SESSION_HEADER, token)
+                .map_err(Failure::Abort)?;
+        }
+        self.whole(head, answer.unwrap_or_default()).await
     }
 }
 

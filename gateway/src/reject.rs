@@ -86,11 +86,19 @@ pub enum Reject {
         retry_after: u64,
         what: &'static str,
     },
+    /// A virtual server's member failed the request: the cause, naming it.
+    #[error("member {member}: {cause}")]
+    Member { member: String, cause: Box<Reject> },
+    /// Nothing on a virtual server has this name (or URI).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
+            Reject::Member { cause, .. } => cause.status(),
+            Reject::NotFound(_) => 200,
             Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
                 503
             }
@@ -112,6 +120,9 @@ impl Reject {
 
     pub fn code(&self) -> i64 {
         match self {
+            Reject::Member { cause, .. } => cause.code(),
+            // As a server answers a name it has not got.
+            Reject::NotFound(_) => -32602,
             Reject::Parse(_) => -32700,
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => SESSION_NOT_FOUND,
             Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
@@ -129,6 +140,7 @@ impl Reject {
 
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            Reject::Member { cause, .. } => cause.retry_after(),
             Reject::Capacity | Reject::SessionBusy | Reject::NoBackend => Some(1),
             Reject::LegacyCapacity => Some(5),
             Reject::RateLimited { retry_after, .. } => Some(*retry_after),
@@ -139,6 +151,16 @@ impl Reject {
     /// The JSON-RPC error's `data`, when there is more to say.
     pub fn data(&self) -> Option<serde_json::Value> {
         match self {
+            Reject::Member { member, cause } => {
+                let mut data = match cause.data() {
+                    Some(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                data.insert("member".into(), member.clone().into());
+                let may_have_run = **cause == Reject::OutcomeUnknown;
+                data.insert("mayHaveRun".into(), may_have_run.into());
+                Some(serde_json::Value::Object(data))
+            }
             Reject::RateLimited { retry_after, what } => Some(serde_json::json!({
                 "retryAfterSeconds": retry_after,
                 "limit": what,
@@ -157,6 +179,8 @@ impl Reject {
 
     pub fn reason(&self) -> Reason {
         match self {
+            Reject::Member { cause, .. } => cause.reason(),
+            Reject::NotFound(_) => Reason::Malformed,
             Reject::Capacity | Reject::LegacyCapacity => Reason::Capacity,
             Reject::NoRoute => Reason::Route,
             Reject::Origin => Reason::Origin,

@@ -64,6 +64,9 @@ impl Streamable {
             accept: None,
             content_type: None,
             resuming,
+            version: None,
+            mcp: None,
+            notice: None,
         };
         let target = match &req.binding {
             Some(binding) => Target::Session(binding),

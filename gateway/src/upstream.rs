@@ -118,6 +118,10 @@ pub struct Outgoing<'a> {
     pub session: Option<&'a str>,
     /// Set when the client's headers do not carry it (the legacy bridge).
     pub protocol_version: Option<&'a str>,
+    /// A 2026-07-28 request's `Mcp-Method` and `Mcp-Name`, set when the
+    /// client's headers do not carry them as they must be (a federated
+    /// request, whose name the gateway changed).
+    pub mcp: Option<(&'a str, Option<&'a str>)>,
     pub accept: Option<&'static str>,
     pub content_type: Option<&'static str>,
     pub body: Bytes,
@@ -140,6 +144,7 @@ impl<'a> Outgoing<'a> {
             client_headers: None,
             session: None,
             protocol_version: None,
+            mcp: None,
             accept: None,
             content_type: None,
             body: Bytes::new(),
@@ -271,6 +276,13 @@ fn build_request(
         .and_then(|v| HeaderValue::from_str(v).ok())
     {
         headers.insert("mcp-protocol-version", v);
+    }
+    if let Some((method, name)) = out.mcp {
+        for (header, value) in [("mcp-method", Some(method)), ("mcp-name", name)] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(header, v);
+            }
+        }
     }
     if let Some(a) = out.accept {
         headers.insert(http::header::ACCEPT, HeaderValue::from_static(a));

@@ -142,18 +142,7 @@ impl Bridge {
         rpc: &'a Rpc,
         caller: &'a Caller,
     ) -> Message<'a> {
-        Message {
-            pool,
-            method: http::Method::POST,
-            path: "/mcp",
-            body,
-            rpc: Some(rpc),
-            caller,
-            transport: Transport::Legacy,
-            accept: Some("application/json, text/event-stream"),
-            content_type: Some("application/json"),
-            resuming: false,
-        }
+        Message::gateway(pool, body, Some(rpc), caller, Transport::Legacy)
     }
 
     /// Sends the first message (normally `initialize`) to a new backend
@@ -209,16 +198,16 @@ impl Bridge {
     /// opened again on the session's new backend when the session moves.
     async fn listen(self: Arc<Self>, binding: Arc<Binding>, mut out: Queue, caller: Arc<Caller>) {
         let msg = Message {
-            pool: &binding.pool,
             method: http::Method::GET,
-            path: "/mcp",
-            body: Bytes::new(),
-            rpc: None,
-            caller: &caller,
-            transport: Transport::Legacy,
             accept: Some("text/event-stream"),
             content_type: None,
-            resuming: false,
+            ..Message::gateway(
+                &binding.pool,
+                Bytes::new(),
+                None,
+                &caller,
+                Transport::Legacy,
+            )
         };
         loop {
             let target = Target::Session(&binding);

@@ -194,6 +194,8 @@ pub struct Pass<'a> {
     shape: Shape<'a>,
     /// Sees the answer (tool hints from `tools/list`, the version `initialize` settled).
     inspect: Option<&'a mut (dyn FnMut(&str) + Send)>,
+    /// Sees every message (a federation learns a member's lists changed).
+    notice: Option<&'a (dyn Fn(&str) + Sync)>,
     pub seen: Seen,
 }
 
@@ -234,8 +236,15 @@ impl<'a> Pass<'a> {
             answer_to,
             shape,
             inspect,
+            notice: None,
             seen: Seen::default(),
         }
+    }
+
+    /// Shows every message to `notice` too.
+    pub fn with_notice(mut self, notice: Option<&'a (dyn Fn(&str) + Sync)>) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// Whether the client waits for one answer (a request, not a stream).
@@ -254,6 +263,9 @@ impl<'a> Pass<'a> {
     /// returns what to send instead (`None`: unchanged).
     fn message(&mut self, data: &str) -> Option<String> {
         self.seen.messages += 1;
+        if let Some(notice) = self.notice {
+            notice(data);
+        }
         if let (Some(id), false) = (self.answer_to, self.seen.answered)
             && jsonrpc::answers(data, id)
         {
@@ -266,6 +278,9 @@ impl<'a> Pass<'a> {
     /// shown to the inspector if it is the answer; says whether it is.
     pub fn see(&mut self, data: &str) -> bool {
         self.seen.messages += 1;
+        if let Some(notice) = self.notice {
+            notice(data);
+        }
         let is_answer = match self.answer_to {
             Some(id) => !self.seen.answered && jsonrpc::answers(data, id),
             None => false,
@@ -279,6 +294,9 @@ impl<'a> Pass<'a> {
     /// A JSON body read whole (one message, or a batch): the answer itself.
     pub fn whole(&mut self, text: &str) -> Option<String> {
         self.seen.messages += 1;
+        if let Some(notice) = self.notice {
+            notice(text);
+        }
         self.answer_seen(text);
         self.shape.apply(text)
     }

@@ -84,6 +84,41 @@ pub struct Message<'a> {
     /// where the backend ends it (opening it again with the same id would
     /// replay the same events twice).
     pub resuming: bool,
+    /// When the gateway speaks for the client: the revision to name where
+    /// the session does not say it, and a 2026-07-28 request's
+    /// `Mcp-Method`/`Mcp-Name` for the message as it goes.
+    pub version: Option<&'a str>,
+    pub mcp: Option<(&'a str, Option<&'a str>)>,
+    /// Sees every message of the answers (not only the answer).
+    pub notice: Option<&'a (dyn Fn(&str) + Sync)>,
+}
+
+impl<'a> Message<'a> {
+    /// A message the gateway sends for a client (no client headers go
+    /// along): POST `/mcp`, accepting JSON or an event stream.
+    pub fn gateway(
+        pool: &'a Arc<Pool>,
+        body: Bytes,
+        rpc: Option<&'a Rpc>,
+        caller: &'a Caller,
+        transport: Transport,
+    ) -> Self {
+        Message {
+            pool,
+            method: http::Method::POST,
+            path: "/mcp",
+            body,
+            rpc,
+            caller,
+            transport,
+            accept: Some("application/json, text/event-stream"),
+            content_type: Some("application/json"),
+            resuming: false,
+            version: None,
+            mcp: None,
+            notice: None,
+        }
+    }
 }
 
 /// How an exchange ended.
@@ -387,7 +422,7 @@ impl Exchange<'_> {
         let answer = Answer {
             parts,
             frames,
-            pass: Pass::new(answer_to, shape, Some(&mut see)),
+            pass: Pass::new(answer_to, shape, Some(&mut see)).with_notice(msg.notice),
             server_stream: msg.method == http::Method::GET,
             session,
             moved: trip.moved,
@@ -569,7 +604,9 @@ fn outgoing<'t>(
         // The client's own header says it, when the client's headers go along.
         protocol_version: link
             .and_then(|l| l.version.as_deref())
+            .or(msg.version)
             .filter(|_| client_headers.is_none()),
+        mcp: msg.mcp,
         accept: msg.accept,
         content_type: msg.content_type,
         body: trip.body.clone(),

@@ -27,6 +27,17 @@ use crate::token::TokenSealer;
 use rebind::{NonceTable, Rebinds, Rebound};
 use replay::ToolHints;
 
+/// The key of a federated session's member `i` in this replica's tables:
+/// the id's nonce with the member's index folded into its last bytes (ids'
+/// nonces are random, so keys of two sessions do not meet).
+pub fn member_key(nonce: [u8; 12], i: usize) -> [u8; 12] {
+    let mut key = nonce;
+    let [hi, lo] = (i as u16).to_be_bytes();
+    key[10] ^= hi ^ 0x5a;
+    key[11] ^= lo ^ 0xa5;
+    key
+}
+
 /// Backends tried to open a session elsewhere (and, twice over, to carry one
 /// message: `exchange::TRIES`) before the gateway gives up.
 pub const ATTEMPTS: usize = 3;
@@ -145,6 +156,83 @@ impl Sessions {
             Some(sref.nonce),
             link,
         ))
+    }
+
+    /// Opens a federated session's id (a virtual server at route `route`,
+    /// whose members are `pools`): one `Binding` per member, each where this
+    /// replica last saw it live, or with no link when the member has no
+    /// session yet (it is opened, as a move is, when first used). Returns
+    /// the id's nonce and the members' bindings.
+    pub fn open_members(
+        &self,
+        route: u16,
+        pools: &[Arc<Pool>],
+        token: &str,
+        principal: &str,
+    ) -> Result<([u8; 12], Vec<Binding>), Reject> {
+        let fref = self
+            .sealer
+            .open_federated(token)
+            .map_err(|e| Reject::UnknownSession(e.to_string()))?;
+        if fref.route != route {
+            return Err(Reject::UnknownSession(
+                "the session belongs to another route".into(),
+            ));
+        }
+        if self.ended.contains(&fref.nonce) {
+            return Err(Reject::UnknownSession("the session was ended".into()));
+        }
+        if fref.principal != principal {
+            return Err(Reject::UnknownSession(
+                "not a session of these credentials".into(),
+            ));
+        }
+        let bindings = pools
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| {
+                let key = member_key(fref.nonce, i);
+                let sealed = fref.members.iter().find(|m| m.0 as usize == i);
+                let (backend, session) = match (self.rebinds.get(&key), sealed) {
+                    (Some(moved), _) => (moved.backend, moved.backend_session),
+                    (None, Some((_, b, s))) => (b.clone(), s.clone()),
+                    (None, None) => (String::new(), String::new()),
+                };
+                let link = pool.member(&backend).map(|backend| Link {
+                    backend,
+                    session,
+                    version: None,
+                    generation: 0,
+                });
+                Binding::new(Arc::clone(pool), fref.init.clone(), Some(key), link)
+            })
+            .collect();
+        Ok((fref.nonce, bindings))
+    }
+
+    /// Seals a federated session (its members' backend sessions, by member
+    /// index) into the id the client will use; returns it and its nonce.
+    pub fn pin_members(
+        &self,
+        route: u16,
+        principal: &str,
+        init: &str,
+        links: &[(u16, &Link)],
+    ) -> Option<(String, [u8; 12])> {
+        let members: Vec<(u16, &str, &str)> = links
+            .iter()
+            .map(|(i, l)| (*i, l.backend.id.as_str(), l.session.as_str()))
+            .collect();
+        self.sealer
+            .issue_federated(route, principal, init, &members)
+    }
+
+    /// The client ended a federated session (DELETE): never bring it back.
+    pub fn forget_members(&self, nonce: [u8; 12], members: &[Binding]) {
+        for binding in members {
+            self.forget(binding);
+        }
+        self.ended.insert(nonce, ());
     }
 
     /// Seals a new backend session into the id the client will use.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{Cli, Config};
+use crate::federation::Federation;
 use crate::legacy::Bridge;
 use crate::metrics::Metrics;
 use crate::policy::guard::Guard;
@@ -33,6 +34,8 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     pub streamable: Streamable,
     pub legacy: Arc<Bridge>,
+    /// The virtual servers over the pools.
+    pub federation: Arc<Federation>,
     /// The HTTPS listener's certificate, when there is one.
     pub tls: Option<Arc<ServedCert>>,
     /// How often its files are checked for a change (zero: never).
@@ -58,6 +61,7 @@ impl Gateway {
             limits.upstream_idle_timeout,
         ));
         let state = State::new(limits);
+        let federation = Arc::new(Federation::new(config, &pools));
         let sessions = Arc::new(Sessions::new(pools, sealer));
         let streamable = Streamable {
             state: Arc::clone(&state),
@@ -80,6 +84,7 @@ impl Gateway {
             sessions,
             streamable,
             legacy,
+            federation,
             tls,
             tls_reload_interval: config.tls.reload_interval,
             access_log: AtomicBool::new(config.access_log),

@@ -9,6 +9,7 @@ pub mod app;
 pub mod asks;
 pub mod config;
 pub mod ctl;
+pub mod federation;
 pub mod front;
 pub mod legacy;
 pub mod metrics;

@@ -333,6 +333,10 @@ fn main() -> Result<()> {
         "reloader",
         mcp_gateway::app::Reloader(Arc::clone(&gw)),
     ));
+    server.add_service(background_service(
+        "federation",
+        mcp_gateway::federation::Watcher(Arc::clone(&gw.federation)),
+    ));
     server.add_service(mcp_service(&server, &gw, &config, tls, &mut banner)?);
     if let Some(addr) = config.listen.admin {
         let admin = Admin {

@@ -22,8 +22,10 @@ use pingora::{Error, ErrorType, Result};
 use tracing::Instrument;
 
 use crate::app::Gateway;
+use crate::federation::serve::{Federated, Request};
+use crate::federation::{Opened, Virtual};
 use crate::legacy::Located;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::policy::auth::{Grant, Principal, filter_tools_list};
 use crate::policy::body;
 use crate::policy::edge::{self, Endpoint};
@@ -77,6 +79,36 @@ enum Route {
         body: Option<body::Body>,
         binding: Option<Box<Binding>>,
     },
+    /// A virtual server's `/mcp` (`federation/`).
+    Virtual {
+        vs: Arc<Virtual>,
+        body: Option<body::Body>,
+        opened: Option<Box<Opened>>,
+    },
+}
+
+/// What a route serves: a pool, or a virtual server over pools.
+enum Service {
+    Pool(Arc<Pool>),
+    Virtual(Arc<Virtual>),
+}
+
+impl Service {
+    /// Its route index (credentials mode, sealed ids).
+    fn index(&self) -> u16 {
+        match self {
+            Service::Pool(p) => p.index,
+            Service::Virtual(v) => v.index,
+        }
+    }
+
+    /// Its name, as rules name what a principal may reach.
+    fn name(&self) -> &str {
+        match self {
+            Service::Pool(p) => &p.name,
+            Service::Virtual(v) => &v.name,
+        }
+    }
 }
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -143,12 +175,20 @@ impl McpProxy {
                 prefix: rest.to_owned(),
             });
         }
-        let (pool, endpoint) = match gw.sessions.route(path) {
-            Ok(found) => found,
-            Err(_) if path == "/health" || path == "/healthz" => return Ok(Route::Health),
-            Err(e) => return Err(e),
+        let (service, endpoint) = match gw.federation.route(path) {
+            Some((vs, endpoint)) => (Service::Virtual(vs), endpoint),
+            None => match gw.sessions.route(path) {
+                Ok((pool, endpoint)) => (Service::Pool(pool), endpoint),
+                Err(_) if path == "/health" || path == "/healthz" => return Ok(Route::Health),
+                Err(e) => return Err(e),
+            },
         };
-        let over = self.identify(session, ctx, &guard, &pool, endpoint)?;
+        if matches!(service, Service::Virtual(_)) && endpoint != Endpoint::Mcp {
+            return Err(Reject::BadRequest(
+                "a virtual server speaks Streamable HTTP (and stateless requests) at its /mcp; the legacy HTTP+SSE transport is served on each pool's own route",
+            ));
+        }
+        let over = self.identify(session, ctx, &guard, &service, endpoint)?;
         let req = session.req_header();
         edge::check_method(
             endpoint,
@@ -158,7 +198,7 @@ impl McpProxy {
         )?;
         let body = match req.method {
             http::Method::POST => Some(
-                self.read_message(session, ctx, &guard, &pool, endpoint, over)
+                self.read_message(session, ctx, &guard, &service, endpoint, over)
                     .await?,
             ),
             _ if over.is_some() => return Err(over.unwrap_or(Reject::Capacity)),
@@ -168,12 +208,24 @@ impl McpProxy {
             }
             _ => None,
         };
-        let binding = match (endpoint, header(session.req_header(), SESSION_HEADER)) {
-            (Endpoint::Mcp, Some(token)) => {
-                let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
-                Some(Box::new(gw.sessions.open(&pool, token, who)?))
-            }
+        let token = match endpoint {
+            Endpoint::Mcp => header(session.req_header(), SESSION_HEADER),
             _ => None,
+        };
+        let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
+        let pool = match service {
+            Service::Pool(pool) => pool,
+            Service::Virtual(vs) => {
+                let opened = match token {
+                    Some(token) => Some(Box::new(vs.open(&gw.sessions, token, who)?)),
+                    None => None,
+                };
+                return Ok(Route::Virtual { vs, body, opened });
+            }
+        };
+        let binding = match token {
+            Some(token) => Some(Box::new(gw.sessions.open(&pool, token, who)?)),
+            None => None,
         };
         Ok(Route::Endpoint {
             pool,
@@ -191,7 +243,7 @@ impl McpProxy {
         session: &Session,
         ctx: &mut Ctx,
         guard: &Guard,
-        pool: &Pool,
+        service: &Service,
         endpoint: Endpoint,
     ) -> Result<Option<Reject>, Reject> {
         let ip = client_ip(session);
@@ -201,9 +253,9 @@ impl McpProxy {
         edge::check_origin(header(req, "origin"), allowed)?;
         let who = guard
             .auth
-            .authenticate(&req.headers, guard.mode(pool.index))?;
+            .authenticate(&req.headers, guard.mode(service.index()))?;
         let grant = guard.rules.grant(&who);
-        if !grant.may_reach(&pool.name) {
+        if !grant.may_reach(service.name()) {
             return Err(Reject::Forbidden {
                 scope: grant.required_scope().map(str::to_owned),
             });
@@ -227,7 +279,7 @@ impl McpProxy {
         session: &mut Session,
         ctx: &mut Ctx,
         guard: &Guard,
-        pool: &Pool,
+        service: &Service,
         endpoint: Endpoint,
         over: Option<Reject>,
     ) -> Result<body::Body, Reject> {
@@ -255,7 +307,11 @@ impl McpProxy {
                         scope: grant.required_scope().map(str::to_owned),
                     });
                 }
-                let listed = |t: &str| self.gw.sessions.hints(pool).lists(t);
+                let sessions = &self.gw.sessions;
+                let listed = |t: &str| match service {
+                    Service::Pool(pool) => sessions.hints(pool).lists(t),
+                    Service::Virtual(vs) => vs.lists_tool(sessions, t),
+                };
                 guard.limits.check_tool(who, key, name, listed)?;
             }
             if rpc.is_initialize() {
@@ -267,7 +323,7 @@ impl McpProxy {
             if endpoint == Endpoint::Messages {
                 let query = req.uri.query();
                 let legacy = &self.gw.legacy;
-                legacy.refuse_message(query, pool.index, rpc, &refused, &who.name);
+                legacy.refuse_message(query, service.index(), rpc, &refused, &who.name);
             }
             return Err(refused);
         }
@@ -316,6 +372,10 @@ impl McpProxy {
                 body,
                 binding,
             } => (pool, endpoint, body, binding),
+            Route::Virtual { vs, body, opened } => {
+                let body = body.map(|b| b.bytes).unwrap_or_default();
+                return self.federated(session, ctx, &vs, body, opened).await;
+            }
         };
         let body = body.map(|b| b.bytes).unwrap_or_default();
         match endpoint {
@@ -339,6 +399,49 @@ impl McpProxy {
                 ctx.served = served?;
                 Ok(())
             }
+        }
+    }
+
+    /// A virtual server's `/mcp`: a session's messages, its stream, its end,
+    /// and stateless requests (`federation/`).
+    async fn federated(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        vs: &Arc<Virtual>,
+        body: Bytes,
+        opened: Option<Box<Opened>>,
+    ) -> std::result::Result<(), Failure> {
+        let gw = &self.gw;
+        let caller = self.caller(session, ctx);
+        let head = session.req_header();
+        let rpc = ctx.rpc.as_ref();
+        let transport = if opened.is_some() || rpc.is_some_and(Rpc::is_initialize) {
+            Transport::Streamable
+        } else {
+            Transport::Stateless
+        };
+        let version = header(head, "mcp-protocol-version").map(str::to_owned);
+        let req = Request {
+            vs,
+            method: head.method.clone(),
+            body,
+            rpc,
+            caller: &caller,
+            session: opened.as_deref(),
+            version: version.as_deref(),
+            transport,
+        };
+        let fed = Federated {
+            sessions: &gw.sessions,
+            upstream: &gw.streamable.upstream,
+            state: &gw.state,
+        };
+        let mut down = Downstream::new(session, &gw.state);
+        match req.method {
+            http::Method::GET => fed.stream(&req, &mut down).await,
+            http::Method::DELETE => fed.end(&req, &mut down).await,
+            _ => fed.serve(&req, &mut down).await,
         }
     }
 

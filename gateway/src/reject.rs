@@ -92,13 +92,16 @@ pub enum Reject {
     /// Nothing on a virtual server has this name (or URI).
     #[error("{0}")]
     NotFound(String),
+    /// A method a virtual server does not serve.
+    #[error("method {0} is not served here")]
+    NoMethod(String),
 }
 
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
-            Reject::Member { cause, .. } => cause.status(),
-            Reject::NotFound(_) => 200,
+            // The virtual server answers; one member's trouble is not the endpoint's.
+            Reject::Member { .. } | Reject::NotFound(_) | Reject::NoMethod(_) => 200,
             Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
                 503
             }
@@ -123,6 +126,7 @@ impl Reject {
             Reject::Member { cause, .. } => cause.code(),
             // As a server answers a name it has not got.
             Reject::NotFound(_) => -32602,
+            Reject::NoMethod(_) => -32601,
             Reject::Parse(_) => -32700,
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => SESSION_NOT_FOUND,
             Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
@@ -180,7 +184,7 @@ impl Reject {
     pub fn reason(&self) -> Reason {
         match self {
             Reject::Member { cause, .. } => cause.reason(),
-            Reject::NotFound(_) => Reason::Malformed,
+            Reject::NotFound(_) | Reject::NoMethod(_) => Reason::Malformed,
             Reject::Capacity | Reject::LegacyCapacity => Reason::Capacity,
             Reject::NoRoute => Reason::Route,
             Reject::Origin => Reason::Origin,

@@ -362,6 +362,8 @@ pub struct Frames {
     body: Incoming,
     idle: Duration,
     deadline: Instant,
+    /// Bytes read and handed back ([`Frames::unread`]): they come first.
+    unread: Option<Bytes>,
 }
 
 impl Frames {
@@ -370,12 +372,22 @@ impl Frames {
             body,
             idle,
             deadline: Instant::now() + idle,
+            unread: None,
         }
+    }
+
+    /// Puts bytes read from the front of the body back (they are the next read).
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.unread = (!bytes.is_empty()).then_some(bytes);
     }
 
     /// The declared length of the body, if the backend gave one.
     pub fn exact_len(&self) -> Option<u64> {
-        hyper::body::Body::size_hint(&self.body).exact()
+        let rest = hyper::body::Body::size_hint(&self.body).exact();
+        match &self.unread {
+            Some(b) => rest.map(|r| r + b.len() as u64),
+            None => rest,
+        }
     }
 
     fn take(&mut self, frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>) -> Step {
@@ -394,6 +406,9 @@ impl Frames {
 
     /// The next bytes; `Ok(None)` at the end. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(bytes) = self.unread.take() {
+            return Ok(Some(bytes));
+        }
         loop {
             let frame = tokio::time::timeout_at(self.deadline, self.body.frame())
                 .await
@@ -409,6 +424,9 @@ impl Frames {
 
     /// What is already here without waiting: `None` if the next frame has not arrived.
     pub fn next_ready(&mut self) -> Option<Result<Option<Bytes>, UpstreamError>> {
+        if let Some(bytes) = self.unread.take() {
+            return Some(Ok(Some(bytes)));
+        }
         loop {
             let frame = self.body.frame().now_or_never()?;
             match self.take(frame) {
@@ -478,6 +496,7 @@ mod tests {
                 client_headers: Some(&client),
                 session: Some("backend-sid"),
                 protocol_version: None,
+                mcp: None,
                 accept: None,
                 content_type: None,
                 body: Bytes::new(),

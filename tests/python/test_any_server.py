@@ -22,10 +22,10 @@ EVERYTHING = ROOT / "tests" / "peers" / "node_modules" / ".bin" / "mcp-server-ev
 LOOPBACK = ROOT / "tests" / "peers" / "loopback.cjs"  # it would bind every interface
 
 
-def start_everything():
+def start_everything(port=None):
     """One server-everything process on 127.0.0.1; returns (proc, "host:port")."""
     assert EVERYTHING.exists(), "tests/run.sh installs server-everything (tests/peers)"
-    port = free_port()
+    port = port or free_port()
     server = Proc([shutil.which("node") or "node", "--require", str(LOOPBACK), str(EVERYTHING), "streamableHttp"],
                   env={**os.environ, "PORT": str(port)}, name="server-everything")
     wait_until(lambda: server.p.poll() is not None or listens_on(server.p.pid, port), 30, "server-everything")

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Semaphore, mpsc};
@@ -90,14 +89,7 @@ impl Bridge {
         out_rx: &mut mpsc::Receiver<Queued>,
         (busy, concurrency): (&Semaphore, usize),
     ) -> Result<(), Failure> {
-        let mut head = ResponseHeader::build(200, Some(4)).map_err(Failure::Abort)?;
-        for (k, v) in [
-            ("content-type", "text/event-stream"),
-            ("cache-control", "no-cache"),
-            ("x-accel-buffering", "no"),
-        ] {
-            head.insert_header(k, v).map_err(Failure::Abort)?;
-        }
+        let head = queue::stream_head()?;
         let mut down = Downstream::new(session, &self.state);
         let endpoint = format!("{}/messages?sessionId={public}", pool.prefix);
         down.start(head, mcp_sse::format(Some("endpoint"), None, &endpoint))

@@ -31,6 +31,19 @@ const CLOSING_CHECK: Duration = Duration::from_millis(100);
 /// An event for the client's stream, holding its share of the queue's bytes.
 pub type Queued = (Bytes, OwnedSemaphorePermit);
 
+/// The response header of a stream the gateway writes itself.
+pub fn stream_head() -> Result<pingora::http::ResponseHeader, Failure> {
+    let mut head = pingora::http::ResponseHeader::build(200, Some(4)).map_err(Failure::Abort)?;
+    for (k, v) in [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+    ] {
+        head.insert_header(k, v).map_err(Failure::Abort)?;
+    }
+    Ok(head)
+}
+
 /// One message as an `event: message`.
 pub fn message(data: &str) -> Bytes {
     mcp_sse::format(Some("message"), None, data)

@@ -44,6 +44,8 @@ use crate::upstream::{self, Frames, Outgoing, SESSION_HEADER, Upstream, Upstream
 pub const TRIES: usize = 2 * ATTEMPTS;
 /// A server stream that lived this long has earned fresh tries.
 const STREAM_SETTLED: Duration = Duration::from_secs(5);
+/// Largest 400 answer read to see whether it says the session is unknown.
+const FORGOT_MAX: u64 = 4096;
 /// Largest answer read when the gateway only needs it gone.
 const MAX_DISCARDED: usize = 64 * 1024;
 
@@ -372,6 +374,19 @@ impl Exchange<'_> {
             self.move_if_bound(trip, link).await?;
             return Ok(Reply::Again);
         }
+        if status == 400 && link.is_some() && frames.exact_len().is_some_and(|n| n <= FORGOT_MAX) {
+            // Some servers answer a session they no longer know with 400
+            // instead of the specification's 404: not run there either.
+            let body = frames
+                .read_all(FORGOT_MAX as usize)
+                .await
+                .unwrap_or_default();
+            if forgot_session(&body) {
+                self.move_if_bound(trip, link).await?;
+                return Ok(Reply::Again);
+            }
+            frames.unread(body);
+        }
         if status == 503 {
             // Draining or overloaded: not run there (the pool has recorded
             // the answer: new work goes elsewhere for a moment), whether or
@@ -616,6 +631,28 @@ fn outgoing<'t>(
     }
 }
 
+/// Whether a 400 answer says the server does not know the session: a
+/// JSON-RPC error for no request (`id` null or absent — the message was
+/// not taken) that speaks of the session.
+fn forgot_session(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        error: Option<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        #[serde(default)]
+        message: String,
+    }
+    serde_json::from_slice::<Refusal>(body).is_ok_and(|r| {
+        r.id.is_none_or(|id| id.is_null())
+            && r.error
+                .is_some_and(|e| e.message.to_ascii_lowercase().contains("session"))
+    })
+}
+
 /// A client's answer to a server request goes only to the backend session
 /// that asked ([`asks`]): its original ids are restored, and an answer to
 /// another backend session (one the session has moved away from) is refused.
@@ -636,5 +673,26 @@ fn to_asker(body: &Bytes, target: Target<'_>) -> Result<Bytes, Reject> {
             }
             Ok(body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forgot_session;
+
+    #[test]
+    fn a_400_for_no_request_that_speaks_of_the_session_means_the_session_is_unknown() {
+        let forgot = br#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#;
+        assert!(forgot_session(forgot));
+        let answered =
+            br#"{"jsonrpc":"2.0","error":{"code":-32602,"message":"bad session argument"},"id":4}"#;
+        assert!(
+            !forgot_session(answered),
+            "an answer to the request was taken by the server"
+        );
+        assert!(!forgot_session(
+            br#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid"},"id":null}"#
+        ));
+        assert!(!forgot_session(b"not json"));
     }
 }

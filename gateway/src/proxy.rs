@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::app::Gateway;
 use crate::federation::serve::{Federated, Request};
-use crate::federation::{Opened, Virtual};
+use crate::federation::{Opened, Service, Virtual};
 use crate::legacy::Located;
 use crate::metrics::{Metrics, Transport};
 use crate::policy::auth::{Grant, Principal, filter_tools_list};
@@ -82,33 +82,10 @@ enum Route {
     /// A virtual server's `/mcp` (`federation/`).
     Virtual {
         vs: Arc<Virtual>,
+        endpoint: Endpoint,
         body: Option<body::Body>,
         opened: Option<Box<Opened>>,
     },
-}
-
-/// What a route serves: a pool, or a virtual server over pools.
-enum Service {
-    Pool(Arc<Pool>),
-    Virtual(Arc<Virtual>),
-}
-
-impl Service {
-    /// Its route index (credentials mode, sealed ids).
-    fn index(&self) -> u16 {
-        match self {
-            Service::Pool(p) => p.index,
-            Service::Virtual(v) => v.index,
-        }
-    }
-
-    /// Its name, as rules name what a principal may reach.
-    fn name(&self) -> &str {
-        match self {
-            Service::Pool(p) => &p.name,
-            Service::Virtual(v) => &v.name,
-        }
-    }
 }
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -183,11 +160,6 @@ impl McpProxy {
                 Err(e) => return Err(e),
             },
         };
-        if matches!(service, Service::Virtual(_)) && endpoint != Endpoint::Mcp {
-            return Err(Reject::BadRequest(
-                "a virtual server speaks Streamable HTTP (and stateless requests) at its /mcp; the legacy HTTP+SSE transport is served on each pool's own route",
-            ));
-        }
         let over = self.identify(session, ctx, &guard, &service, endpoint)?;
         let req = session.req_header();
         edge::check_method(
@@ -220,7 +192,12 @@ impl McpProxy {
                     Some(token) => Some(Box::new(vs.open(&gw.sessions, token, who)?)),
                     None => None,
                 };
-                return Ok(Route::Virtual { vs, body, opened });
+                return Ok(Route::Virtual {
+                    vs,
+                    endpoint,
+                    body,
+                    opened,
+                });
             }
         };
         let binding = match token {
@@ -372,9 +349,25 @@ impl McpProxy {
                 body,
                 binding,
             } => (pool, endpoint, body, binding),
-            Route::Virtual { vs, body, opened } => {
+            Route::Virtual {
+                vs,
+                endpoint,
+                body,
+                opened,
+            } => {
                 let body = body.map(|b| b.bytes).unwrap_or_default();
-                return self.federated(session, ctx, &vs, body, opened).await;
+                return match endpoint {
+                    Endpoint::Mcp => self.federated(session, ctx, &vs, body, opened).await,
+                    Endpoint::Messages => self.message(session, ctx, vs.index, body).await,
+                    Endpoint::Sse => {
+                        let caller = self.caller(session, ctx);
+                        let client = ctx.key.clone().unwrap_or_else(|| Arc::from(""));
+                        let served = Service::Virtual(vs);
+                        gw.legacy
+                            .serve_stream(session, &served, caller, client)
+                            .await
+                    }
+                };
             }
         };
         let body = body.map(|b| b.bytes).unwrap_or_default();
@@ -382,9 +375,12 @@ impl McpProxy {
             Endpoint::Sse => {
                 let caller = self.caller(session, ctx);
                 let client = ctx.key.clone().unwrap_or_else(|| Arc::from(""));
-                gw.legacy.serve_stream(session, &pool, caller, client).await
+                let served = Service::Pool(pool);
+                gw.legacy
+                    .serve_stream(session, &served, caller, client)
+                    .await
             }
-            Endpoint::Messages => self.message(session, ctx, &pool, body).await,
+            Endpoint::Messages => self.message(session, ctx, pool.index, body).await,
             Endpoint::Mcp => {
                 let admitted = Admitted {
                     pool,
@@ -451,7 +447,7 @@ impl McpProxy {
         &self,
         session: &mut Session,
         ctx: &Ctx,
-        pool: &Pool,
+        route: u16,
         body: Bytes,
     ) -> std::result::Result<(), Failure> {
         let legacy = &self.gw.legacy;
@@ -460,7 +456,7 @@ impl McpProxy {
         match legacy.locate(req.uri.query())? {
             Located::Here(id) => {
                 let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
-                legacy.accept_message(&id, pool.index, body, rpc, who)?
+                legacy.accept_message(&id, route, body, rpc, who)?
             }
             Located::Elsewhere { owner } => {
                 let pq = req

@@ -2,7 +2,8 @@
 registry (names prefixed `reg_`) and @modelcontextprotocol/server-everything
 (prefixed `ev_`, its `echo` renamed `say`) at once, driven by the Python SDK:
 merged lists, calls routed by name, sampling/elicitation/progress through the
-federation, resources, completion, stateless requests; a warm list reaches
+federation, resources, completion, over Streamable HTTP, legacy HTTP+SSE and
+stateless requests; a warm list reaches
 no backend; a member that goes away leaves the lists with a `list_changed`,
 is named in errors, and comes back."""
 import asyncio
@@ -12,6 +13,7 @@ import httpx2
 import mcp.types as t
 import pytest
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import ACCEPT, Backend, Gateway, rpc, sse_messages, wait_until
@@ -130,6 +132,32 @@ def test_one_session_sees_both_members_and_calls_reach_the_owner_over_streamable
     asyncio.run(main())
 
 
+def test_a_legacy_sse_client_gets_the_same_federation(fed):
+    async def main():
+        async with sse_client(f"{fed.gw.http}/all/sse") as (r, w):
+            async with ClientSession(r, w, sampling_callback=sampling, elicitation_callback=elicitation) as s:
+                init = await s.initialize()
+                assert init.server_info.name == "all"
+                tools = {x.name for x in (await s.list_tools()).tools}
+                assert {"reg_get_agent", "say", "ev_trigger-sampling-request"} <= tools, sorted(tools)
+                said = await s.call_tool("say", {"message": "over legacy"})
+                assert said.content[0].text == "Echo: over legacy"
+                health = await s.call_tool("reg_health_check", {})
+                assert json.loads(health.content[0].text)["instance"] == "fed-0"
+                sampled = await s.call_tool("ev_trigger-sampling-request", {"prompt": "2+2?", "maxTokens": 5})
+                assert "sampled: " in sampled.content[0].text, sampled.content
+                progress = []
+
+                async def on_progress(value, total, message):
+                    progress.append(value)
+                done = await s.call_tool("ev_trigger-long-running-operation", {"duration": 1, "steps": 2},
+                                         progress_callback=on_progress)
+                assert "completed" in done.content[0].text and progress == [1.0, 2.0], progress
+                got = await s.get_prompt("ev_simple-prompt")
+                assert got.messages
+    asyncio.run(main())
+
+
 def test_a_warm_tools_list_reaches_no_backend(fed):
     with httpx2.Client(timeout=10) as c:
         sid = initialize(c, fed.url)
@@ -155,8 +183,6 @@ def test_unknown_names_cursors_and_methods_get_clear_errors(fed):
         assert batch.status_code == 400 and "batch" in batch.json()["error"]["message"], batch.text
         forged = rpc(c, fed.url, sid[:-4] + "AAAA", "tools/list")
         assert forged.status_code == 404, forged.text
-        legacy = c.get(f"{fed.gw.http}/all/sse", headers={"accept": "text/event-stream"})
-        assert legacy.status_code == 400 and "Streamable HTTP" in legacy.text, legacy.text
 
 
 def test_stateless_requests_reach_the_owning_member_by_prefixed_name(fed):
@@ -210,6 +236,8 @@ def test_a_member_that_goes_away_leaves_the_lists_is_named_in_errors_and_comes_b
         assert down["error"]["data"]["mayHaveRun"] is False, down
         alive = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "reg_health_check", "arguments": {}}))
         assert "result" in alive, alive
+        late = initialize(c, fed.url)  # opened while the member is down: it joins on first use
+        assert "say" not in {x["name"] for x in result_of(rpc(c, fed.url, late, "tools/list"))["result"]["tools"]}
         seen.clear()
         fed.everything, _ = start_everything(port=int(fed.ev_addr.split(":")[1]))
         wait_until(lambda: any(m.get("method") == "notifications/tools/list_changed" for m in seen), 30,
@@ -217,6 +245,8 @@ def test_a_member_that_goes_away_leaves_the_lists_is_named_in_errors_and_comes_b
         wait_until(lambda: "say" in names(), 10, "the member's tools back in the list")
         back = result_of(rpc(c, fed.url, sid, "tools/call", {"name": "say", "arguments": {"message": "back"}}))
         assert back["result"]["content"][0]["text"] == "Echo: back", back
+        joined = result_of(rpc(c, fed.url, late, "tools/call", {"name": "say", "arguments": {"message": "joined"}}))
+        assert joined["result"]["content"][0]["text"] == "Echo: joined", joined
         stop.set()
 
 

@@ -108,17 +108,15 @@ pub struct Virtual {
 pub struct Member {
     pub pool: Arc<Pool>,
     pub names: Names,
-    /// Some backend of its pool takes new work (looked at every [`WATCH_EVERY`]).
+    /// Some backend of its pool took new work when last looked at (every
+    /// [`WATCH_EVERY`]): a change is announced to open streams.
     up: AtomicBool,
 }
 
 impl Member {
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Whether any backend of the pool takes new work now.
-    fn available(&self) -> bool {
+    /// Whether any backend of the pool takes new work now (the watcher's
+    /// flag may be a second behind).
+    pub fn available(&self) -> bool {
         let members = self.pool.members.load();
         members.list.iter().any(|b| self.pool.accepts_new(b))
     }
@@ -126,6 +124,38 @@ impl Member {
     /// How the member is named in errors and logs.
     pub fn label(&self) -> &str {
         &self.pool.name
+    }
+}
+
+/// What a route serves: a pool, or a virtual server over pools.
+pub enum Service {
+    Pool(Arc<Pool>),
+    Virtual(Arc<Virtual>),
+}
+
+impl Service {
+    /// Its route index (credentials mode, sealed ids, legacy sessions).
+    pub fn index(&self) -> u16 {
+        match self {
+            Service::Pool(p) => p.index,
+            Service::Virtual(v) => v.index,
+        }
+    }
+
+    /// Its name, as rules name what a principal may reach.
+    pub fn name(&self) -> &str {
+        match self {
+            Service::Pool(p) => &p.name,
+            Service::Virtual(v) => &v.name,
+        }
+    }
+
+    /// Its route prefix.
+    pub fn prefix(&self) -> &str {
+        match self {
+            Service::Pool(p) => &p.prefix,
+            Service::Virtual(v) => &v.prefix,
+        }
     }
 }
 

@@ -143,7 +143,7 @@ impl Federated<'_> {
         let vs = req.vs;
         let opens = vs.members.iter().enumerate().map(|(i, m)| async move {
             let mut got = Collect::default();
-            let msg = Message::gateway(&m.pool, req.body.clone(), Some(rpc), req.caller, Transport::Streamable);
+            let msg = Message::gateway(&m.pool, req.body.clone(), Some(rpc), req.caller, req.transport);
             let out = self.exchange().run(&msg, Target::Anywhere { seal: false }, &mut got).await;
             let link = out.ok().and_then(|o| o.answered).and_then(|a| a.opened);
             let result = got.answer.as_deref().and_then(jsonrpc::result_of).and_then(|r| serde_json::from_str::<Value>(r).ok());
@@ -350,11 +350,11 @@ impl Federated<'_> {
         let vs = req.vs;
         let principal = req.caller.principal.as_str();
         let each = vs.order.iter().map(|&i| async move {
-            if !vs.members[i].is_up() {
-                return None;
-            }
             if let Some(list) = vs.catalog.get(i, kind, principal) {
                 return Some((i, list));
+            }
+            if !vs.members[i].available() {
+                return None;
             }
             match self.fetch(req, i, kind).await {
                 Ok(list) => Some((i, list)),
@@ -405,7 +405,11 @@ impl Federated<'_> {
                 return Err(Reject::BadGateway);
             };
             let Some(result) = jsonrpc::result_of(&answer) else {
-                break; // an error: the member lists nothing of this kind
+                if unknown_method(&answer) {
+                    break; // the member lists nothing of this kind
+                }
+                tracing::warn!(member = %vs.members[i].label(), %answer, "a member's list came back as an error");
+                return Err(Reject::BadGateway);
             };
             let mut result: Map<String, Value> =
                 serde_json::from_str(result).map_err(|_| Reject::BadGateway)?;
@@ -495,13 +499,7 @@ impl Federated<'_> {
         let head = queue::stream_head()?;
         down.start(head, Bytes::from_static(mcp_sse::KEEPALIVE))
             .await?;
-        let feeds: Vec<_> = (0..session.members.len())
-            .map(|i| self.feed(req, i, queue.clone()))
-            .collect();
-        let announce = announce(req.vs, queue);
-        let members = async {
-            tokio::join!(join_all(feeds), announce);
-        };
+        let members = self.feeds(req, session, queue);
         let pumped = tokio::select! {
             pumped = queue::pump(down, &mut rx, limits.sse_keepalive, |rx| rx.is_empty()) => Some(pumped),
             () = members => None,
@@ -510,6 +508,15 @@ impl Federated<'_> {
             Some(pumped) => pumped,
             None => down.finish().await,
         }
+    }
+
+    /// Every member's server stream into `queue`, and a `list_changed`
+    /// whenever a member leaves or returns, while the client reads.
+    pub async fn feeds(&self, req: &Request<'_>, session: &Opened, queue: Queue) {
+        let feeds: Vec<_> = (0..session.members.len())
+            .map(|i| self.feed(req, i, queue.clone()))
+            .collect();
+        tokio::join!(join_all(feeds), announce(req.vs, queue));
     }
 
     /// Member `i`'s server stream into the client's: opened again after a
@@ -602,6 +609,11 @@ impl<S: Sink> Sink for Named<'_, S> {
     async fn reply(&mut self, answer: Option<Bytes>, session: Option<&str>) -> Result<(), Failure> {
         self.inner.reply(answer, session).await
     }
+}
+
+/// Whether an answer is a JSON-RPC "method not found" error.
+fn unknown_method(answer: &str) -> bool {
+    serde_json::from_str::<Value>(answer).is_ok_and(|v| v["error"]["code"].as_i64() == Some(-32601))
 }
 
 /// A JSON-RPC response with `result`.

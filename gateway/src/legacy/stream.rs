@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::Bridge;
 use super::table::{Entry, Full, Inbound};
-use crate::pool::Pool;
+use crate::federation::Service;
 use crate::reject::Reject;
 use crate::relay::queue::{self, Queued};
 use crate::relay::{Downstream, Failure, Queue};
@@ -32,7 +32,7 @@ impl Bridge {
     pub async fn serve_stream(
         self: &Arc<Self>,
         session: &mut Session,
-        pool: &Arc<Pool>,
+        served: &Service,
         caller: Caller,
         client: Arc<str>,
     ) -> Result<(), Failure> {
@@ -47,7 +47,7 @@ impl Bridge {
             None => id.clone(),
         };
         let (inbox_tx, inbox_rx) = mpsc::channel::<Inbound>(INBOX);
-        let entry = Entry::new(inbox_tx, &caller.principal, pool.index, client);
+        let entry = Entry::new(inbox_tx, &caller.principal, served.index(), client);
         match self.table.insert(&id, entry) {
             Ok(()) => {}
             Err(Full::Pool) => return Err(Reject::LegacyCapacity.into()),
@@ -64,13 +64,23 @@ impl Bridge {
         let busy = Arc::new(Semaphore::new(concurrency));
         // The worker ends once its inbox closes (the entry leaves the table
         // below); it then closes the backend session.
-        let worker =
-            Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, caller, Arc::clone(&busy));
-        tokio::spawn(worker);
+        let permits = Arc::clone(&busy);
+        match served {
+            Service::Pool(pool) => {
+                let worker =
+                    Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, caller, permits);
+                tokio::spawn(worker);
+            }
+            Service::Virtual(vs) => {
+                let worker =
+                    Arc::clone(self).worker(Arc::clone(vs), inbox_rx, out, caller, permits);
+                tokio::spawn(worker);
+            }
+        }
         let result = self
             .stream_to_client(
                 session,
-                pool,
+                served,
                 (&id, &public),
                 &mut out_rx,
                 (&busy, concurrency),
@@ -84,17 +94,17 @@ impl Bridge {
     async fn stream_to_client(
         &self,
         session: &mut Session,
-        pool: &Pool,
+        served: &Service,
         (id, public): (&str, &str),
         out_rx: &mut mpsc::Receiver<Queued>,
         (busy, concurrency): (&Semaphore, usize),
     ) -> Result<(), Failure> {
         let head = queue::stream_head()?;
         let mut down = Downstream::new(session, &self.state);
-        let endpoint = format!("{}/messages?sessionId={public}", pool.prefix);
+        let endpoint = format!("{}/messages?sessionId={public}", served.prefix());
         down.start(head, mcp_sse::format(Some("endpoint"), None, &endpoint))
             .await?;
-        tracing::info!(legacy_session = %&id[..8], pool = %pool.name, "legacy SSE session opened");
+        tracing::info!(legacy_session = %&id[..8], route = %served.name(), "legacy SSE session opened");
         // When the listeners close, the stream (and its connection) ends
         // once the session's calls under way have answered, so the client
         // opens a new one elsewhere.

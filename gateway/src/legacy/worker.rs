@@ -34,19 +34,65 @@ use crate::trace;
 
 /// What a message holds while it runs: a unit of the in-flight budget and
 /// one of the session's concurrency permits.
-type Held = (Slot, OwnedSemaphorePermit);
+pub(super) type Held = (Slot, OwnedSemaphorePermit);
+
+/// What a legacy session's messages go to: a pool (one backend session)
+/// or a virtual server (one session per member, `federated.rs`). The
+/// worker's rules are the same for both.
+pub(super) trait Upstreams: Send + Sync + 'static {
+    /// The session the first message opened.
+    type Session: Send + Sync + 'static;
+
+    /// Sends the first message (normally `initialize`). `Ok(Some)`: the
+    /// session exists; `Ok(None)`: not yet; `Err`: the client is gone.
+    fn open<'a>(
+        self: Arc<Self>,
+        bridge: &'a Bridge,
+        body: Bytes,
+        rpc: &'a Rpc,
+        out: &'a mut Queue,
+        caller: &'a Caller,
+    ) -> impl Future<Output = Result<Option<Arc<Self::Session>>, ()>> + Send + 'a;
+
+    /// One later message on the session.
+    fn call(
+        self: Arc<Self>,
+        bridge: Arc<Bridge>,
+        session: Arc<Self::Session>,
+        message: (Bytes, Rpc),
+        out: Queue,
+        caller: Arc<Caller>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// The server's own stream(s) into the client's, for the session's life.
+    fn listen(
+        self: Arc<Self>,
+        bridge: Arc<Bridge>,
+        session: Arc<Self::Session>,
+        out: Queue,
+        caller: Arc<Caller>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Ends the session (its client is gone).
+    fn close<'a>(
+        &'a self,
+        bridge: &'a Bridge,
+        session: &'a Self::Session,
+        caller: &'a Caller,
+    ) -> impl Future<Output = ()> + Send + 'a;
+}
 
 impl Bridge {
-    pub(super) async fn worker(
+    pub(super) async fn worker<U: Upstreams>(
         self: Arc<Self>,
-        pool: Arc<Pool>,
+        up: Arc<U>,
         mut inbox: mpsc::Receiver<Inbound>,
         mut out: Queue,
         caller: Caller,
         permits: Arc<Semaphore>,
     ) {
         let caller = Arc::new(caller);
-        let mut binding: Option<Arc<Binding>> = None;
+        let mut session: Option<Arc<U::Session>> = None;
         let mut calls = JoinSet::new();
         let mut listener = None;
         while let Some(inbound) = inbox.recv().await {
@@ -54,18 +100,21 @@ impl Bridge {
             let Some((body, rpc, span, held)) = self.take(inbound, &permits, &mut out).await else {
                 continue;
             };
-            match binding.clone() {
-                Some(b) if !rpc.is_initialize() => {
+            match session.clone() {
+                Some(s) if !rpc.is_initialize() => {
                     let in_order = rpc.method.is_notification();
-                    let call = Arc::clone(&self).call(
-                        b,
-                        body,
-                        rpc,
+                    let call = Arc::clone(&up).call(
+                        Arc::clone(&self),
+                        s,
+                        (body, rpc),
                         out.clone(),
                         Arc::clone(&caller),
-                        held,
                     );
-                    let call = call.instrument(span);
+                    let call = async move {
+                        call.await;
+                        drop(held);
+                    }
+                    .instrument(span);
                     if in_order {
                         call.await;
                     } else {
@@ -73,21 +122,22 @@ impl Bridge {
                     }
                 }
                 _ => {
-                    let opened = self
-                        .open(&pool, body, &rpc, &mut out, &caller)
+                    let opened = Arc::clone(&up)
+                        .open(&self, body, &rpc, &mut out, &caller)
                         .instrument(span)
                         .await;
                     drop(held);
                     let Ok(opened) = opened else { break }; // the client is gone
-                    if let (Some(b), None) = (&opened, &listener) {
-                        let listen = Arc::clone(&self).listen(
-                            Arc::clone(b),
+                    if let (Some(s), None) = (&opened, &listener) {
+                        let listen = Arc::clone(&up).listen(
+                            Arc::clone(&self),
+                            Arc::clone(s),
                             out.clone(),
                             Arc::clone(&caller),
                         );
                         listener = Some(tokio::spawn(listen));
                     }
-                    binding = opened.or(binding);
+                    session = opened.or(session);
                 }
             }
         }
@@ -95,14 +145,14 @@ impl Bridge {
         if let Some(l) = listener {
             l.abort();
         }
-        if let Some(b) = binding {
-            b.close(&self.upstream, &caller).await;
+        if let Some(s) = session {
+            up.close(&self, &s, &caller).await;
         }
     }
 
     /// Unpacks a queued message and takes what it holds while it runs;
     /// `None` when it was refused (the refusal is on the client's stream).
-    async fn take(
+    pub(super) async fn take(
         &self,
         inbound: Inbound,
         permits: &Arc<Semaphore>,
@@ -134,32 +184,30 @@ impl Bridge {
         let span = trace::message_span(&rpc, parent.as_ref());
         Some((body, rpc, span, (slot, permit)))
     }
+}
 
-    fn message<'a>(
-        &self,
-        pool: &'a Arc<Pool>,
-        body: Bytes,
-        rpc: &'a Rpc,
-        caller: &'a Caller,
-    ) -> Message<'a> {
-        Message::gateway(pool, body, Some(rpc), caller, Transport::Legacy)
-    }
+fn message<'a>(pool: &'a Arc<Pool>, body: Bytes, rpc: &'a Rpc, caller: &'a Caller) -> Message<'a> {
+    Message::gateway(pool, body, Some(rpc), caller, Transport::Legacy)
+}
 
-    /// Sends the first message (normally `initialize`) to a new backend
-    /// session. `Ok(Some)`: a backend session exists; `Ok(None)`: not yet;
-    /// `Err`: the client is gone.
+/// A pool: the first message opens one backend session; the backend's
+/// `GET` stream is relayed and opened again where the session moves.
+impl Upstreams for Pool {
+    type Session = Binding;
+
     async fn open(
-        &self,
-        pool: &Arc<Pool>,
+        self: Arc<Self>,
+        bridge: &Bridge,
         body: Bytes,
         rpc: &Rpc,
         out: &mut Queue,
         caller: &Caller,
     ) -> Result<Option<Arc<Binding>>, ()> {
+        let pool = &self;
         let init = jsonrpc::params_of(&body).map(trim_init).unwrap_or_default();
-        let msg = self.message(pool, body, rpc, caller);
+        let msg = message(pool, body, rpc, caller);
         let target = Target::Anywhere { seal: false };
-        match self.exchange().run(&msg, target, out).await {
+        match bridge.exchange().run(&msg, target, out).await {
             Err(_) => Err(()),
             Ok(Outcome {
                 answered:
@@ -177,18 +225,16 @@ impl Bridge {
         }
     }
 
-    /// One message on the session's backend session.
     async fn call(
         self: Arc<Self>,
+        bridge: Arc<Bridge>,
         binding: Arc<Binding>,
-        body: Bytes,
-        rpc: Rpc,
+        (body, rpc): (Bytes, Rpc),
         mut out: Queue,
         caller: Arc<Caller>,
-        _held: Held,
     ) {
-        let msg = self.message(&binding.pool, body, &rpc, &caller);
-        let _ = self
+        let msg = message(&binding.pool, body, &rpc, &caller);
+        let _ = bridge
             .exchange()
             .run(&msg, Target::Session(&binding), &mut out)
             .await;
@@ -196,7 +242,13 @@ impl Bridge {
 
     /// The backend's server-to-client stream (`GET /mcp`), if it offers one,
     /// opened again on the session's new backend when the session moves.
-    async fn listen(self: Arc<Self>, binding: Arc<Binding>, mut out: Queue, caller: Arc<Caller>) {
+    async fn listen(
+        self: Arc<Self>,
+        bridge: Arc<Bridge>,
+        binding: Arc<Binding>,
+        mut out: Queue,
+        caller: Arc<Caller>,
+    ) {
         let msg = Message {
             method: http::Method::GET,
             accept: Some("text/event-stream"),
@@ -211,11 +263,15 @@ impl Bridge {
         };
         loop {
             let target = Target::Session(&binding);
-            if self.exchange().run(&msg, target, &mut out).await.is_err() {
+            if bridge.exchange().run(&msg, target, &mut out).await.is_err() {
                 return; // the client is gone
             }
             // Ended, refused or not offered: wait for the session to move.
             binding.moved().await;
         }
+    }
+
+    async fn close(&self, bridge: &Bridge, binding: &Binding, caller: &Caller) {
+        binding.close(&bridge.upstream, caller).await;
     }
 }

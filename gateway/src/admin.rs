@@ -282,7 +282,19 @@ impl Admin {
         let pools = self.gw.sessions.pools();
         type_line(ToolLatencies::NAME, out);
         for pool in pools {
-            pool.tool_seconds.render(&pool.name, out);
+            let labels = format!("pool=\"{}\"", label_value(&pool.name));
+            pool.tool_seconds.render(&labels, out);
+        }
+        // A virtual server's calls, by the names its clients see, per member.
+        for vs in &self.gw.federation.servers {
+            for (member, seconds) in vs.members.iter().zip(&vs.tool_seconds) {
+                let labels = format!(
+                    "pool=\"{}\",member=\"{}\"",
+                    label_value(&vs.name),
+                    label_value(member.label())
+                );
+                seconds.render(&labels, out);
+            }
         }
         type_line("mcp_gateway_upstream_duration_seconds", out);
         for pool in pools {

@@ -250,8 +250,8 @@ impl ToolLatencies {
         }
     }
 
-    pub fn render(&self, pool: &str, out: &mut String) {
-        let pool = label_value(pool);
+    /// Renders every series with `labels` (already escaped) before `tool`.
+    pub fn render(&self, labels: &str, out: &mut String) {
         let mut names: Vec<_> = self
             .named
             .iter()
@@ -259,12 +259,12 @@ impl ToolLatencies {
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (tool, h) in names {
-            let labels = format!("pool=\"{pool}\",tool=\"{}\"", label_value(&tool));
+            let labels = format!("{labels},tool=\"{}\"", label_value(&tool));
             h.render_series(Self::NAME, &labels, out);
         }
         if self.other.count() > 0 {
             self.other
-                .render_series(Self::NAME, &format!("pool=\"{pool}\",tool=\"other\""), out);
+                .render_series(Self::NAME, &format!("{labels},tool=\"other\""), out);
         }
     }
 }

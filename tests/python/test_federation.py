@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import ACCEPT, Backend, Gateway, rpc, sse_messages, wait_until
+from conftest import ACCEPT, Backend, Gateway, metric, rpc, sse_messages, wait_until
 from test_any_server import elicitation, sampling, start_everything
 
 SERVERS = """
@@ -130,6 +130,9 @@ def test_one_session_sees_both_members_and_calls_reach_the_owner_over_streamable
                     await s.set_logging_level("info")
                     assert isinstance(await s.send_ping(), t.EmptyResult)
     asyncio.run(main())
+    # per-tool latencies by the name clients see, labelled with the member
+    said = metric(fed.gw, "mcp_gateway_tool_call_duration_seconds_count", '{pool="all",member="everything",tool="say"}')
+    assert said >= 1, said
 
 
 def test_a_legacy_sse_client_gets_the_same_federation(fed):

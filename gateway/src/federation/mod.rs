@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::config::Config;
+use crate::metrics::ToolLatencies;
 use crate::policy::edge::{self, Endpoint};
 use crate::pool::Pool;
 use crate::reject::Reject;
@@ -68,6 +69,9 @@ impl Federation {
                     name: s.name.clone(),
                     prefix: s.route.trim_end_matches('/').to_owned(),
                     catalog: Catalog::new(members.len(), s.list_ttl),
+                    tool_seconds: (0..members.len())
+                        .map(|_| ToolLatencies::default())
+                        .collect(),
                     members,
                     order,
                     changes,
@@ -100,6 +104,8 @@ pub struct Virtual {
     /// without a prefix last.
     pub order: Vec<usize>,
     pub catalog: Catalog,
+    /// Tool call latencies per member, by the names clients see.
+    pub tool_seconds: Vec<ToolLatencies>,
     /// A member left or came back (its index, whether it is up).
     changes: broadcast::Sender<(usize, bool)>,
 }

@@ -239,7 +239,13 @@ impl Federated<'_> {
         let body = with_param(&req.body, &path, &own)
             .ok_or(Reject::Invalid("params are not an object".into()))?;
         let rpc = jsonrpc::parse(&body)?;
-        self.send_to(req, i, body, &rpc, Some(&own), sink).await
+        let started = std::time::Instant::now();
+        let sent = self.send_to(req, i, body, &rpc, Some(&own), sink).await;
+        if kind == Kind::Tools {
+            let listed = || listed.iter().any(|(_, l)| l.has(kind, shown));
+            req.vs.tool_seconds[i].observe(shown, listed, started.elapsed());
+        }
+        sent
     }
 
     /// `completion/complete`: a prompt's by its name, a resource's by URI.

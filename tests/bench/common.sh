@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$(pwd)
-BIN="$ROOT/target/release"
+BIN=${BIN:-"$ROOT/target/release"}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 SESSIONS=${SESSIONS:-8}

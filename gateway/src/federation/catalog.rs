@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::names::Names;
@@ -110,10 +111,12 @@ impl Kind {
     }
 }
 
-/// One member's list as clients see it.
+/// One member's list as clients see it: each item's JSON as it is sent,
+/// and its key (name, URI or URI template).
 #[derive(Debug, Default)]
 pub struct List {
-    pub items: Vec<Value>,
+    pub keys: Vec<String>,
+    raw: Vec<Box<RawValue>>,
     bytes: usize,
 }
 
@@ -121,29 +124,35 @@ impl List {
     /// The member's own items, names mapped and curated (`names`); items
     /// without their key are dropped.
     pub fn shown(kind: Kind, names: &Names, raw: Vec<Value>) -> Self {
-        let mut items = Vec::with_capacity(raw.len());
-        let mut bytes = 0;
+        let mut list = Self::default();
         for mut item in raw {
             let Some(obj) = item.as_object_mut() else {
                 continue;
             };
-            if !obj.get(kind.key()).is_some_and(Value::is_string) {
-                continue;
-            }
             if matches!(kind, Kind::Tools | Kind::Prompts) && !rename(obj, names) {
                 continue;
             }
-            bytes += item.to_string().len();
-            items.push(item);
+            let Some(key) = obj.get(kind.key()).and_then(Value::as_str) else {
+                continue;
+            };
+            let key = key.to_owned();
+            let Ok(raw) = serde_json::value::to_raw_value(&item) else {
+                continue;
+            };
+            list.bytes += raw.get().len() + key.len();
+            list.keys.push(key);
+            list.raw.push(raw);
         }
-        Self { items, bytes }
+        list
     }
 
     /// Whether it lists `key` (a name or a URI).
-    pub fn has(&self, kind: Kind, key: &str) -> bool {
-        self.items
-            .iter()
-            .any(|i| i.get(kind.key()).and_then(Value::as_str) == Some(key))
+    pub fn has(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -226,14 +235,13 @@ impl Catalog {
 
 /// Merges members' lists, given in precedence order: an item whose key an
 /// earlier member already listed is left out (it is shadowed).
-pub fn merge(kind: Kind, lists: &[Arc<List>]) -> Vec<&Value> {
+pub fn merge(lists: &[Arc<List>]) -> Vec<&RawValue> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for list in lists {
-        for item in &list.items {
-            let key = item.get(kind.key()).and_then(Value::as_str).unwrap_or("");
-            if seen.insert(key) {
-                out.push(item);
+        for (key, raw) in list.keys.iter().zip(&list.raw) {
+            if seen.insert(key.as_str()) {
+                out.push(&**raw);
             }
         }
     }
@@ -259,19 +267,32 @@ pub fn offset(cursor: &str) -> Option<usize> {
         .ok()
 }
 
-/// One page of a merged list, as a JSON-RPC result.
-pub fn page(kind: Kind, items: &[&Value], from: usize) -> Value {
+/// One page of a merged list, as a JSON-RPC response to `id` (the items'
+/// JSON copied as kept, not parsed again).
+pub fn page(kind: Kind, items: &[&RawValue], from: usize, id: &str) -> String {
     let end = (from + PAGE).min(items.len());
-    let slice: Vec<&Value> = items.get(from..end).unwrap_or_default().to_vec();
-    let mut result = Map::new();
-    result.insert(
-        kind.field().into(),
-        serde_json::to_value(slice).unwrap_or_default(),
-    );
-    if end < items.len() {
-        result.insert("nextCursor".into(), cursor(end).into());
+    let slice = items.get(from..end).unwrap_or_default();
+    let size: usize = slice.iter().map(|r| r.get().len() + 1).sum();
+    let mut out = String::with_capacity(64 + size);
+    out.push_str(r#"{"jsonrpc":"2.0","id":"#);
+    out.push_str(id);
+    out.push_str(r#","result":{""#);
+    out.push_str(kind.field());
+    out.push_str(r#"":["#);
+    for (n, item) in slice.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(item.get());
     }
-    Value::Object(result)
+    out.push(']');
+    if end < items.len() {
+        out.push_str(r#","nextCursor":""#);
+        out.push_str(&cursor(end));
+        out.push('"');
+    }
+    out.push_str("}}");
+    out
 }
 
 #[cfg(test)]
@@ -307,18 +328,23 @@ mod tests {
             ],
         );
         let lists = [Arc::new(a), Arc::new(b)];
-        let merged = merge(Kind::Tools, &lists);
-        let shown: Vec<&str> = merged.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        let merged = merge(&lists);
+        let name = |r: &RawValue| serde_json::from_str::<Value>(r.get()).unwrap()["name"].clone();
+        let shown: Vec<Value> = merged.iter().map(|r| name(r)).collect();
         assert_eq!(shown, ["a_x", "a_y", "z"]);
-        let many: Vec<Value> = (0..250).map(|i| json!({"name": format!("t{i}")})).collect();
-        let refs: Vec<&Value> = many.iter().collect();
-        let first = page(Kind::Tools, &refs, 0);
-        assert_eq!(first["tools"].as_array().unwrap().len(), PAGE);
-        let next = offset(first["nextCursor"].as_str().unwrap()).unwrap();
-        let last = page(Kind::Tools, &refs, 200);
+        let raw = (0..250).map(|i| json!({"name": format!("t{i}")})).collect();
+        let all = [Arc::new(List::shown(Kind::Tools, &names(""), raw))];
+        let all = merge(&all);
+        let first: Value = serde_json::from_str(&page(Kind::Tools, &all, 0, "7")).unwrap();
+        assert_eq!(first["id"], 7);
+        assert_eq!(first["result"]["tools"].as_array().unwrap().len(), PAGE);
+        assert_eq!(first["result"]["tools"][0]["name"], "t0");
+        let next = offset(first["result"]["nextCursor"].as_str().unwrap()).unwrap();
+        let last: Value = serde_json::from_str(&page(Kind::Tools, &all, 200, "\"x\"")).unwrap();
         assert_eq!(next, PAGE);
-        assert_eq!(last["tools"].as_array().unwrap().len(), 50);
-        assert!(last.get("nextCursor").is_none());
+        assert_eq!(last["id"], "x");
+        assert_eq!(last["result"]["tools"].as_array().unwrap().len(), 50);
+        assert!(last["result"].get("nextCursor").is_none());
         assert_eq!(offset("bm90LW91cnM"), None, "a cursor we did not make");
     }
 

@@ -190,11 +190,10 @@ impl Virtual {
     /// whose names take it, so that the error names it; else none.
     pub fn owner(
         &self,
-        kind: Kind,
         shown: &str,
         listed: &[(usize, Arc<catalog::List>)],
     ) -> Option<(usize, String)> {
-        let i = match listed.iter().find(|(_, l)| l.has(kind, shown)) {
+        let i = match listed.iter().find(|(_, l)| l.has(shown)) {
             Some((i, _)) => *i,
             None => *self.order.iter().find(|&&i| {
                 !listed.iter().any(|(j, _)| *j == i) && self.members[i].names.own(shown).is_some()

@@ -232,7 +232,7 @@ impl Federated<'_> {
         let listed = self.lists(req, kind).await;
         let (i, own) = req
             .vs
-            .owner(kind, shown, &listed)
+            .owner(shown, &listed)
             .ok_or_else(|| Reject::NotFound(format!("no {what} named {shown} on this server")))?;
         let mut path = vec!["params"];
         path.extend_from_slice(at);
@@ -242,7 +242,7 @@ impl Federated<'_> {
         let started = std::time::Instant::now();
         let sent = self.send_to(req, i, body, &rpc, Some(&own), sink).await;
         if kind == Kind::Tools {
-            let listed = || listed.iter().any(|(_, l)| l.has(kind, shown));
+            let listed = || listed.iter().any(|(_, l)| l.has(shown));
             req.vs.tool_seconds[i].observe(shown, listed, started.elapsed());
         }
         sent
@@ -289,16 +289,13 @@ impl Federated<'_> {
 
     async fn uri_owner(&self, req: &Request<'_>, uri: &str) -> Option<usize> {
         let listed = self.lists(req, Kind::Resources).await;
-        if let Some((i, _)) = listed.iter().find(|(_, l)| l.has(Kind::Resources, uri)) {
+        if let Some((i, _)) = listed.iter().find(|(_, l)| l.has(uri)) {
             return Some(*i);
         }
         let templates = self.lists(req, Kind::Templates).await;
         let mut best: Option<(usize, usize)> = None;
         for (i, list) in &templates {
-            for t in &list.items {
-                let Some(template) = t.get("uriTemplate").and_then(Value::as_str) else {
-                    continue;
-                };
+            for template in &list.keys {
                 let fixed = template.split('{').next().unwrap_or("");
                 if !fixed.is_empty()
                     && uri.starts_with(fixed)
@@ -315,7 +312,7 @@ impl Federated<'_> {
         let mut offering = listed
             .iter()
             .chain(&templates)
-            .filter(|(_, l)| !l.items.is_empty())
+            .filter(|(_, l)| !l.is_empty())
             .map(|(i, _)| *i);
         let first = offering.next()?;
         offering.all(|i| i == first).then_some(first)
@@ -339,8 +336,9 @@ impl Federated<'_> {
             .into_iter()
             .map(|(_, l)| l)
             .collect();
-        let items = catalog::merge(kind, &lists);
-        let answer = response(req.id(), catalog::page(kind, &items, from));
+        let items = catalog::merge(&lists);
+        let id = req.id().map_or(OWN_ID, RawValue::get);
+        let answer = Bytes::from(catalog::page(kind, &items, from, id));
         let shaped = match (&req.caller.rewrite, kind) {
             (Some(rewrite), Kind::Tools) => {
                 rewrite(&String::from_utf8_lossy(&answer)).map(Bytes::from)

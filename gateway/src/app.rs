@@ -56,10 +56,14 @@ impl Gateway {
         let limits = config.limits.clone();
         let max_legacy_sessions = config.sessions.max_legacy_sessions;
         let advertise = config.cluster.advertise.clone();
-        let upstream = Arc::new(Upstream::new(
-            limits.connect_timeout,
-            limits.upstream_idle_timeout,
-        ));
+        let hosts = pools
+            .iter()
+            .filter_map(|p| p.stdio.as_ref())
+            .filter_map(|h| Some((h.addr(), http::HeaderValue::from_str(h.key()).ok()?)))
+            .collect();
+        let upstream = Arc::new(
+            Upstream::new(limits.connect_timeout, limits.upstream_idle_timeout).with_hosts(hosts),
+        );
         let state = State::new(limits);
         let federation = Arc::new(Federation::new(config, &pools));
         let sessions = Arc::new(Sessions::new(pools, sealer));

@@ -297,6 +297,10 @@ pub struct Pool {
     pub policy: Policy,
     /// The supervisor of a managed pool (for rollouts).
     pub supervisor: Option<Arc<supervisor::Supervisor>>,
+    /// The in-process host of a stdio pool (its one member). It is never
+    /// ejected: what fails there is one session's process, which the host
+    /// answers for session by session.
+    pub stdio: Option<Arc<crate::stdio::StdioHost>>,
     /// Time to a backend's response header (`mcp_gateway_upstream_duration_seconds`).
     pub upstream_seconds: Histogram,
     /// Whole tool calls, by tool (`mcp_gateway_tool_call_duration_seconds`).
@@ -348,11 +352,18 @@ impl Pool {
             members,
             policy,
             supervisor,
+            stdio: None,
             upstream_seconds: Histogram::default(),
             tool_seconds: ToolLatencies::default(),
             panic_picks: AtomicU64::new(0),
             ejecting: Mutex::new(()),
         }
+    }
+
+    /// A stdio pool, served by this host.
+    pub fn with_stdio(mut self, host: Option<Arc<crate::stdio::StdioHost>>) -> Self {
+        self.stdio = host;
+        self
     }
 
     /// Whether the pool's active health check passes for this backend.
@@ -400,6 +411,9 @@ impl Pool {
     /// answers end an ejection for a failed connection; failures count
     /// towards one ([`outlier`] has the rules).
     pub fn record(&self, backend: &BackendState, outcome: Outcome) {
+        if self.stdio.is_some() {
+            return;
+        }
         let now = now_ms();
         let v = &backend.vitals;
         if let Outcome::Answered(_) = outcome {

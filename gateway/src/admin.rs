@@ -275,6 +275,7 @@ impl Admin {
             ("mcp_gateway_failovers_total", &m.failovers),
             ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
             ("mcp_gateway_legacy_relayed_total", &m.legacy_relayed),
+            ("mcp_gateway_stdio_relayed_total", &m.stdio_relayed),
             (
                 "mcp_gateway_connections_accepted_total",
                 &m.connections_accepted,

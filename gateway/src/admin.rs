@@ -191,7 +191,7 @@ impl Admin {
                     "ejected": ejected,
                     "max_ejected": pool.policy.max_out(members.list.len()),
                     "backends": backends,
-                    "stdio": pool.stdio.as_ref().map(|h| stdio_json(h)),
+                    "stdio": self.gw.stdio_host(&pool.name).map(|h| stdio_json(h)),
                 })
             })
             .collect();
@@ -211,10 +211,11 @@ impl Admin {
 
     /// Stdio pools: processes by state, starts, exits by cause, refusals.
     fn stdio_metrics(&self, out: &mut String) {
-        let pools = self.gw.sessions.pools();
-        let hosts: Vec<_> = pools
+        let hosts: Vec<_> = self
+            .gw
+            .stdio
             .iter()
-            .filter_map(|p| Some((label_value(&p.name), p.stdio.as_ref()?)))
+            .map(|h| (label_value(h.pool()), h))
             .collect();
         let _ = writeln!(out, "# TYPE mcp_gateway_stdio_processes gauge");
         for (pool, host) in &hosts {

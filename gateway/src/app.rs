@@ -15,6 +15,7 @@ use crate::policy::guard::Guard;
 use crate::pool::Pool;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
+use crate::stdio::StdioHost;
 use crate::streamable::Streamable;
 use crate::tls::ServedCert;
 use crate::token::TokenSealer;
@@ -32,6 +33,8 @@ pub struct Gateway {
     key_files: Option<[u8; 32]>,
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
+    /// The stdio pools' in-process hosts (one per stdio pool).
+    pub stdio: Vec<Arc<StdioHost>>,
     pub streamable: Streamable,
     pub legacy: Arc<Bridge>,
     /// The virtual servers over the pools.
@@ -50,15 +53,15 @@ impl Gateway {
         cli: Cli,
         guard: Guard,
         pools: Vec<Arc<Pool>>,
+        stdio: Vec<Arc<StdioHost>>,
         sealer: TokenSealer,
         tls: Option<Arc<ServedCert>>,
     ) -> Arc<Self> {
         let limits = config.limits.clone();
         let max_legacy_sessions = config.sessions.max_legacy_sessions;
         let advertise = config.cluster.advertise.clone();
-        let hosts = pools
+        let hosts = stdio
             .iter()
-            .filter_map(|p| p.stdio.as_ref())
             .filter_map(|h| Some((h.addr(), http::HeaderValue::from_str(h.key()).ok()?)))
             .collect();
         let upstream = Arc::new(
@@ -86,6 +89,7 @@ impl Gateway {
             key_files: key_files(config),
             state,
             sessions,
+            stdio,
             streamable,
             legacy,
             federation,
@@ -100,6 +104,11 @@ impl Gateway {
     /// The policy in force now.
     pub fn guard(&self) -> Arc<Guard> {
         self.guard.load_full()
+    }
+
+    /// The in-process host of the stdio pool named `pool`.
+    pub fn stdio_host(&self, pool: &str) -> Option<&Arc<StdioHost>> {
+        self.stdio.iter().find(|h| h.pool() == pool)
     }
 
     /// Whether each request gets an info-level access line.

@@ -173,7 +173,7 @@ fn build_pool(
     pc: &PoolConfig,
     config: &Config,
     guardian: &mut Option<Arc<Guardian>>,
-) -> Result<Arc<Pool>> {
+) -> Result<(Arc<Pool>, Option<Arc<StdioHost>>)> {
     let members = Arc::new(MemberTable::default());
     let mut stdio = None;
     let (source, update) = match &pc.discovery {
@@ -252,7 +252,7 @@ fn build_pool(
             pc.policy(),
             supervisor.clone(),
         )
-        .with_stdio(stdio),
+        .with_stdio(stdio.is_some()),
     );
     if let Some(s) = supervisor {
         // A rollout waits for the pool's own health checks to see the replacement.
@@ -264,7 +264,7 @@ fn build_pool(
             })
         }));
     }
-    Ok(pool)
+    Ok((pool, stdio))
 }
 
 /// `--check-config`: the configuration loads and its policy builds.
@@ -394,23 +394,19 @@ fn main() -> Result<()> {
     }
     let sealer = session_sealer(&config)?;
     let mut server = pingora_server(&config, cli.upgrade)?;
-    let mut pools = Vec::new();
+    let (mut pools, mut hosts) = (Vec::new(), Vec::new());
     let mut guardian = None;
     for (i, pc) in config.pools.iter().enumerate() {
-        pools.push(build_pool(
-            &mut server,
-            i as u16,
-            pc,
-            &config,
-            &mut guardian,
-        )?);
+        let (pool, host) = build_pool(&mut server, i as u16, pc, &config, &mut guardian)?;
+        pools.push(pool);
+        hosts.extend(host);
     }
     let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
     let auth_summary = guard.summary();
     let mut banner = Vec::new();
     let tls = certificate(&config, &mut banner)?;
     let served = tls.as_ref().map(|(served, _, _)| Arc::clone(served));
-    let gw = Gateway::new(&config, cli.clone(), guard, pools, sealer, served);
+    let gw = Gateway::new(&config, cli.clone(), guard, pools, hosts, sealer, served);
     server.add_service(background_service(
         "reloader",
         mcp_gateway::app::Reloader(Arc::clone(&gw)),

@@ -106,7 +106,9 @@ impl Streamable {
     /// not moved it here. A request relayed once is never relayed again.
     fn stdio_owner(&self, session: &Session, req: &Admitted) -> Option<String> {
         let binding = req.binding.as_ref()?;
-        req.pool.stdio.as_ref()?;
+        if !req.pool.stdio {
+            return None;
+        }
         if binding.current().is_some() {
             return None; // its member is here
         }

@@ -387,7 +387,7 @@ impl Exchange<'_> {
             }
             frames.unread(body);
         }
-        if status == 503 && trip.msg.pool.stdio.is_none() {
+        if status == 503 && !trip.msg.pool.stdio {
             // Draining or overloaded: not run there (the pool has recorded
             // the answer: new work goes elsewhere for a moment), whether or
             // not the client's stream is open already. A stdio pool's host

@@ -321,6 +321,11 @@ impl StdioHost {
         }))
     }
 
+    /// The pool it serves.
+    pub fn pool(&self) -> &str {
+        &self.shared.pool
+    }
+
     /// Where the host listens (the pool's one member).
     pub fn addr(&self) -> SocketAddr {
         self.addr

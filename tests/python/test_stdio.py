@@ -9,6 +9,7 @@ TypeScript inspector CLI; then the bounds (max_processes, idle timeout,
 DELETE, the gateway's stop), a process killed mid-call, misbehaving
 processes (bad_stdio_server.py), and sessions across two replicas."""
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -219,6 +220,62 @@ def test_the_typescript_inspector_cli_lists_and_calls_tools_of_a_stdio_pool(gw, 
     assert {"create_entities", "read_graph", "search_nodes"} <= tools, tools
     graph = inspector("--method", "tools/call", "--tool-name", "read_graph")
     assert not graph.get("isError") and "entities" in graph["content"][0]["text"], graph
+
+
+# --- the README's worked example: a server from npm behind TLS with API keys -----------
+
+KEYS = {"alice": "alice-stdio-key-0123456789", "reader": "reader-stdio-key-0123456789"}
+
+
+def test_a_stdio_server_from_npm_behind_tls_takes_api_keys_and_tool_rules(tmp_path):
+    """server-memory from npm over HTTPS with API keys required: no key gets
+    401, alice may call every tool, reader sees and calls only the read-only
+    ones (the rest get 403 before a process hears of them), and a session is
+    its principal's alone."""
+    auth = ["[auth]"]
+    for who, key in KEYS.items():
+        auth += ["[[auth.keys]]", f'principal = "{who}"', f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"']
+    auth += ["[[auth.rules]]", 'principals = ["key:alice"]',
+             "[[auth.rules]]", 'allow_tools = ["read_graph", "search_nodes", "open_nodes"]']
+    g = Gateway(tmp_path, "npm-tls", [], expect_backends=0, extra_config="\n".join(auth) + "\n",
+                extra_pools=memory_pool(warm=1))
+    url = f"{g.https}/memory/mcp"
+    try:
+        wait_until(lambda: len(g.healthy_backends("memory")) == 1, 30, "the memory pool")
+        with httpx2.Client(timeout=30, verify=g.ssl_context()) as c:
+            anonymous, _ = open_session(c, url)
+        assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == -32004, anonymous.text
+
+        async def as_alice():
+            bearer = {"authorization": f"Bearer {KEYS['alice']}"}
+            async with httpx2.AsyncClient(timeout=30, verify=g.ssl_context(), headers=bearer) as http:
+                async with streamable_http_client(url, http_client=http) as (r, w, *_):
+                    async with ClientSession(r, w) as s:
+                        await s.initialize()
+                        await s.call_tool("create_entities", {"entities": [
+                            {"name": "kept-by-alice", "entityType": "note", "observations": ["x"]}]})
+                        return text(await s.call_tool("read_graph", {}))
+        assert "kept-by-alice" in run(as_alice())
+
+        with httpx2.Client(timeout=30, verify=g.ssl_context(), headers={"x-api-key": KEYS["reader"]}) as c:
+            _, sid = open_session(c, url)
+            listed = c.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid,
+                                          "mcp-protocol-version": "2025-06-18"},
+                            json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+            msgs = sse_messages(listed.text) if "event-stream" in listed.headers["content-type"] else [listed.json()]
+            names = {t["name"] for t in msgs[-1]["result"]["tools"]}
+            assert names == {"read_graph", "search_nodes", "open_nodes"}, names
+            denied, answer = call(c, url, sid, "create_entities", {"entities": []})
+            assert denied.status_code == 403 and answer["error"]["code"] == -32005, denied.text
+            allowed, answer = call(c, url, sid, "read_graph")
+            assert allowed.status_code == 200 and "entities" in answer["result"]["content"][0]["text"], allowed.text
+            stolen = c.post(url, headers={"accept": ACCEPT, "mcp-session-id": sid, "x-api-key": KEYS["alice"],
+                                          "mcp-protocol-version": "2025-06-18"},
+                            json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"})
+            assert stolen.status_code == 404, "a session is its principal's alone"
+            c.delete(url, headers={"mcp-session-id": sid})
+    finally:
+        g.proc.stop()
 
 
 # --- the host is the gateway's alone --------------------------------------------------

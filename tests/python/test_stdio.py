@@ -82,8 +82,11 @@ def gw(tmp_path_factory):
         stdio_pool("quits", PY, ["-c", "import sys; sys.exit(3)"]),
     ])
     log = open(tmp / "gateway.log", "w")
+    # A silent process is given up on after 0.9 × upstream_idle_timeout; a
+    # cold Python SDK server on a busy machine needs a few seconds to answer
+    # its first `initialize`, so not less than 6 s.
     g = Gateway(tmp, "stdio", [], expect_backends=0, extra_pools=pools, stderr=log,
-                limits='max_body_bytes = 1048576\nupstream_idle_timeout = "3s"',
+                limits='max_body_bytes = 1048576\nupstream_idle_timeout = "6s"',
                 env={"STDIO_TEST_TOKEN": SECRET})
     g.files, g.marks, g.log = files, marks, tmp / "gateway.log"
     for name in ["everything", "memory", "filesystem", "py", "capped", "idle", "solo", "bad"]:

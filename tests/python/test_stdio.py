@@ -80,6 +80,10 @@ def gw(tmp_path_factory):
         stdio_pool("bad", PY, [str(HERE / "bad_stdio_server.py")]),
         stdio_pool("noexec", "/nonexistent/mcp-server"),
         stdio_pool("quits", PY, ["-c", "import sys; sys.exit(3)"]),
+        # a virtual server over two stdio pools
+        '[[servers]]\nname = "both"\nroute = "/both"\n'
+        '[[servers.members]]\npool = "memory"\nprefix = "mem_"\n'
+        '[[servers.members]]\npool = "filesystem"\nprefix = "fs_"\n',
     ])
     log = open(tmp / "gateway.log", "w")
     # A silent process is given up on after 0.9 × upstream_idle_timeout; a
@@ -223,6 +227,34 @@ def test_the_typescript_inspector_cli_lists_and_calls_tools_of_a_stdio_pool(gw, 
     assert {"create_entities", "read_graph", "search_nodes"} <= tools, tools
     graph = inspector("--method", "tools/call", "--tool-name", "read_graph")
     assert not graph.get("isError") and "entities" in graph["content"][0]["text"], graph
+
+
+def test_stdio_pools_as_members_of_a_virtual_server_keep_a_process_per_session(gw):
+    """A virtual server over server-memory and server-filesystem: one client
+    session sees both members' tools, calls reach the owner's process, and
+    another session's memory process does not hold the first one's entities."""
+    url = f"{gw.http}/both/mcp"
+
+    async def session(do):
+        async with httpx2.AsyncClient(timeout=30) as http:
+            async with streamable_http_client(url, http_client=http) as (r, w, *_):
+                async with ClientSession(r, w) as s:
+                    await s.initialize()
+                    return await do(s)
+
+    async def first(s):
+        tools = {x.name for x in (await s.list_tools()).tools}
+        await s.call_tool("mem_create_entities", {"entities": [
+            {"name": "federated-one", "entityType": "note", "observations": ["x"]}]})
+        read = text(await s.call_tool("fs_read_text_file", {"path": str(gw.files / "hello.txt")}))
+        return tools, text(await s.call_tool("mem_read_graph", {})), read
+
+    async def second(s):
+        return text(await s.call_tool("mem_read_graph", {}))
+    tools, graph, read = run(session(first))
+    assert {"mem_create_entities", "mem_read_graph", "fs_read_text_file", "fs_list_directory"} <= tools, tools
+    assert "federated-one" in graph and read.strip() == "hello from a temporary directory", (graph, read)
+    assert "federated-one" not in run(session(second)), "another session, another process"
 
 
 # --- the README's worked example: a server from npm behind TLS with API keys -----------

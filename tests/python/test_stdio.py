@@ -229,18 +229,14 @@ def test_the_typescript_inspector_cli_lists_and_calls_tools_of_a_stdio_pool(gw, 
     assert not graph.get("isError") and "entities" in graph["content"][0]["text"], graph
 
 
-def test_stdio_pools_as_members_of_a_virtual_server_keep_a_process_per_session(gw):
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_stdio_pools_as_members_of_a_virtual_server_keep_a_process_per_session(gw, transport):
     """A virtual server over server-memory and server-filesystem: one client
     session sees both members' tools, calls reach the owner's process, and
     another session's memory process does not hold the first one's entities."""
-    url = f"{gw.http}/both/mcp"
-
     async def session(do):
-        async with httpx2.AsyncClient(timeout=30) as http:
-            async with streamable_http_client(url, http_client=http) as (r, w, *_):
-                async with ClientSession(r, w) as s:
-                    await s.initialize()
-                    return await do(s)
+        async with Client(gw, "both", transport) as s:
+            return await do(s)
 
     async def first(s):
         tools = {x.name for x in (await s.list_tools()).tools}

@@ -15,7 +15,7 @@ use crate::policy::guard::Guard;
 use crate::pool::Pool;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
-use crate::stdio::StdioHost;
+use crate::stdio::{HostLimits, StdioHost};
 use crate::streamable::Streamable;
 use crate::tls::ServedCert;
 use crate::token::TokenSealer;
@@ -151,6 +151,13 @@ impl Gateway {
         self.legacy
             .upstream
             .set_idle(next.limits.upstream_idle_timeout);
+        let host_limits = HostLimits {
+            max_body_bytes: next.limits.max_body_bytes,
+            upstream_idle_timeout: next.limits.upstream_idle_timeout,
+        };
+        for host in &self.stdio {
+            host.set_limits(&host_limits);
+        }
         let legacy = &next.sessions;
         self.legacy
             .table

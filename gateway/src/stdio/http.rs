@@ -80,7 +80,7 @@ impl StdioHost {
             .map(str::to_owned);
         match (req.method().clone(), session) {
             (Method::POST, session) => {
-                let limit = self.shared.max_line;
+                let limit = self.shared.max_line();
                 match Limited::new(req.into_body(), limit).collect().await {
                     Ok(body) => self.post(session, body.to_bytes()).await,
                     Err(_) => Ok(error(413, None, -32600, "request body too large")),

@@ -186,12 +186,11 @@ pub struct Shared {
     pub pool: String,
     pub counters: Counters,
     epoch: Instant,
-    /// Longest stdout line (`max_body_bytes`).
-    max_line: usize,
-    /// A process silent this long while a request waits is ended.
-    silence: Duration,
-    /// How often a waiting stream looks for silence (and gets a keep-alive).
-    tick: Duration,
+    /// Longest stdout line (`max_body_bytes`; changes on reload).
+    max_line: AtomicUsize,
+    /// A process silent this long (ms) while a request waits is ended
+    /// (nine tenths of `upstream_idle_timeout`; changes on reload).
+    silence_ms: AtomicU64,
     stop_timeout: Duration,
     /// The stderr lines budget: the second it is for, and lines logged in it.
     stderr_second: AtomicU64,
@@ -199,6 +198,30 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Takes the gateway's limits (at start, and on each reload).
+    fn set_limits(&self, limits: &HostLimits) {
+        let silence = limits.upstream_idle_timeout.mul_f64(0.9);
+        self.max_line
+            .store(limits.max_body_bytes, Ordering::Relaxed);
+        self.silence_ms
+            .store(silence.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Longest stdout line (and request body) the host takes.
+    pub fn max_line(&self) -> usize {
+        self.max_line.load(Ordering::Relaxed)
+    }
+
+    /// How long a process may stay silent while a request waits.
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(self.silence_ms.load(Ordering::Relaxed))
+    }
+
+    /// How often a waiting stream looks for silence (and gets a keep-alive).
+    pub fn tick(&self) -> Duration {
+        (self.silence() / 3).clamp(Duration::from_millis(50), Duration::from_secs(15))
+    }
+
     /// Milliseconds on the host's clock.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -287,18 +310,17 @@ impl StdioHost {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let rng = SystemRandom::new();
-        let silence = limits.upstream_idle_timeout.mul_f64(0.9);
         let shared = Shared {
             pool: pool.to_owned(),
             counters: Counters::default(),
             epoch: Instant::now(),
-            max_line: limits.max_body_bytes,
-            silence,
-            tick: (silence / 3).clamp(Duration::from_millis(50), Duration::from_secs(15)),
+            max_line: AtomicUsize::new(0),
+            silence_ms: AtomicU64::new(0),
             stop_timeout: config.stop_timeout,
             stderr_second: AtomicU64::new(0),
             stderr_lines: AtomicU64::new(0),
         };
+        shared.set_limits(&limits);
         Ok(Arc::new(Self {
             shared: Arc::new(shared),
             launch,
@@ -319,6 +341,12 @@ impl StdioHost {
             guardian,
             rng,
         }))
+    }
+
+    /// Takes the gateway's reloaded `max_body_bytes` and
+    /// `upstream_idle_timeout` (for lines and silences from now on).
+    pub fn set_limits(&self, limits: &HostLimits) {
+        self.shared.set_limits(limits);
     }
 
     /// The pool it serves.

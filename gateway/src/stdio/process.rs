@@ -237,7 +237,7 @@ impl Proc {
     /// silent.
     pub async fn send(&self, line: Bytes) -> bool {
         self.touch();
-        let silence = self.shared.silence;
+        let silence = self.shared.silence();
         match tokio::time::timeout(silence, self.stdin.send(line)).await {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
@@ -251,7 +251,7 @@ impl Proc {
     /// process silent for the silence limit is ended (its streams then get
     /// an error answer each).
     pub async fn next(&self, rx: &mut mpsc::Receiver<Routed>, since: u64) -> Next {
-        let tick = self.shared.tick;
+        let tick = self.shared.tick();
         match tokio::time::timeout(tick, rx.recv()).await {
             Ok(Some(routed)) => {
                 self.touch();
@@ -259,7 +259,7 @@ impl Proc {
             }
             Ok(None) => Next::Closed,
             Err(_) => {
-                if self.quiet_ms(since) >= self.shared.silence.as_millis() as u64 {
+                if self.quiet_ms(since) >= self.shared.silence().as_millis() as u64 {
                     self.end(Exit::Silent);
                 }
                 Next::Quiet
@@ -292,10 +292,9 @@ impl Proc {
 
     async fn read_loop(self: Arc<Self>, stdout: ChildStdout) {
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-        let max = self.shared.max_line;
         let mut buf = Vec::new();
         let why = loop {
-            match read_line(&mut reader, &mut buf, max).await {
+            match read_line(&mut reader, &mut buf, self.shared.max_line()).await {
                 Ok(Line::Whole) => {
                     let line = Bytes::from(std::mem::take(&mut buf));
                     if line.iter().all(u8::is_ascii_whitespace) {

@@ -17,6 +17,7 @@ use crate::app::Gateway;
 use crate::metrics::{Cut, Reason, ToolLatencies, label_value, type_line};
 use crate::policy::edge;
 use crate::pool::{BackendState, Pool, now_ms};
+use crate::stdio::{Exit, StdioHost};
 
 pub struct Admin {
     pub gw: Arc<Gateway>,
@@ -148,6 +149,19 @@ fn backend_json(pool: &Pool, b: &BackendState, now: u64) -> serde_json::Value {
     })
 }
 
+/// A stdio pool's processes in `/backends`.
+fn stdio_json(host: &StdioHost) -> serde_json::Value {
+    let processes: Vec<_> = host
+        .view()
+        .into_iter()
+        .map(|p| json!({"slot": p.slot, "pid": p.pid, "state": p.state, "idle_ms": p.idle_ms}))
+        .collect();
+    json!({
+        "max_processes": host.max_processes,
+        "processes": processes,
+    })
+}
+
 impl Admin {
     fn backends(&self) -> serde_json::Value {
         let now = now_ms();
@@ -177,6 +191,7 @@ impl Admin {
                     "ejected": ejected,
                     "max_ejected": pool.policy.max_out(members.list.len()),
                     "backends": backends,
+                    "stdio": self.gw.stdio_host(&pool.name).map(|h| stdio_json(h)),
                 })
             })
             .collect();
@@ -190,7 +205,64 @@ impl Admin {
         self.latency_metrics(&mut out);
         self.rollout_metrics(&mut out);
         self.pool_metrics(&mut out);
+        self.stdio_metrics(&mut out);
         out
+    }
+
+    /// Stdio pools: processes by state, starts, exits by cause, refusals.
+    fn stdio_metrics(&self, out: &mut String) {
+        let hosts: Vec<_> = self
+            .gw
+            .stdio
+            .iter()
+            .map(|h| (label_value(h.pool()), h))
+            .collect();
+        let _ = writeln!(out, "# TYPE mcp_gateway_stdio_processes gauge");
+        for (pool, host) in &hosts {
+            let view = host.view();
+            for state in ["starting", "warm", "running"] {
+                let n = view.iter().filter(|p| p.state == state).count();
+                let _ = writeln!(
+                    out,
+                    "mcp_gateway_stdio_processes{{pool=\"{pool}\",state=\"{state}\"}} {n}"
+                );
+            }
+        }
+        type PerHost = fn(&StdioHost) -> u64;
+        let per_host: [(&str, &str, PerHost); 5] = [
+            ("mcp_gateway_stdio_max_processes", "gauge", |h| {
+                h.max_processes as u64
+            }),
+            ("mcp_gateway_stdio_starts_total", "counter", |h| {
+                h.shared.counters.starts.load(Ordering::Relaxed)
+            }),
+            ("mcp_gateway_stdio_refused_total", "counter", |h| {
+                h.shared.counters.refused.load(Ordering::Relaxed)
+            }),
+            ("mcp_gateway_stdio_backlog_dropped_total", "counter", |h| {
+                h.shared.counters.dropped_from_backlog()
+            }),
+            ("mcp_gateway_stdio_stderr_dropped_total", "counter", |h| {
+                h.shared.counters.stderr_dropped.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, value) in per_host {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (pool, host) in &hosts {
+                let _ = writeln!(out, "{name}{{pool=\"{pool}\"}} {}", value(host));
+            }
+        }
+        let _ = writeln!(out, "# TYPE mcp_gateway_stdio_exits_total counter");
+        for (pool, host) in &hosts {
+            for cause in Exit::ALL {
+                let _ = writeln!(
+                    out,
+                    "mcp_gateway_stdio_exits_total{{pool=\"{pool}\",cause=\"{}\"}} {}",
+                    cause.name(),
+                    host.shared.counters.exits(cause)
+                );
+            }
+        }
     }
 
     /// The process-wide counters, and those by reason.
@@ -204,6 +276,7 @@ impl Admin {
             ("mcp_gateway_failovers_total", &m.failovers),
             ("mcp_gateway_outcome_unknown_total", &m.outcome_unknown),
             ("mcp_gateway_legacy_relayed_total", &m.legacy_relayed),
+            ("mcp_gateway_stdio_relayed_total", &m.stdio_relayed),
             (
                 "mcp_gateway_connections_accepted_total",
                 &m.connections_accepted,

@@ -15,6 +15,7 @@ use crate::policy::guard::Guard;
 use crate::pool::Pool;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
+use crate::stdio::{HostLimits, StdioHost};
 use crate::streamable::Streamable;
 use crate::tls::ServedCert;
 use crate::token::TokenSealer;
@@ -32,6 +33,8 @@ pub struct Gateway {
     key_files: Option<[u8; 32]>,
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
+    /// The stdio pools' in-process hosts (one per stdio pool).
+    pub stdio: Vec<Arc<StdioHost>>,
     pub streamable: Streamable,
     pub legacy: Arc<Bridge>,
     /// The virtual servers over the pools.
@@ -50,16 +53,20 @@ impl Gateway {
         cli: Cli,
         guard: Guard,
         pools: Vec<Arc<Pool>>,
+        stdio: Vec<Arc<StdioHost>>,
         sealer: TokenSealer,
         tls: Option<Arc<ServedCert>>,
     ) -> Arc<Self> {
         let limits = config.limits.clone();
         let max_legacy_sessions = config.sessions.max_legacy_sessions;
         let advertise = config.cluster.advertise.clone();
-        let upstream = Arc::new(Upstream::new(
-            limits.connect_timeout,
-            limits.upstream_idle_timeout,
-        ));
+        let hosts = stdio
+            .iter()
+            .filter_map(|h| Some((h.addr(), http::HeaderValue::from_str(h.key()).ok()?)))
+            .collect();
+        let upstream = Arc::new(
+            Upstream::new(limits.connect_timeout, limits.upstream_idle_timeout).with_hosts(hosts),
+        );
         let state = State::new(limits);
         let federation = Arc::new(Federation::new(config, &pools));
         let sessions = Arc::new(Sessions::new(pools, sealer));
@@ -82,6 +89,7 @@ impl Gateway {
             key_files: key_files(config),
             state,
             sessions,
+            stdio,
             streamable,
             legacy,
             federation,
@@ -96,6 +104,11 @@ impl Gateway {
     /// The policy in force now.
     pub fn guard(&self) -> Arc<Guard> {
         self.guard.load_full()
+    }
+
+    /// The in-process host of the stdio pool named `pool`.
+    pub fn stdio_host(&self, pool: &str) -> Option<&Arc<StdioHost>> {
+        self.stdio.iter().find(|h| h.pool() == pool)
     }
 
     /// Whether each request gets an info-level access line.
@@ -138,6 +151,13 @@ impl Gateway {
         self.legacy
             .upstream
             .set_idle(next.limits.upstream_idle_timeout);
+        let host_limits = HostLimits {
+            max_body_bytes: next.limits.max_body_bytes,
+            upstream_idle_timeout: next.limits.upstream_idle_timeout,
+        };
+        for host in &self.stdio {
+            host.set_limits(&host_limits);
+        }
         let legacy = &next.sessions;
         self.legacy
             .table

@@ -3,6 +3,7 @@
 //! Secrets (the session key) come from the environment or a file, never from
 //! the command line where `ps` would show them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +119,14 @@ pub enum Command {
         /// The pool to roll out ("default" for --managed N).
         #[arg(long, default_value = "default")]
         pool: String,
+    },
+    /// The stdio guardian (started by the gateway itself, never by hand):
+    /// ends the stdio servers' process groups when the gateway is gone.
+    #[command(name = "stdio-guardian", hide = true)]
+    StdioGuardian {
+        /// Between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 5000)]
+        grace_ms: u64,
     },
 }
 
@@ -324,6 +333,93 @@ pub enum Discovery {
         #[serde(with = "duration", default = "default_stop_timeout")]
         stop_timeout: Duration,
     },
+    /// A stdio MCP server: one process of this command per client session,
+    /// run by the gateway's in-process stdio host (`stdio/`).
+    Stdio(StdioConfig),
+}
+
+/// A stdio pool: the command (from this file only, never from a client),
+/// its environment, and the bounds on its processes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioConfig {
+    /// The program, found on the child's `PATH` when it has no `/`.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Variables set for the child, written here (no secrets: see `env_from`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables set for the child from the gateway's own environment:
+    /// `{ TOKEN = "GATEWAY_VAR" }` gives the child `TOKEN` with the value of
+    /// the gateway's `GATEWAY_VAR` (read once at start; missing → the
+    /// gateway does not start). Secrets go here, never in the file.
+    #[serde(default)]
+    pub env_from: BTreeMap<String, String>,
+    /// The child's working directory (default: the gateway's).
+    pub cwd: Option<PathBuf>,
+    /// Most processes at once (sessions' and warm ones together); a new
+    /// session beyond gets 503 + `Retry-After`.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: usize,
+    /// Processes started ahead of time, so a new session need not wait for
+    /// the command to start.
+    #[serde(default)]
+    pub warm: usize,
+    /// A session's process with nothing in flight, no open `GET` stream and
+    /// no message for this long is ended.
+    #[serde(with = "duration", default = "default_stdio_idle")]
+    pub idle_timeout: Duration,
+    /// Between closing a process's stdin and SIGKILL to its process group
+    /// (SIGTERM at half of it).
+    #[serde(with = "duration", default = "default_stdio_stop")]
+    pub stop_timeout: Duration,
+}
+
+/// Replaced, in `args`, `env` values and `cwd`, by a directory of the
+/// process's own (created empty, removed with the process).
+pub const PROCESS_DIR: &str = "{process_dir}";
+
+fn default_max_processes() -> usize {
+    32
+}
+fn default_stdio_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_stdio_stop() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl StdioConfig {
+    fn check(&self, pool: &str) -> Result<()> {
+        if self.command.trim().is_empty() {
+            bail!("pool {pool}: stdio command is empty");
+        }
+        if self.max_processes == 0 {
+            bail!("pool {pool}: max_processes must be at least 1");
+        }
+        if self.warm > self.max_processes {
+            bail!(
+                "pool {pool}: warm ({}) must be at most max_processes ({})",
+                self.warm,
+                self.max_processes
+            );
+        }
+        if self.idle_timeout.is_zero() || self.stop_timeout.is_zero() {
+            bail!("pool {pool}: idle_timeout and stop_timeout must be above zero");
+        }
+        let names = self.env.keys().chain(self.env_from.keys());
+        for name in names.chain(self.env_from.values()) {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                bail!("pool {pool}: {name:?} is not an environment variable name");
+            }
+        }
+        let texts = self.env.values().chain(&self.args).chain([&self.command]);
+        if texts.into_iter().any(|v| v.contains('\0')) {
+            bail!("pool {pool}: a stdio command, argument or value holds a NUL byte");
+        }
+        Ok(())
+    }
 }
 
 fn default_stop_timeout() -> Duration {
@@ -899,6 +995,15 @@ impl Config {
                 bail!("pool {}: route must start with '/'", p.name);
             }
             p.check_ejection()?;
+            if let Discovery::Stdio(stdio) = &p.discovery {
+                stdio.check(&p.name)?;
+                if p.health == HealthKind::Mcp {
+                    bail!(
+                        "pool {}: a stdio pool's health is its host's (health = \"http\" on /readyz): an `mcp` check would start a process each time",
+                        p.name
+                    );
+                }
+            }
         }
         if let Some(admin) = self.listen.admin
             && !admin.ip().is_loopback()
@@ -1187,6 +1292,63 @@ mod tests {
             + "rename = { y = 'shown' }\n";
         let err = with(&renamed).unwrap_err();
         assert!(err.contains("the name shown is given twice"), "{err}");
+    }
+
+    #[test]
+    fn a_stdio_pool_parses_with_its_bounds_and_bad_ones_are_named() {
+        let pool = |stdio: &str, extra: &str| {
+            let text = format!(
+                "[listen]\nhttp='127.0.0.1:1'\n[[pools]]\nname='mem'\n{extra}\ndiscovery={{stdio={{{stdio}}}}}"
+            );
+            toml::from_str::<Config>(&text).map(|c| (c.validate().map_err(|e| e.to_string()), c))
+        };
+        let (ok, c) = pool(
+            r#"command='npx', args=['-y','@modelcontextprotocol/server-memory'], env={MEMORY_FILE_PATH='{process_dir}/m.jsonl'}, env_from={TOKEN='GW_TOKEN'}, max_processes=4, warm=1, idle_timeout='2m'"#,
+            "",
+        )
+        .unwrap();
+        ok.unwrap();
+        let Discovery::Stdio(s) = &c.pools[0].discovery else {
+            panic!("a stdio pool")
+        };
+        assert_eq!((s.max_processes, s.warm), (4, 1));
+        assert_eq!(s.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.stop_timeout, default_stdio_stop());
+        assert_eq!(s.env_from["TOKEN"], "GW_TOKEN");
+        for (stdio, extra, says) in [
+            ("command=''", "", "stdio command is empty"),
+            (
+                "command='x', max_processes=0",
+                "",
+                "max_processes must be at least 1",
+            ),
+            (
+                "command='x', max_processes=2, warm=3",
+                "",
+                "warm (3) must be at most max_processes (2)",
+            ),
+            (
+                "command='x', env={'A=B'='1'}",
+                "",
+                "is not an environment variable name",
+            ),
+            (
+                "command='x'",
+                "health = 'mcp'",
+                "would start a process each time",
+            ),
+        ] {
+            let (err, _) = pool(stdio, extra).unwrap();
+            let err = err.unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("pool mem"),
+                "{stdio}: {err}"
+            );
+        }
+        assert!(
+            pool("command='x', shell=true", "").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod relay;
 pub mod respond;
 pub mod session;
 pub mod state;
+pub mod stdio;
 pub mod streamable;
 pub mod tls;
 pub mod token;

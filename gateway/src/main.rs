@@ -10,14 +10,16 @@ use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
 use mcp_gateway::config::{
     Cli, Command, Config, Discovery, HealthKind, PREVIOUS_SESSION_KEY_ENV, PoolConfig,
-    SESSION_KEY_ENV,
+    SESSION_KEY_ENV, StdioConfig,
 };
 use mcp_gateway::front::Front;
 use mcp_gateway::pool::discovery::{PoolDiscovery, Source, resolve_static};
 use mcp_gateway::pool::health::{McpHealthCheck, Observed};
 use mcp_gateway::pool::supervisor::Supervisor;
-use mcp_gateway::pool::{MemberTable, Pool};
+use mcp_gateway::pool::{Member, MemberTable, Pool};
 use mcp_gateway::proxy::McpProxy;
+use mcp_gateway::stdio::guardian::{self, Guardian};
+use mcp_gateway::stdio::{HostLimits, HostService, STDIO_MEMBER, StdioHost};
 use mcp_gateway::tls::{ServedCert, ensure_dev_tls};
 use mcp_gateway::token::TokenSealer;
 use pingora::apps::http_app::HttpServer;
@@ -95,8 +97,85 @@ fn session_sealer(config: &Config) -> Result<TokenSealer> {
     }
 }
 
-fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Pool>> {
+/// A stdio pool's source: its in-process host (bound now, served by a
+/// background service on its own runtime) as the pool's one member. The
+/// member's identity names this replica when `[cluster] advertise` is set,
+/// so another replica knows where the session's process lives.
+fn stdio_host(
+    server: &mut Server,
+    pc: &PoolConfig,
+    stdio: &StdioConfig,
+    config: &Config,
+    guardian: &mut Option<Arc<Guardian>>,
+) -> Result<(Source, Arc<StdioHost>)> {
+    let guardian = match guardian {
+        Some(g) => Arc::clone(g),
+        None => {
+            let grace = config
+                .pools
+                .iter()
+                .filter_map(|p| match &p.discovery {
+                    Discovery::Stdio(s) => Some(s.stop_timeout),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or_default();
+            let g = Arc::new(Guardian::start(grace).context("starting the stdio guardian")?);
+            guardian.insert(g).clone()
+        }
+    };
+    let limits = HostLimits {
+        max_body_bytes: config.limits.max_body_bytes,
+        upstream_idle_timeout: config.limits.upstream_idle_timeout,
+    };
+    let host = StdioHost::bind(&pc.name, stdio, limits, Some(guardian))?;
+    let mut svc = background_service(
+        &format!("stdio {}", pc.name),
+        HostService(Arc::clone(&host)),
+    );
+    svc.threads = Some(config.threads.unwrap_or(2));
+    server.add_service(svc);
+    let id = match &config.cluster.advertise {
+        Some(replica) => format!("{STDIO_MEMBER}@{replica}"),
+        None => STDIO_MEMBER.to_owned(),
+    };
+    let member = Member {
+        id,
+        addr: host.addr(),
+        weight: 1,
+    };
+    Ok((Source::Static(vec![member]), host))
+}
+
+/// The pool's active health check (a stdio pool's host answers any `GET` but `/mcp`).
+fn health_check(pc: &PoolConfig) -> Result<Box<dyn HealthCheck + Send + Sync>> {
+    Ok(match pc.health {
+        HealthKind::Http => {
+            let mut hc = HttpHealthCheck::new("localhost", false);
+            hc.req
+                .set_uri(pc.health_path.parse().context("health_path")?);
+            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+            hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
+            Box::new(hc)
+        }
+        HealthKind::Mcp => Box::new(McpHealthCheck::new(Duration::from_secs(2))),
+        HealthKind::Tcp => {
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+            hc
+        }
+    })
+}
+
+fn build_pool(
+    server: &mut Server,
+    index: u16,
+    pc: &PoolConfig,
+    config: &Config,
+    guardian: &mut Option<Arc<Guardian>>,
+) -> Result<(Arc<Pool>, Option<Arc<StdioHost>>)> {
     let members = Arc::new(MemberTable::default());
+    let mut stdio = None;
     let (source, update) = match &pc.discovery {
         Discovery::Static { backends } => (
             Source::Static(resolve_static(backends)?),
@@ -140,6 +219,11 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
             server.add_service(svc);
             (Source::Managed(supervisor), Duration::from_millis(500))
         }
+        Discovery::Stdio(cfg) => {
+            let (source, host) = stdio_host(server, pc, cfg, config, guardian)?;
+            stdio = Some(host);
+            (source, Duration::from_secs(5))
+        }
     };
     let supervisor = match &source {
         Source::Managed(s) => Some(Arc::clone(s)),
@@ -150,22 +234,7 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
         members: Arc::clone(&members),
     };
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
-    let check: Box<dyn HealthCheck + Send + Sync> = match pc.health {
-        HealthKind::Http => {
-            let mut hc = HttpHealthCheck::new("localhost", false);
-            hc.req
-                .set_uri(pc.health_path.parse().context("health_path")?);
-            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
-            hc.peer_template.options.read_timeout = Some(Duration::from_secs(2));
-            Box::new(hc)
-        }
-        HealthKind::Mcp => Box::new(McpHealthCheck::new(Duration::from_secs(2))),
-        HealthKind::Tcp => {
-            let mut hc = TcpHealthCheck::new();
-            hc.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
-            hc
-        }
-    };
+    let check = health_check(pc)?;
     // Every verdict also reaches the member's state (a pass ends an ejection).
     lb.set_health_check(Box::new(Observed::new(check, Arc::clone(&members))));
     lb.health_check_frequency = Some(pc.health_interval);
@@ -173,15 +242,18 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
     let svc = background_service(&format!("pool {}", pc.name), lb);
     let lb = svc.task();
     server.add_service(svc);
-    let pool = Arc::new(Pool::new(
-        index,
-        pc.name.clone(),
-        pc.route.trim_end_matches('/').to_owned(),
-        lb,
-        members,
-        pc.policy(),
-        supervisor.clone(),
-    ));
+    let pool = Arc::new(
+        Pool::new(
+            index,
+            pc.name.clone(),
+            pc.route.trim_end_matches('/').to_owned(),
+            lb,
+            members,
+            pc.policy(),
+            supervisor.clone(),
+        )
+        .with_stdio(stdio.is_some()),
+    );
     if let Some(s) = supervisor {
         // A rollout waits for the pool's own health checks to see the replacement.
         let weak = Arc::downgrade(&pool);
@@ -192,7 +264,7 @@ fn build_pool(server: &mut Server, index: u16, pc: &PoolConfig) -> Result<Arc<Po
             })
         }));
     }
-    Ok(pool)
+    Ok((pool, stdio))
 }
 
 /// `--check-config`: the configuration loads and its policy builds.
@@ -312,6 +384,9 @@ fn main() -> Result<()> {
         ))?;
         std::process::exit(if ok { 0 } else { 1 });
     }
+    if let Some(Command::StdioGuardian { grace_ms }) = &cli.command {
+        std::process::exit(guardian::run(Duration::from_millis(*grace_ms)));
+    }
     let telemetry = telemetry::init("mcp-gateway", cli.log_format, cli.otlp_endpoint.as_deref())?;
     let config = Config::load(&cli)?;
     if cli.check_config {
@@ -319,16 +394,19 @@ fn main() -> Result<()> {
     }
     let sealer = session_sealer(&config)?;
     let mut server = pingora_server(&config, cli.upgrade)?;
-    let mut pools = Vec::new();
+    let (mut pools, mut hosts) = (Vec::new(), Vec::new());
+    let mut guardian = None;
     for (i, pc) in config.pools.iter().enumerate() {
-        pools.push(build_pool(&mut server, i as u16, pc)?);
+        let (pool, host) = build_pool(&mut server, i as u16, pc, &config, &mut guardian)?;
+        pools.push(pool);
+        hosts.extend(host);
     }
     let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
     let auth_summary = guard.summary();
     let mut banner = Vec::new();
     let tls = certificate(&config, &mut banner)?;
     let served = tls.as_ref().map(|(served, _, _)| Arc::clone(served));
-    let gw = Gateway::new(&config, cli.clone(), guard, pools, sealer, served);
+    let gw = Gateway::new(&config, cli.clone(), guard, pools, hosts, sealer, served);
     server.add_service(background_service(
         "reloader",
         mcp_gateway::app::Reloader(Arc::clone(&gw)),

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub outcome_unknown: AtomicU64,
     /// Legacy messages relayed to the replica holding their stream.
     pub legacy_relayed: AtomicU64,
+    /// Streamable HTTP requests relayed to the replica holding their
+    /// session's stdio process.
+    pub stdio_relayed: AtomicU64,
     /// Downstream TCP connections accepted (before TLS).
     pub connections_accepted: AtomicU64,
     /// Connections closed at accept (per-IP connection rate).

@@ -11,14 +11,19 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::metrics::Transport;
+use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::Rpc;
 use crate::pool::{BackendState, Pool};
-use crate::relay::{Downstream, Failure};
+use crate::reject::Reject;
+use crate::relay::{self, Answer, Downstream, Failure, Pass, Shape, Sink};
 use crate::session::exchange::{Exchange, Message, Target};
 use crate::session::{Binding, Caller, Sessions};
 use crate::state::State;
-use crate::upstream::Upstream;
+use crate::stdio::STDIO_MEMBER;
+use crate::upstream::{Outgoing, SESSION_HEADER, Upstream, UpstreamError};
+
+/// Marks a request relayed from another replica (never relayed again).
+const RELAYED: &str = "x-mcp-gateway-relayed";
 
 /// A request the policy steps let through.
 pub struct Admitted {
@@ -44,6 +49,7 @@ impl Streamable {
         req: Admitted,
         rpc: Option<&Rpc>,
     ) -> Result<Option<Arc<BackendState>>, Failure> {
+        let owner = self.stdio_owner(session, &req);
         let head = session.req_header();
         let method = head.method.clone();
         let path = backend_path(&req.pool, head);
@@ -72,6 +78,11 @@ impl Streamable {
             Some(binding) => Target::Session(binding),
             None => Target::Anywhere { seal: true },
         };
+        if let Some(owner) = owner
+            && self.relayed(session, &owner, &msg).await?
+        {
+            return Ok(None);
+        }
         let mut down = Downstream::new(session, &self.state);
         let exchange = Exchange {
             sessions: &self.sessions,
@@ -85,6 +96,114 @@ impl Streamable {
             down.whole(ok, Bytes::new()).await?;
         }
         Ok(outcome.backend)
+    }
+}
+
+impl Streamable {
+    /// The replica holding a stdio session's process, when it is another
+    /// one: the session's sealed member is a stdio host of another replica
+    /// (`stdio@ADDRESS`, with `[cluster] advertise`) and this replica has
+    /// not moved it here. A request relayed once is never relayed again.
+    fn stdio_owner(&self, session: &Session, req: &Admitted) -> Option<String> {
+        let binding = req.binding.as_ref()?;
+        if !req.pool.stdio {
+            return None;
+        }
+        if binding.current().is_some() {
+            return None; // its member is here
+        }
+        let head = session.req_header();
+        if head.headers.contains_key(RELAYED) {
+            return None;
+        }
+        let token = head.headers.get(SESSION_HEADER)?.to_str().ok()?;
+        // A second open, only for a session whose member is not here.
+        let sealed = self.sessions.sealer().open(token).ok()?;
+        let owner = sealed
+            .backend
+            .strip_prefix(STDIO_MEMBER)?
+            .strip_prefix('@')?;
+        Some(owner.to_owned())
+    }
+
+    /// Serves a stdio session's request from the replica holding its
+    /// process; `false` when that replica is gone (the session then moves
+    /// to a process here, as any lost backend's would).
+    async fn relayed(
+        &self,
+        session: &mut Session,
+        owner: &str,
+        msg: &Message<'_>,
+    ) -> Result<bool, Failure> {
+        let head = session.req_header();
+        let (headers, uri) = (head.headers.clone(), head.uri.clone());
+        let mut down = Downstream::new(session, &self.state);
+        match self.to_replica(&mut down, owner, msg, &headers, &uri).await {
+            Ok(()) => Ok(true),
+            Err(UpstreamError::Connect(e)) => {
+                tracing::info!(%owner, error = %e, "the replica holding a stdio session is gone; moving the session here");
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(%owner, error = %e, "relay to the replica holding a stdio session failed");
+                let id = msg.rpc.and_then(|r| r.id.as_deref());
+                relay::refuse(&mut down, &self.state.metrics, &Reject::BadGateway, id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Relays the client's request whole to the replica `owner` (its
+    /// credentials too: the owner checks them itself) and its answer back.
+    /// `Err(Connect)`: the owner is not there, nothing was sent.
+    async fn to_replica(
+        &self,
+        down: &mut Downstream<'_>,
+        owner: &str,
+        msg: &Message<'_>,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+    ) -> Result<(), UpstreamError> {
+        let addr = owner
+            .parse()
+            .map_err(|_| UpstreamError::Connect(format!("not an address: {owner}")))?;
+        let mut relayed = headers.clone();
+        relayed.insert(RELAYED, http::HeaderValue::from_static("1"));
+        let token = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+        let out = Outgoing {
+            client_headers: Some(&relayed),
+            session: token,
+            body: msg.body.clone(),
+            keep_credentials: true,
+            ..Outgoing::own(
+                msg.method.clone(),
+                uri.path_and_query().map_or("/", |p| p.as_str()),
+                &msg.caller.forwarded,
+            )
+        };
+        let (parts, frames) = self.upstream.send(addr, out).await?;
+        Metrics::inc(&self.state.metrics.stdio_relayed);
+        let answer = Answer {
+            parts,
+            frames,
+            pass: Pass::new(None, Shape::default(), None),
+            server_stream: msg.method == http::Method::GET,
+            session: None,
+            moved: false,
+        };
+        match down.relay(answer).await {
+            Ok(seen) => {
+                if let Some(rest) = seen.rest {
+                    relay::drain(rest);
+                }
+                Ok(())
+            }
+            Err(Failure::BackendLost { open: true }) => {
+                let _ = down.finish().await;
+                Ok(())
+            }
+            Err(_) => Err(UpstreamError::Failed("the relayed answer broke".into())),
+        }
     }
 }
 

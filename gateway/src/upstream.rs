@@ -39,6 +39,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The key a stdio pool's in-process host wants on every request (`stdio/`):
+/// added for the hosts' addresses only, never taken from a client.
+pub const HOST_KEY_HEADER: &str = "x-mcp-gateway-host-key";
 
 /// Request headers that are the gateway's business, never copied from the client.
 const REQUEST_DROP: &[&str] = &[
@@ -60,6 +63,7 @@ const REQUEST_DROP: &[&str] = &[
     "forwarded",
     "x-real-ip",
     "x-forwarded-host",
+    HOST_KEY_HEADER,
 ];
 
 /// The header a registry backend names itself in (kept for the admin API).
@@ -80,6 +84,7 @@ const RESPONSE_DROP: &[&str] = &[
     "upgrade",
     "content-length",
     "mcp-session-id",
+    HOST_KEY_HEADER,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,8 @@ pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Milliseconds of silence allowed (changes on reload).
     idle_ms: AtomicU64,
+    /// The stdio hosts of this process and their keys (a few at most, set at start).
+    hosts: Vec<(SocketAddr, HeaderValue)>,
 }
 
 impl Upstream {
@@ -175,7 +182,14 @@ impl Upstream {
         Self {
             client,
             idle_ms: AtomicU64::new(idle.as_millis() as u64),
+            hosts: Vec::new(),
         }
+    }
+
+    /// Requests to these addresses (the stdio hosts) carry their key.
+    pub fn with_hosts(mut self, hosts: Vec<(SocketAddr, HeaderValue)>) -> Self {
+        self.hosts = hosts;
+        self
     }
 
     /// Changes the longest silence allowed from a backend (for requests sent from now on).
@@ -190,7 +204,10 @@ impl Upstream {
         addr: SocketAddr,
         out: Outgoing<'_>,
     ) -> Result<(http::response::Parts, Frames), UpstreamError> {
-        let req = build_request(addr, out)?;
+        let mut req = build_request(addr, out)?;
+        if let Some((_, key)) = self.hosts.iter().find(|(a, _)| *a == addr) {
+            req.headers_mut().insert(HOST_KEY_HEADER, key.clone());
+        }
         let idle = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         let resp = match tokio::time::timeout(idle, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout(idle)),

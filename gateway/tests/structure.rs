@@ -22,6 +22,9 @@ const REQUEST_PATH: &[&str] = &[
     "policy/",
     "state.rs",
     "upstream.rs",
+    "stdio/http.rs",
+    "stdio/process.rs",
+    "stdio/routes.rs",
 ];
 
 fn src() -> PathBuf {

@@ -297,6 +297,11 @@ pub struct Pool {
     pub policy: Policy,
     /// The supervisor of a managed pool (for rollouts).
     pub supervisor: Option<Arc<supervisor::Supervisor>>,
+    /// A stdio pool: its one member is the gateway's in-process host
+    /// (`stdio/`, held by the `Gateway`). It is never ejected: what fails
+    /// there is one session's process, which the host answers for session
+    /// by session.
+    pub stdio: bool,
     /// Time to a backend's response header (`mcp_gateway_upstream_duration_seconds`).
     pub upstream_seconds: Histogram,
     /// Whole tool calls, by tool (`mcp_gateway_tool_call_duration_seconds`).
@@ -348,11 +353,18 @@ impl Pool {
             members,
             policy,
             supervisor,
+            stdio: false,
             upstream_seconds: Histogram::default(),
             tool_seconds: ToolLatencies::default(),
             panic_picks: AtomicU64::new(0),
             ejecting: Mutex::new(()),
         }
+    }
+
+    /// A stdio pool (served by the gateway's in-process host).
+    pub fn with_stdio(mut self, stdio: bool) -> Self {
+        self.stdio = stdio;
+        self
     }
 
     /// Whether the pool's active health check passes for this backend.
@@ -400,6 +412,9 @@ impl Pool {
     /// answers end an ejection for a failed connection; failures count
     /// towards one ([`outlier`] has the rules).
     pub fn record(&self, backend: &BackendState, outcome: Outcome) {
+        if self.stdio {
+            return;
+        }
         let now = now_ms();
         let v = &backend.vitals;
         if let Outcome::Answered(_) = outcome {

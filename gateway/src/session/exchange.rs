@@ -387,10 +387,12 @@ impl Exchange<'_> {
             }
             frames.unread(body);
         }
-        if status == 503 {
+        if status == 503 && !trip.msg.pool.stdio {
             // Draining or overloaded: not run there (the pool has recorded
             // the answer: new work goes elsewhere for a moment), whether or
-            // not the client's stream is open already.
+            // not the client's stream is open already. A stdio pool's host
+            // is its only member: its 503 (all processes in use) is the
+            // answer.
             upstream::read_messages(&parts.headers, &mut frames, MAX_DISCARDED).await;
             self.move_if_bound(trip, link).await?;
             return Ok(Reply::Again);

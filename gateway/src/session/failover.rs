@@ -46,10 +46,21 @@ impl Sessions {
             ));
         }
         let _moving = binding.moving.lock().await;
+        // Each Streamable HTTP request has a binding of its own: the
+        // session's other requests (its GET stream) may be moving it now,
+        // or have moved it already (one process per move, for stdio pools).
+        let _session = match binding.nonce {
+            Some(nonce) => Some(self.move_lock(&nonce).lock().await),
+            None => None,
+        };
         let now = binding.current();
         let generation = |l: Option<&Link>| l.map(|l| l.generation);
         if generation(now.as_deref()) != generation(lost) {
             return Ok(false); // another request moved it already
+        }
+        if let Some(link) = self.moved_already(binding, lost) {
+            binding.replace(link);
+            return Ok(false);
         }
         let pool = &binding.pool;
         let from = lost.map(|l| l.backend.id.as_str());
@@ -67,6 +78,22 @@ impl Sessions {
             generation: generation(lost).map_or(1, |g| g + 1),
         });
         Ok(true)
+    }
+
+    /// Where another request of this session moved it, if it did since
+    /// `lost` was its link.
+    fn moved_already(&self, binding: &Binding, lost: Option<&Link>) -> Option<Link> {
+        let moved = self.rebinds.get(&binding.nonce?)?;
+        if lost.is_some_and(|l| l.backend.id == moved.backend && l.session == moved.backend_session)
+        {
+            return None;
+        }
+        Some(Link {
+            backend: binding.pool.member(&moved.backend)?,
+            session: moved.backend_session,
+            version: None,
+            generation: lost.map_or(1, |l| l.generation + 1),
+        })
     }
 
     /// Opens a backend session with these `initialize` params on a live

@@ -53,7 +53,13 @@ pub struct Sessions {
     ended: NonceTable<()>,
     /// Tool hints per pool, by `Pool::index`.
     hints: Vec<ToolHints>,
+    /// A session is moved under one of these (by its id's nonce), so that
+    /// its concurrent requests move it once ([`MOVE_LOCKS`], fixed).
+    moves: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Locks that serialize the moves of one session across its requests.
+pub const MOVE_LOCKS: usize = 64;
 
 impl Sessions {
     pub fn new(mut pools: Vec<Arc<Pool>>, sealer: TokenSealer) -> Self {
@@ -66,7 +72,16 @@ impl Sessions {
             rebinds: Rebinds::new(MAX_REBINDS, max_age),
             ended: NonceTable::new(MAX_REBINDS, max_age),
             hints,
+            moves: (0..MOVE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The lock a session is moved under.
+    fn move_lock(&self, nonce: &[u8; 12]) -> &tokio::sync::Mutex<()> {
+        let at = u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) as usize;
+        &self.moves[at % self.moves.len()]
     }
 
     pub fn pools(&self) -> &[Arc<Pool>] {

@@ -11,12 +11,14 @@
 //! are decided without it, as `[cluster] on_store_down` says (`policy/
 //! shared.rs`). The watcher ([`Store::watch`], a background task) pings the
 //! store every `store_recheck`, connects again while it is down, and marks
-//! it up at the first answer.
+//! it up at the first answer. The connection is made on the runtime of the
+//! requests (the first request that asks the store names it), so a call and
+//! its answer never cross between runtimes.
 
 pub mod gcra;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -64,6 +66,10 @@ pub struct Store {
     on_down: StoreDown,
     replicas: u32,
     up: AtomicBool,
+    /// The requests' runtime, where the connection's task should live, and
+    /// whether the connection in use was made there.
+    home: OnceLock<tokio::runtime::Handle>,
+    at_home: AtomicBool,
     /// The URL without credentials (logs, `--check-config`).
     shown: String,
     pub stats: Stats,
@@ -116,6 +122,8 @@ impl Store {
             on_down: c.on_store_down,
             replicas: c.replicas,
             up: AtomicBool::new(false),
+            home: OnceLock::new(),
+            at_home: AtomicBool::new(false),
             shown,
             stats: Stats::default(),
         })))
@@ -144,6 +152,11 @@ impl Store {
 
     /// The connection, if the store is up (no wait either way).
     fn ready(&self) -> Result<MultiplexedConnection, Unavailable> {
+        if self.home.get().is_none()
+            && let Ok(here) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.home.set(here);
+        }
         if !self.is_up() {
             return Err(Unavailable);
         }
@@ -254,12 +267,19 @@ impl Store {
         }
     }
 
-    /// One ping, on the current connection while up, on a new one while down.
+    /// One ping, on the current connection while up, on a new one while
+    /// down (or once the requests' runtime is known, to move there).
     async fn probe(&self) -> Result<(), String> {
-        let current = self.conn.load_full().filter(|_| self.is_up());
+        let home = self.home.get().cloned();
+        let moving = home.is_some() && !self.at_home.load(Relaxed);
+        let current = self.conn.load_full().filter(|_| self.is_up() && !moving);
         let conn = match current {
             Some(c) => c,
-            None => Arc::new(self.connect().await?),
+            None => {
+                let made = Arc::new(self.connect(home.as_ref()).await?);
+                self.at_home.store(home.is_some(), Relaxed);
+                made
+            }
         };
         let started = Instant::now();
         let mut pinging = (*conn).clone();
@@ -277,14 +297,26 @@ impl Store {
         }
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+    /// A new connection, its task spawned on `home` if given.
+    async fn connect(
+        &self,
+        home: Option<&tokio::runtime::Handle>,
+    ) -> Result<MultiplexedConnection, String> {
+        let wait = self.recheck.max(self.timeout);
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.recheck.max(self.timeout)))
-            .set_response_timeout(Some(self.recheck.max(self.timeout)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| e.to_string())
+            .set_connection_timeout(Some(wait))
+            .set_response_timeout(Some(wait));
+        let client = self.client.clone();
+        let made = async move {
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match home {
+            Some(home) => home.spawn(made).await.map_err(|e| e.to_string())?,
+            None => made.await,
+        }
     }
 }
 

@@ -1120,7 +1120,7 @@ impl Config {
     fn check_cluster(&self) -> Result<()> {
         let c = &self.cluster;
         if let Some(url) = &c.store {
-            crate::cluster::check_url(url).with_context(|| "[cluster] store")?;
+            check_store_url(url).with_context(|| "[cluster] store")?;
         }
         if c.replicas == 0 {
             bail!("[cluster] replicas must be at least 1");
@@ -1130,6 +1130,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The store's URL parses and names a store the gateway can reach
+/// (redis://, rediss://, or a Unix socket); nothing is connected.
+fn check_store_url(url: &str) -> Result<()> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e} (expected redis://host:6379/0 or rediss://…)"))
 }
 
 /// A virtual server's members against the pools and each other.

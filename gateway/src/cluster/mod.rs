@@ -75,14 +75,6 @@ pub struct Store {
     pub stats: Stats,
 }
 
-/// The URL parses and names a store the gateway can reach (redis://,
-/// rediss://, or a Unix socket); nothing is connected.
-pub fn check_url(url: &str) -> Result<()> {
-    url.into_connection_info()
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e} (expected redis://host:6379/0 or rediss://…)"))
-}
-
 /// A URL as it may be shown: scheme, address and database, no credentials.
 fn shown(info: &redis::ConnectionInfo) -> String {
     let db = info.redis_settings().db();

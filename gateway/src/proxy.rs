@@ -359,15 +359,22 @@ impl McpProxy {
             return Ok(());
         };
         let req = session.req_header();
-        let tool = match ctx.rpc.as_ref().map(|r| &r.method) {
-            Some(Method::ToolsCall { name }) => Some(name.as_str()),
-            _ => None,
-        };
+        let sessions = &self.gw.sessions;
+        // Every message of a batch, as the local steps counted them.
+        let tools: Vec<(&str, bool)> = (ctx.rpc.iter().flat_map(Rpc::methods))
+            .filter_map(|m| match m {
+                Method::ToolsCall { name } => {
+                    Some((name.as_str(), lists_tool(service, sessions, name)))
+                }
+                _ => None,
+            })
+            .collect();
         let call = Call {
             who,
             key,
             ip: client_ip(session),
-            tool: tool.map(|t| (t, lists_tool(service, &self.gw.sessions, t))),
+            messages: ctx.rpc.as_ref().map_or(1, |r| 1 + r.rest.len() as u32),
+            tools: &tools,
             new_session: ctx.rpc.as_ref().is_some_and(Rpc::is_initialize)
                 || (endpoint == Endpoint::Sse && req.method == http::Method::GET),
         };

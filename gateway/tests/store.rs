@@ -1,6 +1,7 @@
 //! The shared store's key layer against a real `redis-server` (installed by
 //! tests/run.sh, started here on a free port): the GCRA script's answers at
-//! a limit's boundary, all-or-nothing across a request's limits, ended
+//! a limit's boundary, all-or-nothing across a request's limits, a batch
+//! taking a cell per message and per tool call, ended
 //! session ids with the id's remaining life as TTL, and a spray of 100,000
 //! distinct principals through the policy's own `Shared::check`, which
 //! leaves only keys with a TTL no longer than their limit window, and
@@ -165,6 +166,59 @@ async fn an_ended_session_is_ended_for_its_remaining_life() {
     assert!((85..=90).contains(&ttl), "{ttl}");
 }
 
+fn named(name: &str, tier: &str) -> Principal {
+    Principal {
+        name: name.into(),
+        credential: Credential::ApiKey,
+        subject: name.into(),
+        tier: tier.into(),
+        scopes: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_batch_takes_a_cell_per_message_and_per_tool_call_it_holds() {
+    let redis = Redis::start();
+    let store = store(&redis).await;
+    let config: Config = toml::from_str(
+        "[limits.tiers.default]\nrequests_per_second = 5\nburst = 5\n\
+         [limits.tiers.big]\nrequests_per_second = 1000\ntool_limits = { get_agent = 3 }\n",
+    )
+    .unwrap();
+    let limits = Limiters::new(&config.limits.tiers, &config.limits.global);
+    let shared = Shared::new(Arc::clone(&store), &config);
+    let check = |who: &'static Principal, messages: u32, tools: &'static [(&'static str, bool)]| {
+        let (shared, limits) = (&shared, &limits);
+        async move {
+            let key: Arc<str> = Arc::from(who.name.as_str());
+            let call = Call {
+                who,
+                key: &key,
+                ip: None,
+                messages,
+                tools,
+                new_session: false,
+            };
+            shared.check(limits, &call, None).await
+        }
+    };
+    let limited = |r: Result<(), Reject>| match r {
+        Err(Reject::RateLimited { what, .. }) => what,
+        other => panic!("not rate limited: {other:?}"),
+    };
+    // Five messages in one batch are the burst of five requests.
+    let a: &'static Principal = Box::leak(Box::new(named("key:a", "default")));
+    assert!(check(a, 5, &[]).await.is_ok());
+    assert_eq!(limited(check(a, 1, &[]).await), "requests per principal");
+    // Two calls of a tool in a batch, then one more: its 3 a minute.
+    let b: &'static Principal = Box::leak(Box::new(named("key:b", "big")));
+    const TWICE: &[(&str, bool)] = &[("get_agent", true), ("get_agent", true)];
+    assert!(check(b, 3, TWICE).await.is_ok());
+    assert!(check(b, 1, &TWICE[..1]).await.is_ok());
+    let refused = limited(check(b, 1, &TWICE[..1]).await);
+    assert_eq!(refused, "calls of this tool per principal");
+}
+
 fn principal(i: u32) -> Principal {
     Principal {
         name: format!("jwt:https://issuer.test:spray-{i}"),
@@ -198,7 +252,8 @@ async fn a_spray_of_100k_principals_leaves_only_keys_that_expire_with_their_wind
                     who: &who,
                     key: &key,
                     ip: None,
-                    tool: None,
+                    messages: 1,
+                    tools: &[],
                     new_session: i % 10 == 0,
                 };
                 shared.check(&limits, &call, None).await

@@ -22,6 +22,8 @@ pub struct Ask {
     pub interval_us: u64,
     /// Cells that may go at once.
     pub burst: u32,
+    /// Cells this request takes (a batch: one per message it counts).
+    pub cells: u32,
     /// The limit's name in a refusal ("requests per principal").
     pub what: &'static str,
 }
@@ -53,7 +55,16 @@ impl Ask {
             key,
             interval_us: (interval.as_micros() as u64).max(1),
             burst: burst.max(1),
+            cells: 1,
             what,
+        }
+    }
+
+    /// The same limit, taking `cells` cells at once.
+    pub fn taking(self, cells: u32) -> Self {
+        Self {
+            cells: cells.max(1),
+            ..self
         }
     }
 }
@@ -86,8 +97,9 @@ impl Verdict {
 }
 
 /// KEYS: the asked limits' keys, then (if `ARGV[1]` < #KEYS) the session's
-/// ended key. ARGV: the number of limits, then per limit its interval and
-/// its tolerance (burst × interval), in microseconds. Returns
+/// ended key. ARGV: the number of limits, then per limit the time its
+/// cells move the TAT on (interval × cells) and its tolerance (burst ×
+/// interval), in microseconds. Returns
 /// `{0, 0}` allowed, `{i, wait_us}` refused by limit i (1-based), `{-1, 0}`
 /// ended. Numbers are written with `%.0f` (Lua's default `%.14g` would
 /// round microsecond timestamps).

@@ -171,7 +171,7 @@ impl Store {
         }
         call.arg(asks.len());
         for a in asks {
-            call.arg(a.interval_us)
+            call.arg(a.interval_us.saturating_mul(u64::from(a.cells)))
                 .arg(a.interval_us.saturating_mul(u64::from(a.burst)));
         }
         let started = Instant::now();

@@ -386,8 +386,11 @@ pub struct Call<'a> {
     /// [`Limiters::key`]: the principal's name, or the address of an anonymous client.
     pub key: &'a Arc<str>,
     pub ip: Option<IpAddr>,
-    /// A `tools/call`: the tool, and whether the pool's servers listed it.
-    pub tool: Option<(&'a str, bool)>,
+    /// Messages in the body (a batch's each count as a request; 1 otherwise).
+    pub messages: u32,
+    /// Its `tools/call`s (a batch may hold several): each tool, and whether
+    /// the pool's servers listed it.
+    pub tools: &'a [(&'a str, bool)],
     /// It opens a session (`initialize`, `GET /sse`).
     pub new_session: bool,
 }
@@ -419,22 +422,32 @@ impl Limiters {
             let what = "requests per client address";
             out.push(ask(prefix, "ip", &[&ip], l.quota(), what));
         }
+        let messages = call.messages;
         if let Some(q) = self.global_quota {
-            out.push(ask(prefix, "all", &[], q, "requests to the gateway"));
+            let all = ask(prefix, "all", &[], q, "requests to the gateway");
+            out.push(all.taking(messages));
         }
         let Some((tier, t)) = self.tier_named(call.who) else {
             return;
         };
         let key: &str = call.key;
         let what = "requests per principal";
-        out.push(ask(prefix, "rq", &[tier, key], t.requests.quota(), what));
-        if let Some((tool, listed)) = call.tool {
+        let requests = ask(prefix, "rq", &[tier, key], t.requests.quota(), what);
+        out.push(requests.taking(messages));
+        for &(tool, listed) in call.tools {
             let what = "calls of this tool per principal";
-            if let Some(l) = t.per_tool.get(tool) {
-                out.push(ask(prefix, "pt", &[tier, tool, key], l.quota(), what));
+            let one = if let Some(l) = t.per_tool.get(tool) {
+                ask(prefix, "pt", &[tier, tool, key], l.quota(), what)
             } else if let Some(l) = &t.tools {
                 let tool = if listed { tool } else { &self.unlisted };
-                out.push(ask(prefix, "tl", &[tier, key, tool], l.quota(), what));
+                ask(prefix, "tl", &[tier, key, tool], l.quota(), what)
+            } else {
+                continue;
+            };
+            // A batch calling one tool twice takes two cells of one key.
+            match out.iter_mut().find(|a| a.key == one.key) {
+                Some(same) => same.cells += 1,
+                None => out.push(one),
             }
         }
         if let (true, Some(l)) = (call.new_session, &t.sessions) {
@@ -449,8 +462,10 @@ impl Limiters {
         if let Some(ip) = call.ip {
             self.check_ip_rate(ip)?;
         }
-        self.check_request(call.who, call.key)?;
-        if let Some((tool, listed)) = call.tool {
+        for _ in 0..call.messages.max(1) {
+            self.check_request(call.who, call.key)?;
+        }
+        for &(tool, listed) in call.tools {
             self.check_tool(call.who, call.key, tool, |_| listed)?;
         }
         if call.new_session {

@@ -3,7 +3,8 @@
 the round-robin balancer of test_replicas.py. One principal spread over all
 replicas is held to the global limit (and, as a control, three replicas
 without the store let three times as much through); a session DELETEd on
-one replica is unknown on the others; a killed or frozen store costs no
+one replica (a pool's, or a virtual server's federated one) is unknown on
+the others; a killed or frozen store costs no
 request more than the store timeout, fail_open serves under the local
 limits divided by the replica count and counts it, fail_closed answers 503;
 when the store is back the limits are global again."""
@@ -103,10 +104,21 @@ def store_config(redis, mode="fail_open"):
             'store_recheck = "200ms"\n')
 
 
+# A virtual server over the registry pool (its sessions are federated ids).
+VIRTUAL = """
+[[servers]]
+name = "all"
+route = "/all"
+[[servers.members]]
+pool = "registry"
+prefix = "reg_"
+"""
+
+
 def start_replicas(tmp, prefix, backend, cluster):
     with ThreadPoolExecutor(3) as pool:
         return list(pool.map(lambda i: Gateway(tmp, f"{prefix}-{i}", [backend.addr], limits=TIERS,
-                                               extra_config=cluster + auth()), range(3)))
+                                               extra_config=cluster + auth(), extra_pools=VIRTUAL), range(3)))
 
 
 class Cluster:
@@ -207,24 +219,37 @@ def test_new_sessions_and_tool_calls_are_held_to_their_global_limits(cluster):
     assert cluster.redis.keys_without_ttl() == 0
 
 
-def test_a_session_deleted_on_one_replica_is_unknown_on_the_others(cluster):
+def deleted_on_one_is_unknown_on_the_others(cluster, url, key):
+    """A session opened at `url` on replica A serves on B and C until A
+    ends it; then B and C answer 404 (JSON-RPC -32001)."""
     a, b, c_ = cluster.shared
-    key = bearer("sess-7")  # requests unlimited, one session
     headers = {"accept": ACCEPT, "mcp-protocol-version": "2025-06-18", **key}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
     with httpx2.Client(timeout=10) as c:
-        sid, _ = initialize(c, f"{a.http}/mcp", key)
+        r = c.post(f"{a.http}{url}", headers={"accept": ACCEPT, **key}, json=init)
+        assert r.status_code == 200, r.text
+        sid = r.headers["mcp-session-id"]
         for other in (b, c_):
-            assert rpc(c, f"{other.http}/mcp", sid, "tools/list", headers=key).status_code == 200
-        r = c.delete(f"{a.http}/mcp", headers={**headers, "mcp-session-id": sid})
+            assert rpc(c, f"{other.http}{url}", sid, "tools/list", headers=key).status_code == 200
+        r = c.delete(f"{a.http}{url}", headers={**headers, "mcp-session-id": sid})
         assert r.status_code == 200, r.text
         for other in (b, c_):
-            r = rpc(c, f"{other.http}/mcp", sid, "tools/list", headers=key)
+            r = rpc(c, f"{other.http}{url}", sid, "tools/list", headers=key)
             assert r.status_code == 404, r.text
             assert r.json()["error"]["code"] == -32001
+
+
+def test_a_session_deleted_on_one_replica_is_unknown_on_the_others(cluster):
+    deleted_on_one_is_unknown_on_the_others(cluster, "/mcp", bearer("sess-7"))  # requests unlimited
     key = next(k for k in cluster.redis.cli("--scan").splitlines() if ":end:" in k)
     ttl = int(cluster.redis.cli("TTL", key))
     # the id's remaining life (24 h by default), not forever
     assert 86_000 < ttl <= 86_400, ttl
+
+
+def test_a_virtual_server_session_deleted_on_one_replica_is_unknown_on_the_others(cluster):
+    deleted_on_one_is_unknown_on_the_others(cluster, "/all/mcp", bearer("sess-6"))
 
 
 def test_a_killed_store_leaves_replicas_serving_local_limits_divided_then_global_again(cluster):

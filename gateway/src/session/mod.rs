@@ -228,7 +228,10 @@ impl Sessions {
                     version: None,
                     generation: 0,
                 });
-                Binding::new(Arc::clone(pool), fref.init.clone(), Some(key), link)
+                let mut binding =
+                    Binding::new(Arc::clone(pool), fref.init.clone(), Some(key), link);
+                binding.issued_at = fref.issued_at;
+                binding
             })
             .collect();
         Ok((fref.nonce, bindings))
@@ -289,10 +292,27 @@ impl Sessions {
     /// Called before the client hears the answer; with the store down the
     /// mark is only this replica's (`forget`), and the failure is counted.
     pub async fn end_shared(&self, binding: &Binding) {
-        let (Some(store), Some(nonce)) = (&self.store, binding.nonce()) else {
+        if let Some(nonce) = binding.nonce() {
+            self.end_shared_id(nonce, binding.issued_at).await;
+        }
+    }
+
+    /// The client ended a federated session (DELETE): as
+    /// [`Self::forget_members`], and, like [`Self::end_shared`], for every
+    /// replica sharing the store, before the client hears the answer.
+    pub async fn end_members(&self, nonce: [u8; 12], members: &[Binding]) {
+        self.forget_members(nonce, members);
+        let issued_at = members.first().map_or(0, |b| b.issued_at);
+        self.end_shared_id(&nonce, issued_at).await;
+    }
+
+    /// Marks the id with `nonce`, issued at `issued_at`, ended in the store
+    /// for the rest of its life.
+    async fn end_shared_id(&self, nonce: &[u8; 12], issued_at: u64) {
+        let Some(store) = &self.store else {
             return;
         };
-        let ends = binding.issued_at + self.sealer.max_age().as_secs();
+        let ends = issued_at + self.sealer.max_age().as_secs();
         let left = ends.saturating_sub(now_secs());
         if left > 0
             && store

@@ -144,8 +144,10 @@ pub fn ended_key(prefix: &str, nonce: &[u8; 12]) -> String {
     let mut key = String::with_capacity(prefix.len() + 4 + 24);
     key.push_str(prefix);
     key.push_str("end:");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in nonce {
-        key.push_str(&format!("{b:02x}"));
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 15)]));
     }
     key
 }

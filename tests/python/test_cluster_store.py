@@ -101,7 +101,10 @@ class RedisServer:
 
 def store_config(redis, mode="fail_open"):
     return (f'[cluster]\nstore = "{redis.url}"\nreplicas = 3\non_store_down = "{mode}"\n'
-            'store_recheck = "200ms"\n')
+            'store_recheck = "200ms"\n'
+            # wide enough that a loaded CI machine does not time out a healthy
+            # store (the limits would then be the local fallback's)
+            'store_timeout = "200ms"\n')
 
 
 # A virtual server over the registry pool (its sessions are federated ids).
@@ -185,6 +188,11 @@ def calls_get_agent(key, sid):
                            headers=bearer(key))
 
 
+def store_failures(gateways):
+    return sum(metric(g, "mcp_gateway_store_failures_total", f'{{kind="{k}"}}')
+               for g in gateways for k in ("timeout", "error"))
+
+
 def requests_served(gateways):
     return [metric(g, "mcp_gateway_requests_total") for g in gateways]
 
@@ -198,7 +206,7 @@ def test_one_principal_over_three_replicas_is_held_to_the_global_request_limit(c
         passed = statuses.count(200)
         if gws is cluster.shared:
             # GCRA in the store: the burst, plus what refilled while the requests went out
-            assert BURST <= passed <= BURST + RATE * took + 1, (passed, took)
+            assert BURST <= passed <= BURST + RATE * took + 1, (passed, took, store_failures(gws))
         else:
             # today's loosening without the store: each replica its own budget
             assert passed >= 3 * BURST, (passed, took)
@@ -209,13 +217,13 @@ def test_new_sessions_and_tool_calls_are_held_to_their_global_limits(cluster):
     for gws, lb, n in ((cluster.shared, cluster.lb_shared, 2), (cluster.plain, cluster.lb_plain, 3)):
         statuses, _, _ = spread(lb, 30, opens(f"sess-{n}"))
         passed = statuses.count(200)
-        assert passed == (PER_MINUTE if gws is cluster.shared else 3 * PER_MINUTE), passed
+        assert passed == (PER_MINUTE if gws is cluster.shared else 3 * PER_MINUTE), (passed, store_failures(gws))
         key = f"tool-{n}"
         with httpx2.Client(timeout=10) as c:
             sid, _ = initialize(c, f"{gws[0].http}/mcp", bearer(key))
         statuses, _, _ = spread(lb, 30, calls_get_agent(key, sid))
         passed = statuses.count(200)
-        assert passed == (PER_MINUTE if gws is cluster.shared else 3 * PER_MINUTE), passed
+        assert passed == (PER_MINUTE if gws is cluster.shared else 3 * PER_MINUTE), (passed, store_failures(gws))
     assert cluster.redis.keys_without_ttl() == 0
 
 
@@ -278,14 +286,16 @@ def test_a_killed_store_leaves_replicas_serving_local_limits_divided_then_global
 
 def test_a_frozen_store_delays_no_request_beyond_its_timeout(cluster):
     redis, gws, lb = cluster.redis, cluster.shared, cluster.lb_shared
-    timeouts = sum(metric(g, "mcp_gateway_store_failures_total", '{kind="timeout"}') for g in gws)
+    changes = [metric(g, "mcp_gateway_store_state_changes_total") for g in gws]
     redis.p.send_signal(signal.SIGSTOP)
     try:
         statuses, _, slowest = spread(lb, 30, discover("rps-5"))
-        # 50 ms store timeout; the backend and Python take the rest
-        assert slowest < 0.5, slowest
+        # 200 ms store timeout; the backend and Python take the rest
+        assert slowest < 0.7, slowest
         assert statuses.count(200) >= 3
-        assert sum(metric(g, "mcp_gateway_store_failures_total", '{kind="timeout"}') for g in gws) > timeouts
+        # every replica saw it go down (a request's call or the watcher's ping timed out)
+        after = [metric(g, "mcp_gateway_store_state_changes_total") for g in gws]
+        assert all(a > b for a, b in zip(after, changes)), (changes, after)
     finally:
         redis.p.send_signal(signal.SIGCONT)
     for g in gws:

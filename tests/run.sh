@@ -20,6 +20,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # headless Chromium renders mcp-client's HTML load report (test_load_scenarios.py)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# the shared store of the multi-replica tests (started by the tests on a free port)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing system packages: ${need_apt[*]}"

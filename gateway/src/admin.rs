@@ -206,6 +206,7 @@ impl Admin {
         self.rollout_metrics(&mut out);
         self.pool_metrics(&mut out);
         self.stdio_metrics(&mut out);
+        self.store_metrics(&mut out);
         out
     }
 
@@ -263,6 +264,43 @@ impl Admin {
                 );
             }
         }
+    }
+
+    /// The shared store (only with `[cluster] store`): up or down, calls,
+    /// failures, requests decided without it, its latency.
+    fn store_metrics(&self, out: &mut String) {
+        let Some(store) = &self.gw.store else { return };
+        let s = &store.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        single(
+            out,
+            "mcp_gateway_store_up",
+            "gauge",
+            u64::from(store.is_up()),
+        );
+        let counters = [
+            ("mcp_gateway_store_state_changes_total", &s.changes),
+            ("mcp_gateway_store_calls_total", &s.calls),
+            ("mcp_gateway_store_refused_total", &s.refused),
+        ];
+        for (name, c) in counters {
+            single(out, name, "counter", load(c));
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_store_failures_total counter\nmcp_gateway_store_failures_total{{kind=\"timeout\"}} {}\nmcp_gateway_store_failures_total{{kind=\"error\"}} {}",
+            load(&s.timeouts),
+            load(&s.errors)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_store_fallbacks_total counter\nmcp_gateway_store_fallbacks_total{{mode=\"fail_open\"}} {}\nmcp_gateway_store_fallbacks_total{{mode=\"fail_closed\"}} {}",
+            load(&s.fail_open),
+            load(&s.fail_closed)
+        );
+        let ping = "mcp_gateway_store_ping_microseconds";
+        single(out, ping, "gauge", load(&s.ping_us));
+        s.seconds.render("mcp_gateway_store_duration_seconds", out);
     }
 
     /// The process-wide counters, and those by reason.
@@ -542,11 +580,13 @@ impl ServeHttp for Admin {
                 }
             },
             // Readiness: 503 from the moment the gateway is told to stop, so
-            // balancers move new connections away before its listeners close.
-            ("GET", "/health" | "/readyz") if self.gw.state.is_draining() => {
-                json_reply(503, json!({"status": "draining"}))
-            }
-            ("GET", "/health" | "/readyz") => json_reply(200, json!({"status": "ok"})),
+            // balancers move new connections away before its listeners close;
+            // and while its shared store is down if it fails closed (failing
+            // open, it serves: readiness is about serving, not about the store).
+            ("GET", "/health" | "/readyz") => match self.gw.ready() {
+                Ok(()) => json_reply(200, json!({"status": "ok"})),
+                Err(why) => json_reply(503, json!({"status": why})),
+            },
             // Liveness: the process answers; draining is not a reason to restart it.
             ("GET", "/livez") => json_reply(200, json!({"status": "alive"})),
             ("GET", "/metrics") => reply(

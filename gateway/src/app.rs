@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::cluster::Store;
 use crate::config::{Cli, Config};
 use crate::federation::Federation;
 use crate::legacy::Bridge;
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub legacy: Arc<Bridge>,
     /// The virtual servers over the pools.
     pub federation: Arc<Federation>,
+    /// The store the replicas share (`[cluster] store`), if any.
+    pub store: Option<Arc<Store>>,
     /// The HTTPS listener's certificate, when there is one.
     pub tls: Option<Arc<ServedCert>>,
     /// How often its files are checked for a change (zero: never).
@@ -48,6 +51,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    // Each argument is one part of the process, made once by main.rs.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         cli: Cli,
@@ -56,6 +61,7 @@ impl Gateway {
         stdio: Vec<Arc<StdioHost>>,
         sealer: TokenSealer,
         tls: Option<Arc<ServedCert>>,
+        store: Option<Arc<Store>>,
     ) -> Arc<Self> {
         let limits = config.limits.clone();
         let max_legacy_sessions = config.sessions.max_legacy_sessions;
@@ -69,7 +75,7 @@ impl Gateway {
         );
         let state = State::new(limits);
         let federation = Arc::new(Federation::new(config, &pools));
-        let sessions = Arc::new(Sessions::new(pools, sealer));
+        let sessions = Arc::new(Sessions::new(pools, sealer).sharing(store.clone()));
         let streamable = Streamable {
             state: Arc::clone(&state),
             sessions: Arc::clone(&sessions),
@@ -93,6 +99,7 @@ impl Gateway {
             streamable,
             legacy,
             federation,
+            store,
             tls,
             tls_reload_interval: config.tls.reload_interval,
             access_log: AtomicBool::new(config.access_log),
@@ -109,6 +116,20 @@ impl Gateway {
     /// The in-process host of the stdio pool named `pool`.
     pub fn stdio_host(&self, pool: &str) -> Option<&Arc<StdioHost>> {
         self.stdio.iter().find(|h| h.pool() == pool)
+    }
+
+    /// Ready to serve: not draining, and (when the gateway fails closed
+    /// without its shared store) the store is up.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.state.is_draining() {
+            return Err("draining");
+        }
+        match &self.store {
+            Some(s) if s.on_down() == crate::config::StoreDown::FailClosed && !s.is_up() => {
+                Err("shared store unavailable")
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether each request gets an info-level access line.
@@ -143,7 +164,7 @@ impl Gateway {
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
-        let guard = Guard::reloaded(&next, &self.guard())
+        let guard = Guard::reloaded(&next, &self.guard(), self.store.clone())
             .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let summary = guard.summary();
         self.guard.store(Arc::new(guard));
@@ -229,7 +250,7 @@ impl pingora::services::background::BackgroundService for Reloader {
                         tracing::error!(error = %e, "reload refused; the configuration in force stays");
                     }
                 }
-                _ = tidy.tick() => self.0.guard().limits.tidy(),
+                _ = tidy.tick() => self.0.guard().tidy(),
                 _ = shutdown.changed() => return,
             }
         }

@@ -23,7 +23,7 @@ pub const PREVIOUS_SESSION_KEY_ENV: &str = "MCP_GATEWAY_SESSION_KEY_PREVIOUS";
     name = "mcp-gateway",
     version,
     about = "The public front door for MCP servers",
-    after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)\n  MCP_GATEWAY_SESSION_KEY_PREVIOUS  the key before a rotation: opens ids, never seals\n                           (or [sessions] previous_key_file)"
+    after_help = "Secrets come from the environment, never from flags:\n  MCP_GATEWAY_SESSION_KEY  secret (16+ characters) sealing session ids; replicas sharing it\n                           route each other's sessions (or [sessions] key_file in the config;\n                           without either, a random key per process)\n  MCP_GATEWAY_SESSION_KEY_PREVIOUS  the key before a rotation: opens ids, never seals\n                           (or [sessions] previous_key_file)\n  MCP_GATEWAY_STORE_PASSWORD  the shared store's password (--store / [cluster] store)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -99,6 +99,12 @@ pub struct Cli {
     /// credentials or whole session ids.
     #[arg(long, env = "MCP_GATEWAY_ACCESS_LOG")]
     pub access_log: bool,
+    /// The store several replicas share (redis:// or rediss://; an empty
+    /// value: none): global rate limits and ended sessions across replicas.
+    /// Its password comes from MCP_GATEWAY_STORE_PASSWORD (or the variable
+    /// `[cluster] store_password_env` names).
+    #[arg(long, env = "MCP_GATEWAY_STORE")]
+    pub store: Option<String>,
     /// Load and check the configuration (file, flags, environment: syntax,
     /// unknown keys, values, pools, auth rules, limits), print a summary and
     /// exit. Files it names for later (certificate, key, session key) are
@@ -758,14 +764,69 @@ pub struct AdminConfig {
 }
 
 /// Several gateway replicas in front of the same pools.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Cluster {
     /// This replica's MCP listener as the other replicas reach it
     /// ("10.0.0.5:8080"). Set it on every replica (with one shared session
     /// key) and a legacy SSE message that reaches the wrong replica is
     /// relayed to the one holding the client's stream.
     pub advertise: Option<String>,
+    /// The store the replicas share (`redis://host:6379/0`, `rediss://…`
+    /// for TLS; or `--store` / MCP_GATEWAY_STORE): the rate limits hold
+    /// across all of them and an ended session is ended on all of them.
+    /// Without it every replica keeps its own limits and ended sessions.
+    pub store: Option<String>,
+    /// Environment variable holding the store's password (never in the file).
+    pub store_password_env: String,
+    /// Prefix of every key the gateway writes (several deployments may
+    /// share one store).
+    pub key_prefix: String,
+    /// Longest wait for one store call; past it the call has failed.
+    #[serde(with = "duration")]
+    pub store_timeout: Duration,
+    /// How often the store is pinged (while down: how soon it is back).
+    #[serde(with = "duration")]
+    pub store_recheck: Duration,
+    /// What requests get while the store is down or slow.
+    pub on_store_down: StoreDown,
+    /// Replicas sharing the store: while it is down (`fail_open`) each
+    /// replica allows 1/`replicas` of every rate limit on its own.
+    pub replicas: u32,
+    /// The password, resolved at load from `store_password_env`.
+    #[serde(skip)]
+    pub store_password: Option<String>,
+}
+
+/// Environment variable naming the shared store (empty: none).
+pub const STORE_ENV: &str = "MCP_GATEWAY_STORE";
+/// Default environment variable holding the store's password.
+pub const STORE_PASSWORD_ENV: &str = "MCP_GATEWAY_STORE_PASSWORD";
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            advertise: None,
+            store: None,
+            store_password_env: STORE_PASSWORD_ENV.into(),
+            key_prefix: "mcp-gateway:".into(),
+            store_timeout: Duration::from_millis(50),
+            store_recheck: Duration::from_secs(1),
+            on_store_down: StoreDown::FailOpen,
+            replicas: 1,
+            store_password: None,
+        }
+    }
+}
+
+/// What requests get while the shared store is down or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreDown {
+    /// Served under local limits, each 1/`replicas` of the configured one.
+    FailOpen,
+    /// 503 + Retry-After (and the admin `/health` turns 503).
+    FailClosed,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -863,7 +924,7 @@ impl Config {
             "sessions.max_age",
             self.sessions.max_age == next.sessions.max_age,
         );
-        check("cluster.advertise", self.cluster == next.cluster);
+        check("cluster", self.cluster == next.cluster);
         check("admin (its token)", self.admin == next.admin);
         check("threads", self.threads == next.threads);
         check(
@@ -956,6 +1017,13 @@ impl Config {
                 },
             ));
         }
+        if let Some(store) = &cli.store {
+            // An empty value (how Compose and env files clear it) means none.
+            config.cluster.store = Some(store.clone()).filter(|s| !s.is_empty());
+        }
+        config.cluster.store_password = std::env::var(&config.cluster.store_password_env)
+            .ok()
+            .filter(|p| !p.is_empty());
         config.admin.token = match (&cli.admin_token, &config.admin.token_env) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(env)) => std::env::var(env).ok(),
@@ -1005,6 +1073,7 @@ impl Config {
                 }
             }
         }
+        self.check_cluster()?;
         if let Some(admin) = self.listen.admin
             && !admin.ip().is_loopback()
             && self.admin.token.is_none()
@@ -1047,6 +1116,28 @@ impl Config {
         }
         Ok(())
     }
+
+    fn check_cluster(&self) -> Result<()> {
+        let c = &self.cluster;
+        if let Some(url) = &c.store {
+            check_store_url(url).with_context(|| "[cluster] store")?;
+        }
+        if c.replicas == 0 {
+            bail!("[cluster] replicas must be at least 1");
+        }
+        if c.store_timeout.is_zero() || c.store_recheck.is_zero() {
+            bail!("[cluster] store_timeout and store_recheck must be above zero");
+        }
+        Ok(())
+    }
+}
+
+/// The store's URL parses and names a store the gateway can reach
+/// (redis://, rediss://, or a Unix socket); nothing is connected.
+fn check_store_url(url: &str) -> Result<()> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e} (expected redis://host:6379/0 or rediss://…)"))
 }
 
 /// A virtual server's members against the pools and each other.

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod asks;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod federation;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser as _;
 use mcp_gateway::admin::Admin;
 use mcp_gateway::app::Gateway;
+use mcp_gateway::cluster::Store;
 use mcp_gateway::config::{
     Cli, Command, Config, Discovery, HealthKind, PREVIOUS_SESSION_KEY_ENV, PoolConfig,
     SESSION_KEY_ENV, StdioConfig,
@@ -270,6 +271,22 @@ fn build_pool(
 /// `--check-config`: the configuration loads and its policy builds.
 fn check_config(config: &Config) -> Result<()> {
     let guard = mcp_gateway::policy::guard::Guard::new(config)?;
+    let store = Store::new(&config.cluster)?.map_or_else(
+        || "store: none (limits per replica)".to_owned(),
+        |s| {
+            let c = &config.cluster;
+            let password = match &c.store_password {
+                Some(_) => format!(", password from {}", c.store_password_env),
+                None => String::new(),
+            };
+            format!(
+                "store: {}{password} ({:?}, {} replicas)",
+                s.shown(),
+                c.on_store_down,
+                c.replicas
+            )
+        },
+    );
     let listeners = [
         ("http", config.listen.http),
         ("https", config.listen.https),
@@ -286,7 +303,7 @@ fn check_config(config: &Config) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     println!(
-        "configuration OK: {listeners}; pools: {pools}; {}",
+        "configuration OK: {listeners}; pools: {pools}; {store}; {}",
         guard.summary()
     );
     Ok(())
@@ -401,12 +418,28 @@ fn main() -> Result<()> {
         pools.push(pool);
         hosts.extend(host);
     }
-    let guard = mcp_gateway::policy::guard::Guard::new(&config)?;
+    let store = Store::new(&config.cluster)?;
+    if let Some(store) = &store {
+        server.add_service(background_service(
+            "shared store",
+            mcp_gateway::cluster::Watcher(Arc::clone(store)),
+        ));
+    }
+    let guard = mcp_gateway::policy::guard::Guard::with_store(&config, store.clone())?;
     let auth_summary = guard.summary();
     let mut banner = Vec::new();
     let tls = certificate(&config, &mut banner)?;
     let served = tls.as_ref().map(|(served, _, _)| Arc::clone(served));
-    let gw = Gateway::new(&config, cli.clone(), guard, pools, hosts, sealer, served);
+    let gw = Gateway::new(
+        &config,
+        cli.clone(),
+        guard,
+        pools,
+        hosts,
+        sealer,
+        served,
+        store,
+    );
     server.add_service(background_service(
         "reloader",
         mcp_gateway::app::Reloader(Arc::clone(&gw)),
@@ -426,6 +459,15 @@ fn main() -> Result<()> {
         server.add_service(admin);
         banner.push(format!(
             "admin:             http://{addr}/backends  /metrics  /health"
+        ));
+    }
+    if let Some(store) = &gw.store {
+        let c = &config.cluster;
+        banner.push(format!(
+            "shared store:      {} (limits across replicas; {:?} while it is down, {} replicas)",
+            store.shown(),
+            c.on_store_down,
+            c.replicas
         ));
     }
     banner.push(auth_summary);

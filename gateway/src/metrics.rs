@@ -24,10 +24,12 @@ pub enum Reason {
     Auth,
     Policy,
     Limit,
+    /// The shared store was down and the gateway fails closed.
+    Store,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Capacity,
         Reason::Route,
         Reason::Origin,
@@ -41,6 +43,7 @@ impl Reason {
         Reason::Auth,
         Reason::Policy,
         Reason::Limit,
+        Reason::Store,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Reason {
             Reason::Auth => "auth",
             Reason::Policy => "policy",
             Reason::Limit => "limit",
+            Reason::Store => "store_unavailable",
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::policy::body;
 use crate::policy::edge::{self, Endpoint};
 use crate::policy::guard::Guard;
 use crate::policy::jsonrpc::{self, Method, Rpc};
-use crate::policy::limits::{Held, Limiters};
+use crate::policy::limits::{Call, Held, Limiters};
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Downstream, Failure, Rewrite};
@@ -86,6 +86,26 @@ enum Route {
         body: Option<body::Body>,
         opened: Option<Box<Opened>>,
     },
+}
+
+impl Route {
+    /// The nonce of the session id the request carries, if any.
+    fn session_nonce(&self) -> Option<&[u8; 12]> {
+        match self {
+            Route::Endpoint { binding, .. } => binding.as_deref().and_then(Binding::nonce),
+            Route::Virtual { opened, .. } => opened.as_deref().map(|o| &o.nonce),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the servers behind `service` listed the tool (only those get
+/// limit keys of their own).
+fn lists_tool(service: &Service, sessions: &crate::session::Sessions, tool: &str) -> bool {
+    match service {
+        Service::Pool(pool) => sessions.hints(pool).lists(tool),
+        Service::Virtual(vs) => vs.lists_tool(sessions, tool),
+    }
 }
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -184,31 +204,46 @@ impl McpProxy {
             Endpoint::Mcp => header(session.req_header(), SESSION_HEADER),
             _ => None,
         };
+        let route = self.open_route(ctx, &service, endpoint, body, token)?;
+        if guard.shared.is_some() {
+            let nonce = route.session_nonce();
+            self.check_shared(session, ctx, &guard, &service, endpoint, nonce)
+                .await?;
+        }
+        Ok(route)
+    }
+
+    /// The route, with the client's session opened: a pool's binding, or
+    /// a virtual server's member bindings.
+    fn open_route(
+        &self,
+        ctx: &Ctx,
+        service: &Service,
+        endpoint: Endpoint,
+        body: Option<body::Body>,
+        token: Option<&str>,
+    ) -> Result<Route, Reject> {
+        let sessions = &self.gw.sessions;
         let who = ctx.who.as_ref().map_or("", |w| w.name.as_str());
-        let pool = match service {
-            Service::Pool(pool) => pool,
-            Service::Virtual(vs) => {
-                let opened = match token {
-                    Some(token) => Some(Box::new(vs.open(&gw.sessions, token, who)?)),
+        Ok(match service {
+            Service::Pool(pool) => Route::Endpoint {
+                pool: Arc::clone(pool),
+                endpoint,
+                body,
+                binding: match token {
+                    Some(token) => Some(Box::new(sessions.open(pool, token, who)?)),
                     None => None,
-                };
-                return Ok(Route::Virtual {
-                    vs,
-                    endpoint,
-                    body,
-                    opened,
-                });
-            }
-        };
-        let binding = match token {
-            Some(token) => Some(Box::new(gw.sessions.open(&pool, token, who)?)),
-            None => None,
-        };
-        Ok(Route::Endpoint {
-            pool,
-            endpoint,
-            body,
-            binding,
+                },
+            },
+            Service::Virtual(vs) => Route::Virtual {
+                vs: Arc::clone(vs),
+                endpoint,
+                body,
+                opened: match token {
+                    Some(token) => Some(Box::new(vs.open(sessions, token, who)?)),
+                    None => None,
+                },
+            },
         })
     }
 
@@ -305,6 +340,53 @@ impl McpProxy {
             return Err(refused);
         }
         Ok(body)
+    }
+
+    /// The same limits across replicas, and whether the session id was
+    /// ended on another replica (`[cluster] store`): one store round trip,
+    /// made only once every local step let the request through. A refused
+    /// legacy message's error goes to its stream too.
+    async fn check_shared(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        guard: &Guard,
+        service: &Service,
+        endpoint: Endpoint,
+        nonce: Option<&[u8; 12]>,
+    ) -> Result<(), Reject> {
+        let (Some(shared), Some(who), Some(key)) = (&guard.shared, &ctx.who, &ctx.key) else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let sessions = &self.gw.sessions;
+        // Every message of a batch, as the local steps counted them.
+        let tools: Vec<(&str, bool)> = (ctx.rpc.iter().flat_map(Rpc::methods))
+            .filter_map(|m| match m {
+                Method::ToolsCall { name } => {
+                    Some((name.as_str(), lists_tool(service, sessions, name)))
+                }
+                _ => None,
+            })
+            .collect();
+        let call = Call {
+            who,
+            key,
+            ip: client_ip(session),
+            messages: ctx.rpc.as_ref().map_or(1, |r| 1 + r.rest.len() as u32),
+            tools: &tools,
+            new_session: ctx.rpc.as_ref().is_some_and(Rpc::is_initialize)
+                || (endpoint == Endpoint::Sse && req.method == http::Method::GET),
+        };
+        let Err(refused) = shared.check(&guard.limits, &call, nonce).await else {
+            return Ok(());
+        };
+        if let (Endpoint::Messages, Some(rpc)) = (endpoint, &ctx.rpc) {
+            let legacy = &self.gw.legacy;
+            let index = service.index();
+            legacy.refuse_message(req.uri.query(), index, rpc, &refused, &who.name);
+        }
+        Err(refused)
     }
 
     /// A GET opens a stream: a new legacy session is a new session, and

@@ -95,6 +95,9 @@ pub enum Reject {
     /// A method a virtual server does not serve.
     #[error("method {0} is not served here")]
     NoMethod(String),
+    /// The store the replicas share is down and `on_store_down = "fail_closed"`.
+    #[error("the gateway cannot check its shared limits now; retry shortly")]
+    StoreUnavailable,
 }
 
 impl Reject {
@@ -102,9 +105,11 @@ impl Reject {
         match self {
             // The virtual server answers; one member's trouble is not the endpoint's.
             Reject::Member { .. } | Reject::NotFound(_) | Reject::NoMethod(_) => 200,
-            Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
-                503
-            }
+            Reject::Capacity
+            | Reject::LegacyCapacity
+            | Reject::SessionBusy
+            | Reject::NoBackend
+            | Reject::StoreUnavailable => 503,
             Reject::NoRoute | Reject::UnknownSession(_) | Reject::UnknownLegacySession => 404,
             Reject::Origin => 403,
             Reject::Method { .. } => 405,
@@ -129,9 +134,11 @@ impl Reject {
             Reject::NoMethod(_) => -32601,
             Reject::Parse(_) => -32700,
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => SESSION_NOT_FOUND,
-            Reject::Capacity | Reject::LegacyCapacity | Reject::SessionBusy | Reject::NoBackend => {
-                SERVER_ERROR
-            }
+            Reject::Capacity
+            | Reject::LegacyCapacity
+            | Reject::SessionBusy
+            | Reject::NoBackend
+            | Reject::StoreUnavailable => SERVER_ERROR,
             Reject::BadGateway | Reject::BackendAnswer(_) => -32603,
             Reject::AnswerUndeliverable => SERVER_ERROR,
             Reject::OutcomeUnknown => OUTCOME_UNKNOWN,
@@ -146,6 +153,7 @@ impl Reject {
         match self {
             Reject::Member { cause, .. } => cause.retry_after(),
             Reject::Capacity | Reject::SessionBusy | Reject::NoBackend => Some(1),
+            Reject::StoreUnavailable => Some(1),
             Reject::LegacyCapacity => Some(5),
             Reject::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -203,6 +211,7 @@ impl Reject {
             Reject::Unauthorized(_) => Reason::Auth,
             Reject::Forbidden { .. } | Reject::ToolDenied { .. } => Reason::Policy,
             Reject::RateLimited { .. } => Reason::Limit,
+            Reject::StoreUnavailable => Reason::Store,
         }
     }
 }
@@ -225,6 +234,9 @@ mod tests {
         assert_eq!((limited.status(), limited.code()), (429, -32023));
         assert_eq!(limited.data().unwrap()["retryAfterSeconds"], 7);
         assert_eq!(Reject::Method { allow: "GET" }.allow(), Some("GET"));
+        let closed = Reject::StoreUnavailable;
+        assert_eq!((closed.status(), closed.retry_after()), (503, Some(1)));
+        assert_eq!(closed.reason(), Reason::Store);
         assert_eq!(Reject::BodyTooLarge.reason(), Reason::Body);
         assert!(
             Reject::UnknownSession("session id expired".into())

@@ -3,19 +3,24 @@
 //! session layer's exchange (`session::exchange`), answered through a
 //! [`Downstream`]. A request with a session id goes where its session
 //! lives; one without goes to the least-loaded healthy backend, and a
-//! session it opens is sealed into the id the client gets.
+//! session it opens is sealed into the id the client gets. A `DELETE` that
+//! ends a session is recorded in the store the replicas share (if any)
+//! before the client hears it ended ([`Ending`]), so no replica serves the
+//! id after that.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use serde_json::value::RawValue;
 
 use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::Rpc;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
-use crate::relay::{self, Answer, Downstream, Failure, Pass, Shape, Sink};
+use crate::relay::{self, Answer, Downstream, Failure, Pass, Seen, Shape, Sink};
 use crate::session::exchange::{Exchange, Message, Target};
 use crate::session::{Binding, Caller, Sessions};
 use crate::state::State;
@@ -89,9 +94,22 @@ impl Streamable {
             upstream: &self.upstream,
             state: &self.state,
         };
-        let outcome = exchange.run(&msg, target, &mut down).await?;
+        let outcome = match &req.binding {
+            Some(binding) if msg.method == http::Method::DELETE => {
+                let mut ending = Ending {
+                    down: &mut down,
+                    sessions: &self.sessions,
+                    binding,
+                };
+                exchange.run(&msg, target, &mut ending).await?
+            }
+            _ => exchange.run(&msg, target, &mut down).await?,
+        };
         if outcome.answered.is_some_and(|a| a.gone) {
             // The session was already gone there: ended, as the client asked.
+            if let Some(binding) = &req.binding {
+                self.sessions.end_shared(binding).await;
+            }
             let ok = ResponseHeader::build(200, None).map_err(Failure::Abort)?;
             down.whole(ok, Bytes::new()).await?;
         }
@@ -204,6 +222,43 @@ impl Streamable {
             }
             Err(_) => Err(UpstreamError::Failed("the relayed answer broke".into())),
         }
+    }
+}
+
+/// The client's sink for a `DELETE` of its session: a success answer is
+/// relayed only after the session's end is recorded for every replica.
+struct Ending<'a, 'b> {
+    down: &'a mut Downstream<'b>,
+    sessions: &'a Sessions,
+    binding: &'a Binding,
+}
+
+impl Sink for Ending<'_, '_> {
+    fn client_headers(&self) -> Option<&HeaderMap> {
+        self.down.client_headers()
+    }
+
+    async fn relay(&mut self, answer: Answer<'_>) -> Result<Seen, Failure> {
+        if answer.parts.status.is_success() {
+            self.sessions.end_shared(self.binding).await;
+        }
+        self.down.relay(answer).await
+    }
+
+    async fn write_refusal(
+        &mut self,
+        reject: &Reject,
+        id: Option<&RawValue>,
+    ) -> Result<(), Failure> {
+        self.down.write_refusal(reject, id).await
+    }
+
+    async fn finish(&mut self) -> Result<(), Failure> {
+        self.down.finish().await
+    }
+
+    async fn reply(&mut self, answer: Option<Bytes>, session: Option<&str>) -> Result<(), Failure> {
+        self.down.reply(answer, session).await
     }
 }
 

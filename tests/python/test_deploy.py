@@ -292,8 +292,11 @@ def test_kubernetes_deployments_keep_the_production_rules():
             drain = gateway_toml["shutdown_grace_secs"] + gateway_toml["shutdown_timeout_secs"]
         assert spec["terminationGracePeriodSeconds"] > pre_stop + drain, name
         assert any(p["kind"] == "PodDisruptionBudget" and selects(p["spec"]["selector"], labels) for p in docs), name
-    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "registry-backend" and hpa["spec"]["minReplicas"] >= 2
+        # several replicas, more under load (CPU)
+        hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+                   and d["spec"]["scaleTargetRef"]["name"] == name)
+        assert hpa["spec"]["minReplicas"] >= 2 and d["spec"]["replicas"] >= 2, name
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"], name
 
 
 def test_the_public_service_serves_tls_only_and_backends_take_traffic_only_from_the_gateway():
@@ -314,6 +317,41 @@ def test_the_public_service_serves_tls_only_and_backends_take_traffic_only_from_
     admin = [r for r in gw_policy["spec"]["ingress"] if any(p["port"] == 9090 for p in r["ports"])]
     assert admin and all(f["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
                          for r in admin for f in r["from"])
+
+
+def test_gateway_replicas_share_a_redis_that_only_they_reach():
+    docs = k8s_docs()
+    gateway_toml = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"])
+    cluster = gateway_toml["cluster"]
+    redis = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "mcp-gateway-redis")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mcp-gateway-redis")
+    assert cluster["store"].startswith(f"redis://{svc['metadata']['name']}.default.svc.cluster.local:6379/")
+    assert svc["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    # the fail-open divisor is the autoscaler's floor
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+               and d["spec"]["scaleTargetRef"]["name"] == "mcp-gateway")
+    assert cluster["replicas"] == hpa["spec"]["minReplicas"]
+    # one Secret holds the password the gateway sends and Redis requires
+    (c,) = deployment("mcp-gateway")["spec"]["template"]["spec"]["containers"]
+    gw_secret = next(e for e in c["env"] if e["name"] == "MCP_GATEWAY_STORE_PASSWORD")["valueFrom"]["secretKeyRef"]
+    (r,) = redis["spec"]["template"]["spec"]["containers"]
+    redis_secret = next(e for e in r["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert (gw_secret["name"], gw_secret["key"]) == (redis_secret["name"], redis_secret["key"])
+    assert "$(REDIS_PASSWORD)" in r["args"] and "volatile-ttl" in r["args"]
+    # only gateway pods connect
+    gw_labels = deployment("mcp-gateway")["spec"]["template"]["metadata"]["labels"]
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy"
+                  and selects(d["spec"]["podSelector"], redis["spec"]["template"]["metadata"]["labels"]))
+    sources = [f for rule in policy["spec"]["ingress"] for f in rule["from"]]
+    assert sources and all(selects(f["podSelector"], gw_labels) for f in sources)
+    # Compose: three replicas behind the balancer, the same store
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert compose["gateway"]["deploy"]["replicas"] >= 2 and "redis" in compose
+    assert "redis://redis:6379/" in compose["gateway"]["environment"]["MCP_GATEWAY_STORE"]
+    haproxy = (DEPLOY / "haproxy.cfg").read_text()
+    assert re.search(r"server-template \w+ \d+ gateway:8080", haproxy) and "port 9090" in haproxy
+    assert any("haproxy.cfg" in v for v in compose["balancer"]["volumes"])
+    assert compose["balancer"]["ports"] == ["8080:8080"]
 
 
 def test_compose_and_systemd_run_the_same_shape():

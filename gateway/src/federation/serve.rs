@@ -483,7 +483,8 @@ impl Federated<'_> {
             });
         join_all(ends).await;
         self.sessions
-            .forget_members(session.nonce, &session.members);
+            .end_members(session.nonce, &session.members)
+            .await;
         down.json(200, Bytes::new()).await
     }
 

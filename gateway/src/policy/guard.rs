@@ -1,6 +1,7 @@
 //! The reloadable part of the request path: who may come in
-//! ([`Authenticator`]), what they may do ([`Rules`]), how fast ([`Limiters`]),
-//! and each pool's credential mode. Built whole from the configuration and
+//! ([`Authenticator`]), what they may do ([`Rules`]), how fast ([`Limiters`],
+//! and [`Shared`] across replicas when they share a store), and each pool's
+//! credential mode. Built whole from the configuration and
 //! swapped whole on reload (SIGHUP, `POST /reload`), so a request sees one
 //! consistent set; an invalid file leaves the running set in place.
 
@@ -8,12 +9,16 @@ use std::sync::Arc;
 
 use super::auth::{Authenticator, Rules};
 use super::limits::Limiters;
+use super::shared::Shared;
+use crate::cluster::Store;
 use crate::config::{AuthMode, Config};
 
 pub struct Guard {
     pub auth: Authenticator,
     pub rules: Rules,
     pub limits: Arc<Limiters>,
+    /// The same limits across replicas (`[cluster] store`).
+    pub shared: Option<Shared>,
     /// Credential mode per pool, by pool index.
     modes: Vec<AuthMode>,
     /// Header carrying the verified principal to backends.
@@ -25,16 +30,27 @@ pub struct Guard {
 
 impl Guard {
     /// The policy of `config` after `previous`: the counts of what is held
-    /// now (open streams, requests in flight per address) carry over.
-    pub fn reloaded(config: &Config, previous: &Guard) -> anyhow::Result<Self> {
-        let mut guard = Self::new(config)?;
+    /// now (open streams, requests in flight per address) carry over; the
+    /// limits hold across the replicas sharing `store`.
+    pub fn reloaded(
+        config: &Config,
+        previous: &Guard,
+        store: Option<Arc<Store>>,
+    ) -> anyhow::Result<Self> {
+        let mut guard = Self::with_store(config, store)?;
         if let Some(limits) = Arc::get_mut(&mut guard.limits) {
             limits.keep_counts(&previous.limits);
         }
         Ok(guard)
     }
 
+    /// The policy of `config`, without a shared store.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Self::with_store(config, None)
+    }
+
+    /// The policy of `config`; its limits hold across the replicas sharing `store`.
+    pub fn with_store(config: &Config, store: Option<Arc<Store>>) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&config.auth)?;
         let default = if auth.configured() {
             AuthMode::Required
@@ -60,6 +76,7 @@ impl Guard {
             auth,
             rules: Rules::new(&config.auth)?,
             limits: Limiters::new(&config.limits.tiers, &config.limits.global),
+            shared: store.map(|s| Shared::new(s, config)),
             modes,
             principal_header: http::HeaderName::from_bytes(
                 config.auth.principal_header.to_ascii_lowercase().as_bytes(),
@@ -68,6 +85,14 @@ impl Guard {
             resource: config.auth.resource.clone(),
             authorization_servers: config.auth.authorization_servers.clone(),
         })
+    }
+
+    /// Forgets idle limiter keys (on a timer).
+    pub fn tidy(&self) {
+        self.limits.tidy();
+        if let Some(shared) = &self.shared {
+            shared.tidy();
+        }
     }
 
     /// How pool `index` treats credentials.

@@ -227,6 +227,7 @@ impl<K: Hash + Eq + Clone + Weigh> ShrinkableKeyedStateStore<K> for Store<K> {
 pub struct Keyed<K: Hash + Eq + Clone + Weigh> {
     limiter: RateLimiter<K, Store<K>, DefaultClock>,
     table: Arc<Table<K>>,
+    quota: Quota,
 }
 
 impl<K: Hash + Eq + Clone + Weigh> Keyed<K> {
@@ -243,7 +244,13 @@ impl<K: Hash + Eq + Clone + Weigh> Keyed<K> {
         Self {
             limiter: RateLimiter::new(quota, Store(Arc::clone(&table)), DefaultClock::default()),
             table,
+            quota,
         }
+    }
+
+    /// The limit every key of this table has.
+    pub fn quota(&self) -> Quota {
+        self.quota
     }
 
     /// One cell for `key`, or when it may be tried again.

@@ -14,6 +14,14 @@
 //! (`jsonrpc::parse` refuses them). Stream counts hold only principals with
 //! a stream open. No lock is shared by all requests: the limiters and
 //! counters are sharded maps and atomics.
+//!
+//! With a store the replicas share (`[cluster] store`), these tables are
+//! the first line: a request they let through is then counted against the
+//! same limits in the store ([`Limiters::asks`], checked by
+//! [`shared`](super::shared)); one they refuse never reaches it. While the
+//! store is down, [`Limiters::divided`] (each limit 1/replicas) stands in
+//! for it ([`Limiters::check_rates`]). Stream counts, the in-flight cap per
+//! address and the connection rate per address stay per replica.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,6 +35,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::auth::Principal;
 use super::keyed::Keyed;
+use crate::cluster::Ask;
 use crate::config::{GlobalLimits, TierConfig};
 use crate::reject::Reject;
 
@@ -87,6 +96,7 @@ impl Tier {
 pub struct Limiters {
     tiers: BTreeMap<String, Tier>,
     global: Option<DefaultDirectRateLimiter>,
+    global_quota: Option<Quota>,
     per_ip: Option<Keyed<IpAddr>>,
     per_ip_connections: Option<Keyed<IpAddr>>,
     per_ip_inflight: Option<usize>,
@@ -136,6 +146,7 @@ impl Limiters {
             global: global
                 .requests_per_second
                 .map(|n| RateLimiter::direct(Quota::per_second(nz(n)))),
+            global_quota: global.requests_per_second.map(|n| Quota::per_second(nz(n))),
             per_ip: global
                 .per_ip_requests_per_second
                 .map(|n| b.keyed(Quota::per_second(nz(n)))),
@@ -161,9 +172,15 @@ impl Limiters {
     }
 
     fn tier(&self, who: &Principal) -> Option<&Tier> {
+        self.tier_named(who).map(|(_, t)| t)
+    }
+
+    /// The principal's tier and its name (an unknown tier is "default").
+    fn tier_named(&self, who: &Principal) -> Option<(&str, &Tier)> {
         self.tiers
-            .get(&who.tier)
-            .or_else(|| self.tiers.get("default"))
+            .get_key_value(&who.tier)
+            .or_else(|| self.tiers.get_key_value("default"))
+            .map(|(name, t)| (name.as_str(), t))
     }
 
     /// The key a principal is limited by: its name, or its IP when anonymous.
@@ -187,12 +204,7 @@ impl Limiters {
     /// Before authentication: the client IP's rate and in-flight cap.
     pub fn check_ip(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<Held<IpAddr>>, Reject> {
         let Some(ip) = ip else { return Ok(None) };
-        if let Some(l) = &self.per_ip {
-            l.check_key(&ip).map_err(|n| Reject::RateLimited {
-                retry_after: wait(n),
-                what: "requests per client address",
-            })?;
-        }
+        self.check_ip_rate(ip)?;
         let Some(cap) = self.per_ip_inflight else {
             return Ok(None);
         };
@@ -216,6 +228,17 @@ impl Limiters {
             key: ip,
             which: |l| &l.ip_inflight,
         }))
+    }
+
+    /// The client address's request rate.
+    fn check_ip_rate(&self, ip: IpAddr) -> Result<(), Reject> {
+        if let Some(l) = &self.per_ip {
+            l.check_key(&ip).map_err(|n| Reject::RateLimited {
+                retry_after: wait(n),
+                what: "requests per client address",
+            })?;
+        }
+        Ok(())
     }
 
     /// Every request: the global rate and the principal's.
@@ -354,6 +377,137 @@ impl Limiters {
 
     /// How often [`Limiters::tidy`] should run.
     pub const TIDY_EVERY: Duration = Duration::from_secs(10);
+}
+
+/// What one request counts against the rate limits, as the shared store
+/// and the fallback see it (the same limits the steps checked here).
+pub struct Call<'a> {
+    pub who: &'a Principal,
+    /// [`Limiters::key`]: the principal's name, or the address of an anonymous client.
+    pub key: &'a Arc<str>,
+    pub ip: Option<IpAddr>,
+    /// Messages in the body (a batch's each count as a request; 1 otherwise).
+    pub messages: u32,
+    /// Its `tools/call`s (a batch may hold several): each tool, and whether
+    /// the pool's servers listed it.
+    pub tools: &'a [(&'a str, bool)],
+    /// It opens a session (`initialize`, `GET /sse`).
+    pub new_session: bool,
+}
+
+/// A GCRA limit as the store takes it: one cell every interval, a burst.
+fn ask(
+    prefix: &str,
+    kind: &str,
+    parts: &[&str],
+    q: Quota,
+    what: &'static str,
+) -> crate::cluster::Ask {
+    Ask::new(
+        prefix,
+        kind,
+        parts,
+        q.replenish_interval(),
+        q.burst_size().get(),
+        what,
+    )
+}
+
+impl Limiters {
+    /// The rate limits `call` counts against, as asks of the shared store
+    /// (keys under `prefix`), in the order the steps check them here.
+    pub fn asks(&self, call: &Call<'_>, prefix: &str, out: &mut Vec<Ask>) {
+        if let (Some(l), Some(ip)) = (&self.per_ip, call.ip) {
+            let ip = ip.to_string();
+            let what = "requests per client address";
+            out.push(ask(prefix, "ip", &[&ip], l.quota(), what));
+        }
+        let messages = call.messages;
+        if let Some(q) = self.global_quota {
+            let all = ask(prefix, "all", &[], q, "requests to the gateway");
+            out.push(all.taking(messages));
+        }
+        let Some((tier, t)) = self.tier_named(call.who) else {
+            return;
+        };
+        let key: &str = call.key;
+        let what = "requests per principal";
+        let requests = ask(prefix, "rq", &[tier, key], t.requests.quota(), what);
+        out.push(requests.taking(messages));
+        for &(tool, listed) in call.tools {
+            let what = "calls of this tool per principal";
+            let one = if let Some(l) = t.per_tool.get(tool) {
+                ask(prefix, "pt", &[tier, tool, key], l.quota(), what)
+            } else if let Some(l) = &t.tools {
+                let tool = if listed { tool } else { &self.unlisted };
+                ask(prefix, "tl", &[tier, key, tool], l.quota(), what)
+            } else {
+                continue;
+            };
+            // A batch calling one tool twice takes two cells of one key.
+            match out.iter_mut().find(|a| a.key == one.key) {
+                Some(same) => same.cells += 1,
+                None => out.push(one),
+            }
+        }
+        if let (true, Some(l)) = (call.new_session, &t.sessions) {
+            let what = "new sessions per principal";
+            out.push(ask(prefix, "ss", &[tier, key], l.quota(), what));
+        }
+    }
+
+    /// Every rate limit `call` counts against, checked here (the fallback
+    /// while the shared store is down).
+    pub fn check_rates(&self, call: &Call<'_>) -> Result<(), Reject> {
+        if let Some(ip) = call.ip {
+            self.check_ip_rate(ip)?;
+        }
+        for _ in 0..call.messages.max(1) {
+            self.check_request(call.who, call.key)?;
+        }
+        for &(tool, listed) in call.tools {
+            self.check_tool(call.who, call.key, tool, |_| listed)?;
+        }
+        if call.new_session {
+            self.check_new_session(call.who, call.key)?;
+        }
+        Ok(())
+    }
+
+    /// These limits, each rate and burst 1/`n` (rounded up): what one of
+    /// `n` replicas allows on its own while their shared store is down.
+    pub fn divided(
+        tiers: &BTreeMap<String, TierConfig>,
+        global: &GlobalLimits,
+        n: u32,
+    ) -> Arc<Self> {
+        let n = n.max(1);
+        let part = |v: u32| v.div_ceil(n).max(1);
+        let tiers = tiers
+            .iter()
+            .map(|(name, t)| {
+                let t = TierConfig {
+                    requests_per_second: part(t.requests_per_second),
+                    burst: t.burst.map(part),
+                    tool_calls_per_minute: t.tool_calls_per_minute.map(part),
+                    tool_limits: t
+                        .tool_limits
+                        .iter()
+                        .map(|(k, v)| (k.clone(), part(*v)))
+                        .collect(),
+                    sessions_per_minute: t.sessions_per_minute.map(part),
+                    max_streams: t.max_streams,
+                };
+                (name.clone(), t)
+            })
+            .collect();
+        let global = GlobalLimits {
+            requests_per_second: global.requests_per_second.map(part),
+            per_ip_requests_per_second: global.per_ip_requests_per_second.map(part),
+            ..global.clone()
+        };
+        Self::new(&tiers, &global)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! | tool | [`auth::Grant::may_call`], [`limits::Limiters::check_tool`] | 403 / 429 |
 //! | sessions, streams | [`limits::Limiters::check_new_session`], [`limits::Limiters::open_stream`] | 429 |
 //! | session | `session::Sessions::open` | 404 (-32001) |
+//! | across replicas | [`shared::Shared::check`] (with `[cluster] store`) | 429 / 404 / 503 (`fail_closed`) |
 
 pub mod auth;
 pub mod body;
@@ -25,3 +26,4 @@ pub mod guard;
 pub mod jsonrpc;
 pub mod keyed;
 pub mod limits;
+pub mod shared;

@@ -69,6 +69,8 @@ pub struct Binding {
     pub(super) init: String,
     /// The nonce of the client's sealed id (keys this replica's tables).
     pub(super) nonce: Option<[u8; 12]>,
+    /// When the client's id was issued (Unix seconds; 0: unknown).
+    pub(super) issued_at: u64,
     /// `None`: the backend it lived on is gone; it moves before anything is sent.
     current: ArcSwapOption<Link>,
     /// Held while a lost link is replaced, so it is replaced once.
@@ -83,10 +85,16 @@ impl Binding {
             pool,
             init,
             nonce,
+            issued_at: 0,
             current: ArcSwapOption::new(link.map(Arc::new)),
             moving: Mutex::new(()),
             moved: Notify::new(),
         }
+    }
+
+    /// The nonce of the client's sealed id, if it has one.
+    pub fn nonce(&self) -> Option<&[u8; 12]> {
+        self.nonce.as_ref()
     }
 
     /// The backend session it lives on now.

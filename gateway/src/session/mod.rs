@@ -4,7 +4,9 @@
 //! client sees, opens that id again on later requests ([`Binding`]), takes a
 //! backend that refused a connection out of rotation for a while, and
 //! carries each message to a backend ([`exchange`]), moving the session when
-//! its backend is gone ([`failover`]).
+//! its backend is gone ([`failover`]). With a store the replicas share, an
+//! ended session is recorded there too ([`Sessions::end_shared`]), so every
+//! replica refuses it (checked with the request's limits, `policy/shared.rs`).
 
 pub mod binding;
 pub mod exchange;
@@ -17,13 +19,14 @@ use std::time::Duration;
 
 pub use binding::{Binding, Caller, Link};
 
+use crate::cluster::Store;
 use crate::metrics::{Metrics, Transport};
 use crate::policy::edge::{self, Endpoint};
 use crate::policy::jsonrpc::Method;
 use crate::pool::outlier::Outcome;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
-use crate::token::TokenSealer;
+use crate::token::{TokenSealer, now_secs};
 use rebind::{NonceTable, Rebinds, Rebound};
 use replay::ToolHints;
 
@@ -56,6 +59,8 @@ pub struct Sessions {
     /// A session is moved under one of these (by its id's nonce), so that
     /// its concurrent requests move it once ([`MOVE_LOCKS`], fixed).
     moves: Vec<tokio::sync::Mutex<()>>,
+    /// The store the replicas share, if any.
+    store: Option<Arc<Store>>,
 }
 
 /// Locks that serialize the moves of one session across its requests.
@@ -75,6 +80,7 @@ impl Sessions {
             moves: (0..MOVE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            store: None,
         }
     }
 
@@ -82,6 +88,12 @@ impl Sessions {
     fn move_lock(&self, nonce: &[u8; 12]) -> &tokio::sync::Mutex<()> {
         let at = u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) as usize;
         &self.moves[at % self.moves.len()]
+    }
+
+    /// Ended sessions are recorded in `store` too (for every replica).
+    pub fn sharing(mut self, store: Option<Arc<Store>>) -> Self {
+        self.store = store;
+        self
     }
 
     pub fn pools(&self) -> &[Arc<Pool>] {
@@ -165,12 +177,9 @@ impl Sessions {
             version: None,
             generation: 0,
         });
-        Ok(Binding::new(
-            Arc::clone(pool),
-            sref.init,
-            Some(sref.nonce),
-            link,
-        ))
+        let mut binding = Binding::new(Arc::clone(pool), sref.init, Some(sref.nonce), link);
+        binding.issued_at = sref.issued_at;
+        Ok(binding)
     }
 
     /// Opens a federated session's id (a virtual server at route `route`,
@@ -219,7 +228,10 @@ impl Sessions {
                     version: None,
                     generation: 0,
                 });
-                Binding::new(Arc::clone(pool), fref.init.clone(), Some(key), link)
+                let mut binding =
+                    Binding::new(Arc::clone(pool), fref.init.clone(), Some(key), link);
+                binding.issued_at = fref.issued_at;
+                binding
             })
             .collect();
         Ok((fref.nonce, bindings))
@@ -271,6 +283,44 @@ impl Sessions {
         if let Some(nonce) = binding.nonce {
             self.rebinds.remove(&nonce);
             self.ended.insert(nonce, ());
+        }
+    }
+
+    /// The client is ending the session (its DELETE was answered with
+    /// success): every replica sharing the store refuses its id from now
+    /// on. The mark lives as long as the id could (the rest of `max_age`).
+    /// Called before the client hears the answer; with the store down the
+    /// mark is only this replica's (`forget`), and the failure is counted.
+    pub async fn end_shared(&self, binding: &Binding) {
+        if let Some(nonce) = binding.nonce() {
+            self.end_shared_id(nonce, binding.issued_at).await;
+        }
+    }
+
+    /// The client ended a federated session (DELETE): as
+    /// [`Self::forget_members`], and, like [`Self::end_shared`], for every
+    /// replica sharing the store, before the client hears the answer.
+    pub async fn end_members(&self, nonce: [u8; 12], members: &[Binding]) {
+        self.forget_members(nonce, members);
+        let issued_at = members.first().map_or(0, |b| b.issued_at);
+        self.end_shared_id(&nonce, issued_at).await;
+    }
+
+    /// Marks the id with `nonce`, issued at `issued_at`, ended in the store
+    /// for the rest of its life.
+    async fn end_shared_id(&self, nonce: &[u8; 12], issued_at: u64) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let ends = issued_at + self.sealer.max_age().as_secs();
+        let left = ends.saturating_sub(now_secs());
+        if left > 0
+            && store
+                .end_session(nonce, Duration::from_secs(left))
+                .await
+                .is_err()
+        {
+            tracing::debug!("an ended session was not recorded in the shared store (down)");
         }
     }
 

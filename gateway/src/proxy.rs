@@ -319,11 +319,7 @@ impl McpProxy {
                         scope: grant.required_scope().map(str::to_owned),
                     });
                 }
-                let sessions = &self.gw.sessions;
-                let listed = |t: &str| match service {
-                    Service::Pool(pool) => sessions.hints(pool).lists(t),
-                    Service::Virtual(vs) => vs.lists_tool(sessions, t),
-                };
+                let listed = |t: &str| lists_tool(service, &self.gw.sessions, t);
                 guard.limits.check_tool(who, key, name, listed)?;
             }
             if rpc.is_initialize() {
@@ -500,9 +496,9 @@ impl McpProxy {
             Transport::Stateless
         };
         let version = header(head, "mcp-protocol-version").map(str::to_owned);
+        let method = head.method.clone();
         let req = Request {
             vs,
-            method: head.method.clone(),
             body,
             rpc,
             caller: &caller,
@@ -516,7 +512,7 @@ impl McpProxy {
             state: &gw.state,
         };
         let mut down = Downstream::new(session, &gw.state);
-        match req.method {
+        match method {
             http::Method::GET => fed.stream(&req, &mut down).await,
             http::Method::DELETE => fed.end(&req, &mut down).await,
             _ => fed.serve(&req, &mut down).await,

@@ -85,6 +85,23 @@ def result_of(r):
     return msgs[-1]
 
 
+async def calls_reach_their_owners(s, message):
+    """A renamed tool, a prefixed one, sampling and progress through the federation."""
+    said = await s.call_tool("say", {"message": message})
+    assert said.content[0].text == f"Echo: {message}"
+    health = await s.call_tool("reg_health_check", {})
+    assert json.loads(health.content[0].text)["instance"] == "fed-0"
+    sampled = await s.call_tool("ev_trigger-sampling-request", {"prompt": "2+2?", "maxTokens": 5})
+    assert "sampled: " in sampled.content[0].text, sampled.content
+    progress = []
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+    done = await s.call_tool("ev_trigger-long-running-operation", {"duration": 1, "steps": 2},
+                             progress_callback=on_progress)
+    assert "completed" in done.content[0].text and progress == [1.0, 2.0], progress
+
+
 def test_one_session_sees_both_members_and_calls_reach_the_owner_over_streamable_http(fed):
     async def main():
         async with httpx2.AsyncClient(timeout=30) as http:
@@ -97,21 +114,9 @@ def test_one_session_sees_both_members_and_calls_reach_the_owner_over_streamable
                     assert {"reg_health_check", "reg_search_agents", "say", "ev_trigger-sampling-request"} <= set(tools), sorted(tools)
                     assert "ev_echo" not in tools and "echo" not in tools, "renamed: only the new name is shown"
                     assert tools["say"].description == "Says it back, through the federation"
-                    said = await s.call_tool("say", {"message": "federated"})
-                    assert said.content[0].text == "Echo: federated"
-                    health = await s.call_tool("reg_health_check", {})
-                    assert json.loads(health.content[0].text)["instance"] == "fed-0"
-                    sampled = await s.call_tool("ev_trigger-sampling-request", {"prompt": "2+2?", "maxTokens": 5})
-                    assert "sampled: " in sampled.content[0].text, sampled.content
+                    await calls_reach_their_owners(s, "federated")
                     elicited = await s.call_tool("ev_trigger-elicitation-request", {})
                     assert "Ada Lovelace" in " ".join(c.text for c in elicited.content if hasattr(c, "text"))
-                    progress = []
-
-                    async def on_progress(value, total, message):
-                        progress.append(value)
-                    done = await s.call_tool("ev_trigger-long-running-operation", {"duration": 1, "steps": 2},
-                                             progress_callback=on_progress)
-                    assert "completed" in done.content[0].text and progress == [1.0, 2.0], progress
                     resources = [str(x.uri) for x in (await s.list_resources()).resources]
                     assert "health://check" in resources, "the registry's resource is listed"
                     theirs = [u for u in resources if u != "health://check"]
@@ -143,19 +148,7 @@ def test_a_legacy_sse_client_gets_the_same_federation(fed):
                 assert init.server_info.name == "all"
                 tools = {x.name for x in (await s.list_tools()).tools}
                 assert {"reg_get_agent", "say", "ev_trigger-sampling-request"} <= tools, sorted(tools)
-                said = await s.call_tool("say", {"message": "over legacy"})
-                assert said.content[0].text == "Echo: over legacy"
-                health = await s.call_tool("reg_health_check", {})
-                assert json.loads(health.content[0].text)["instance"] == "fed-0"
-                sampled = await s.call_tool("ev_trigger-sampling-request", {"prompt": "2+2?", "maxTokens": 5})
-                assert "sampled: " in sampled.content[0].text, sampled.content
-                progress = []
-
-                async def on_progress(value, total, message):
-                    progress.append(value)
-                done = await s.call_tool("ev_trigger-long-running-operation", {"duration": 1, "steps": 2},
-                                         progress_callback=on_progress)
-                assert "completed" in done.content[0].text and progress == [1.0, 2.0], progress
+                await calls_reach_their_owners(s, "over legacy")
                 got = await s.get_prompt("ev_simple-prompt")
                 assert got.messages
     asyncio.run(main())

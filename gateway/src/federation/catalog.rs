@@ -68,15 +68,6 @@ impl Kind {
         }
     }
 
-    /// The server capability that offers it.
-    pub fn capability(self) -> &'static str {
-        match self {
-            Kind::Tools => "tools",
-            Kind::Prompts => "prompts",
-            Kind::Resources | Kind::Templates => "resources",
-        }
-    }
-
     /// The notification that says it changed.
     pub fn changed(self) -> &'static str {
         match self {

@@ -179,8 +179,8 @@ impl Virtual {
         token: &str,
         principal: &str,
     ) -> Result<Opened, Reject> {
-        let pools: Vec<Arc<Pool>> = self.members.iter().map(|m| Arc::clone(&m.pool)).collect();
-        let (nonce, members) = sessions.open_members(self.index, &pools, token, principal)?;
+        let pools = self.members.iter().map(|m| &m.pool);
+        let (nonce, members) = sessions.open_members(self.index, pools, token, principal)?;
         Ok(Opened { nonce, members })
     }
 

@@ -44,7 +44,6 @@ pub struct Federated<'a> {
 /// One client request to a virtual server.
 pub struct Request<'r> {
     pub vs: &'r Arc<Virtual>,
-    pub method: http::Method,
     pub body: Bytes,
     pub rpc: Option<&'r Rpc>,
     pub caller: &'r Caller,
@@ -391,7 +390,6 @@ impl Federated<'_> {
             let mut got = Collect::default();
             let sub = Request {
                 vs,
-                method: http::Method::POST,
                 body: Bytes::new(),
                 rpc: Some(&rpc),
                 caller: &caller,
@@ -565,12 +563,8 @@ async fn announce(vs: &Virtual, queue: Queue) {
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(_) => return,
         }
-        for method in [
-            "notifications/tools/list_changed",
-            "notifications/prompts/list_changed",
-            "notifications/resources/list_changed",
-        ] {
-            let note = json!({"jsonrpc": "2.0", "method": method}).to_string();
+        for kind in [Kind::Tools, Kind::Prompts, Kind::Resources] {
+            let note = json!({"jsonrpc": "2.0", "method": kind.changed()}).to_string();
             if queue.deliver(queue::message(&note)).await.is_err() {
                 return;
             }

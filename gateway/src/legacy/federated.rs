@@ -34,14 +34,12 @@ impl Bridge {
 
 fn request<'r>(
     vs: &'r Arc<Virtual>,
-    method: http::Method,
     (body, rpc): (Bytes, Option<&'r Rpc>),
     caller: &'r Caller,
     session: Option<&'r Opened>,
 ) -> Request<'r> {
     Request {
         vs,
-        method,
         body,
         rpc,
         caller,
@@ -63,7 +61,7 @@ impl Upstreams for Virtual {
         out: &mut Queue,
         caller: &Caller,
     ) -> Result<Option<Arc<Opened>>, ()> {
-        let req = request(&self, http::Method::POST, (body, Some(rpc)), caller, None);
+        let req = request(&self, (body, Some(rpc)), caller, None);
         let mut keep = KeepId { out, id: None };
         bridge
             .federated()
@@ -83,13 +81,7 @@ impl Upstreams for Virtual {
         mut out: Queue,
         caller: Arc<Caller>,
     ) {
-        let req = request(
-            &self,
-            http::Method::POST,
-            (body, Some(&rpc)),
-            &caller,
-            Some(&session),
-        );
+        let req = request(&self, (body, Some(&rpc)), &caller, Some(&session));
         let _ = bridge.federated().serve(&req, &mut out).await;
     }
 
@@ -101,13 +93,7 @@ impl Upstreams for Virtual {
         out: Queue,
         caller: Arc<Caller>,
     ) {
-        let req = request(
-            &self,
-            http::Method::GET,
-            (Bytes::new(), None),
-            &caller,
-            Some(&session),
-        );
+        let req = request(&self, (Bytes::new(), None), &caller, Some(&session));
         bridge.federated().feeds(&req, &session, out).await;
     }
 

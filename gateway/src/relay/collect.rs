@@ -14,8 +14,6 @@ use crate::upstream;
 pub struct Collect {
     /// The answer to the request (or the reply the gateway made).
     pub answer: Option<String>,
-    /// The messages of the answer that were not it (notifications …).
-    pub others: Vec<String>,
     /// Why the exchange was refused, if it was.
     pub refused: Option<Reject>,
 }
@@ -39,8 +37,6 @@ impl Sink for Collect {
         for message in upstream::messages_of(&parts.headers, &body, MAX_EVENT) {
             if pass.see(&message) {
                 self.answer = Some(message);
-            } else {
-                self.others.push(message);
             }
         }
         if pass.awaits_answer() && self.answer.is_none() {

@@ -262,15 +262,7 @@ impl<'a> Pass<'a> {
     /// One message of an event stream: notes whether it is the answer;
     /// returns what to send instead (`None`: unchanged).
     fn message(&mut self, data: &str) -> Option<String> {
-        self.seen.messages += 1;
-        if let Some(notice) = self.notice {
-            notice(data);
-        }
-        if let (Some(id), false) = (self.answer_to, self.seen.answered)
-            && jsonrpc::answers(data, id)
-        {
-            self.answer_seen(data);
-        }
+        self.see(data);
         self.shape.apply(data)
     }
 
@@ -411,12 +403,7 @@ impl<'a> Downstream<'a> {
 
     /// A complete JSON answer of the gateway's own (`{}` bodies, 202s).
     pub async fn json(&mut self, status: u16, body: Bytes) -> Result<(), Failure> {
-        let mut head = ResponseHeader::build(status, Some(3)).map_err(Failure::Abort)?;
-        head.insert_header("content-type", "application/json")
-            .map_err(Failure::Abort)?;
-        head.insert_header("cache-control", "no-store")
-            .map_err(Failure::Abort)?;
-        self.whole(head, body).await
+        self.whole(json_head(status)?, body).await
     }
 
     /// Opens an event stream to the client (chunked on HTTP/1.1).
@@ -517,18 +504,23 @@ impl Sink for Downstream<'_> {
             }
             return self.finish().await;
         }
-        let status = if answer.is_some() { 200 } else { 202 };
-        let mut head = ResponseHeader::build(status, Some(4)).map_err(Failure::Abort)?;
-        head.insert_header("content-type", "application/json")
-            .map_err(Failure::Abort)?;
-        head.insert_header("cache-control", "no-store")
-            .map_err(Failure::Abort)?;
+        let mut head = json_head(if answer.is_some() { 200 } else { 202 })?;
         if let Some(token) = session {
             head.insert_header(SESSION_HEADER, token)
                 .map_err(Failure::Abort)?;
         }
         self.whole(head, answer.unwrap_or_default()).await
     }
+}
+
+/// The header of a JSON answer the gateway writes itself.
+fn json_head(status: u16) -> Result<ResponseHeader, Failure> {
+    let mut head = ResponseHeader::build(status, Some(4)).map_err(Failure::Abort)?;
+    head.insert_header("content-type", "application/json")
+        .map_err(Failure::Abort)?;
+    head.insert_header("cache-control", "no-store")
+        .map_err(Failure::Abort)?;
+    Ok(head)
 }
 
 /// A JSON answer read whole, sent as one event into an open stream, which then ends.

@@ -187,10 +187,10 @@ impl Sessions {
     /// replica last saw it live, or with no link when the member has no
     /// session yet (it is opened, as a move is, when first used). Returns
     /// the id's nonce and the members' bindings.
-    pub fn open_members(
+    pub fn open_members<'p>(
         &self,
         route: u16,
-        pools: &[Arc<Pool>],
+        pools: impl Iterator<Item = &'p Arc<Pool>>,
         token: &str,
         principal: &str,
     ) -> Result<([u8; 12], Vec<Binding>), Reject> {
@@ -212,7 +212,6 @@ impl Sessions {
             ));
         }
         let bindings = pools
-            .iter()
             .enumerate()
             .map(|(i, pool)| {
                 let key = member_key(fref.nonce, i);

@@ -559,9 +559,8 @@ impl StdioHost {
         let answered = self
             .warm_queue
             .lock()
-            .ok()
-            .and_then(|q| q.iter().any(|p| p.answered()).then_some(()));
-        if answered.is_some() {
+            .is_ok_and(|q| q.iter().any(|p| p.answered()));
+        if answered {
             self.backoff_ms
                 .store(FIRST_BACKOFF.as_millis() as u64, Ordering::Relaxed);
         }

@@ -35,12 +35,16 @@ def listens_on(pid: int, port: int) -> bool:
     for our server)."""
     inodes = set()
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed between the listing and the read: a busy server does that
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             parts = line.split()

@@ -17,7 +17,7 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import BIN, ROOT, SESSION_KEY, Backend, Gateway, free_port, listens_on, metric
+from conftest import BIN, ROOT, SESSION_KEY, Backend, Gateway, free_port, listens_on, metric, wait_until
 
 VENV1 = ROOT / ".venv-mcp1" / "bin" / "python"
 
@@ -227,7 +227,8 @@ def test_a_graceful_upgrade_under_load_refuses_nothing(tmp_path):
         new = state["new"]
         assert old.proc.p.returncode == 0
         assert new.poll() is None, "the new gateway serves"
-        assert all(listens_on(new.pid, p) for p in (old.http_port, old.admin_port))
+        wait_until(lambda: all(listens_on(new.pid, p) for p in (old.http_port, old.admin_port)), 10,
+                   "the new gateway holds the handed-over listeners")
         assert failures == [], failures[:5]
         assert len(after) == 6, f"{len(after)} of 6 sessions made a call after the handover"
         with httpx2.Client(timeout=10) as c:

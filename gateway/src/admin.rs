@@ -118,6 +118,7 @@ fn backend_json(pool: &Pool, b: &BackendState, now: u64) -> serde_json::Value {
         "addr": b.addr.to_string(),
         "id": b.id,
         "instance": b.instance().map(|i| i.to_string()),
+        "revision": b.revision().map(|r| r.shown()),
         "state": state,
         "healthy": healthy,
         "accepts_new_sessions": pool.accepts_new(b),

@@ -14,6 +14,7 @@ use crate::legacy::Bridge;
 use crate::metrics::Metrics;
 use crate::policy::guard::Guard;
 use crate::pool::Pool;
+use crate::revisions::Revisions;
 use crate::session::Sessions;
 use crate::state::{Phase, State};
 use crate::stdio::{HostLimits, StdioHost};
@@ -80,6 +81,7 @@ impl Gateway {
             state: Arc::clone(&state),
             sessions: Arc::clone(&sessions),
             upstream: Arc::clone(&upstream),
+            revisions: Arc::new(Revisions::new(Arc::clone(&upstream))),
         };
         let legacy = Arc::new(Bridge::new(
             Arc::clone(&state),

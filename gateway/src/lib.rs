@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reject;
 pub mod relay;
 pub mod respond;
+pub mod revisions;
 pub mod session;
 pub mod state;
 pub mod stdio;

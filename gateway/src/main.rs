@@ -168,6 +168,19 @@ fn health_check(pc: &PoolConfig) -> Result<Box<dyn HealthCheck + Send + Sync>> {
     })
 }
 
+/// The pool's health check inside `Observed`: every verdict also reaches
+/// the member's state (a pass ends an ejection), and a healthy member is
+/// asked its revisions (a stdio host is not: the probe would start a process).
+fn observed(pc: &PoolConfig, members: &Arc<MemberTable>, ask: bool) -> Result<Box<Observed>> {
+    let revisions = ask.then_some(Duration::from_secs(2));
+    let check = health_check(pc)?;
+    Ok(Box::new(Observed::new(
+        check,
+        Arc::clone(members),
+        revisions,
+    )))
+}
+
 fn build_pool(
     server: &mut Server,
     index: u16,
@@ -235,9 +248,7 @@ fn build_pool(
         members: Arc::clone(&members),
     };
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
-    let check = health_check(pc)?;
-    // Every verdict also reaches the member's state (a pass ends an ejection).
-    lb.set_health_check(Box::new(Observed::new(check, Arc::clone(&members))));
+    lb.set_health_check(observed(pc, &members, stdio.is_none())?);
     lb.health_check_frequency = Some(pc.health_interval);
     lb.update_frequency = Some(update);
     let svc = background_service(&format!("pool {}", pc.name), lb);

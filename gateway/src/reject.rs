@@ -95,6 +95,10 @@ pub enum Reject {
     /// A method a virtual server does not serve.
     #[error("method {0} is not served here")]
     NoMethod(String),
+    /// What one MCP revision asks that the other cannot give (the version
+    /// bridge): the message names both revisions.
+    #[error("{0}")]
+    Revisions(String),
     /// The store the replicas share is down and `on_store_down = "fail_closed"`.
     #[error("the gateway cannot check its shared limits now; retry shortly")]
     StoreUnavailable,
@@ -104,7 +108,10 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             // The virtual server answers; one member's trouble is not the endpoint's.
-            Reject::Member { .. } | Reject::NotFound(_) | Reject::NoMethod(_) => 200,
+            Reject::Member { .. }
+            | Reject::NotFound(_)
+            | Reject::NoMethod(_)
+            | Reject::Revisions(_) => 200,
             Reject::Capacity
             | Reject::LegacyCapacity
             | Reject::SessionBusy
@@ -131,7 +138,7 @@ impl Reject {
             Reject::Member { cause, .. } => cause.code(),
             // As a server answers a name it has not got.
             Reject::NotFound(_) => -32602,
-            Reject::NoMethod(_) => -32601,
+            Reject::NoMethod(_) | Reject::Revisions(_) => -32601,
             Reject::Parse(_) => -32700,
             Reject::UnknownSession(_) | Reject::UnknownLegacySession => SESSION_NOT_FOUND,
             Reject::Capacity
@@ -192,7 +199,7 @@ impl Reject {
     pub fn reason(&self) -> Reason {
         match self {
             Reject::Member { cause, .. } => cause.reason(),
-            Reject::NotFound(_) | Reject::NoMethod(_) => Reason::Malformed,
+            Reject::NotFound(_) | Reject::NoMethod(_) | Reject::Revisions(_) => Reason::Malformed,
             Reject::Capacity | Reject::LegacyCapacity => Reason::Capacity,
             Reject::NoRoute => Reason::Route,
             Reject::Origin => Reason::Origin,

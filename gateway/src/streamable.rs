@@ -18,9 +18,11 @@ use serde_json::value::RawValue;
 
 use crate::metrics::{Metrics, Transport};
 use crate::policy::jsonrpc::Rpc;
+use crate::pool::revision::Revision;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Answer, Downstream, Failure, Pass, Seen, Shape, Sink};
+use crate::revisions::{Bridged, Call, Revisions};
 use crate::session::exchange::{Exchange, Message, Target};
 use crate::session::{Binding, Caller, Sessions};
 use crate::state::State;
@@ -43,6 +45,8 @@ pub struct Streamable {
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
     pub upstream: Arc<Upstream>,
+    /// The version bridge's held sessions and paused calls.
+    pub revisions: Arc<Revisions>,
 }
 
 impl Streamable {
@@ -54,6 +58,9 @@ impl Streamable {
         req: Admitted,
         rpc: Option<&Rpc>,
     ) -> Result<Option<Arc<BackendState>>, Failure> {
+        if let Some((rpc, rev)) = bridged(session, &req, rpc) {
+            return self.bridge(session, req, rpc, &rev).await;
+        }
         let owner = self.stdio_owner(session, &req);
         let head = session.req_header();
         let method = head.method.clone();
@@ -78,6 +85,7 @@ impl Streamable {
             version: None,
             mcp: None,
             notice: None,
+            divert: None,
         };
         let target = match &req.binding {
             Some(binding) => Target::Session(binding),
@@ -117,7 +125,45 @@ impl Streamable {
     }
 }
 
+/// A stateless request to a pool whose servers speak only sessions: the
+/// version bridge carries it (`revisions/`).
+fn bridged<'r>(
+    session: &Session,
+    req: &Admitted,
+    rpc: Option<&'r Rpc>,
+) -> Option<(&'r Rpc, Arc<Revision>)> {
+    if req.binding.is_some() || session.req_header().method != http::Method::POST {
+        return None;
+    }
+    let rpc = rpc.filter(|r| !r.is_initialize())?;
+    Some((rpc, req.pool.session_only()?))
+}
+
 impl Streamable {
+    async fn bridge(
+        &self,
+        session: &mut Session,
+        req: Admitted,
+        rpc: &Rpc,
+        rev: &Revision,
+    ) -> Result<Option<Arc<BackendState>>, Failure> {
+        let mut down = Downstream::new(session, &self.state);
+        let bridged = Bridged {
+            sessions: &self.sessions,
+            upstream: &self.upstream,
+            state: &self.state,
+            revisions: &self.revisions,
+        };
+        let call = Call {
+            pool: &req.pool,
+            rev,
+            body: req.body,
+            rpc,
+            caller: &req.caller,
+        };
+        bridged.serve(&mut down, call).await
+    }
+
     /// The replica holding a stdio session's process, when it is another
     /// one: the session's sealed member is a stdio host of another replica
     /// (`stdio@ADDRESS`, with `[cluster] advertise`) and this replica has

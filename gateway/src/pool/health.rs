@@ -14,6 +14,7 @@ use pingora::lb::Backend;
 use pingora::lb::health_check::HealthCheck;
 use pingora::{Error, ErrorType, Result};
 
+use super::revision;
 use super::{MemberTable, now_ms};
 use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
 
@@ -25,11 +26,22 @@ use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
 pub struct Observed {
     check: Box<dyn HealthCheck + Send + Sync>,
     members: Arc<MemberTable>,
+    /// Asks a healthy backend what it speaks when that is unknown or stale
+    /// ([`revision`]); `None` for a stdio pool (a probe would start a process).
+    revisions: Option<Upstream>,
 }
 
 impl Observed {
-    pub fn new(check: Box<dyn HealthCheck + Send + Sync>, members: Arc<MemberTable>) -> Self {
-        Self { check, members }
+    pub fn new(
+        check: Box<dyn HealthCheck + Send + Sync>,
+        members: Arc<MemberTable>,
+        revisions: Option<Duration>,
+    ) -> Self {
+        Self {
+            check,
+            members,
+            revisions: revisions.map(|t| Upstream::new(t, t)),
+        }
     }
 }
 
@@ -40,12 +52,37 @@ impl HealthCheck for Observed {
         if let Some(addr) = target.addr.as_inet()
             && let Some(member) = self.members.load().by_addr.get(addr)
         {
-            member.vitals.health_checked(now_ms(), verdict.is_ok());
+            let now = now_ms();
+            member.vitals.health_checked(now, verdict.is_ok());
+            if let Some(upstream) = &self.revisions
+                && verdict.is_ok()
+                && member.revision_stale(now)
+            {
+                match revision::learn(upstream, member.addr, now).await {
+                    Ok(rev) => {
+                        let before = member.revision();
+                        if before.is_none_or(|b| b.versions != rev.versions) {
+                            tracing::info!(backend = %member.id, versions = ?rev.versions, stateless = rev.stateless, "backend revision learned");
+                        }
+                        member.set_revision(Some(rev));
+                    }
+                    Err(why) => {
+                        tracing::debug!(backend = %member.id, %why, "backend revision not learned")
+                    }
+                }
+            }
         }
         verdict
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if !healthy
+            && let Some(addr) = target.addr.as_inet()
+            && let Some(member) = self.members.load().by_addr.get(addr)
+        {
+            // What comes back may be another build: ask it again then.
+            member.set_revision(None);
+        }
         self.check.health_status_change(target, healthy).await
     }
 

@@ -20,6 +20,7 @@
 pub mod discovery;
 pub mod health;
 pub mod outlier;
+pub mod revision;
 pub mod supervisor;
 
 use std::cell::Cell;
@@ -81,6 +82,8 @@ pub struct BackendState {
     disabled: AtomicBool,
     /// The name the backend gives itself (for operators; never sent to clients).
     instance: ArcSwapOption<String>,
+    /// What it speaks, once a probe learned it ([`revision`]).
+    revision: ArcSwapOption<revision::Revision>,
 }
 
 /// Unix time in milliseconds.
@@ -111,7 +114,25 @@ impl BackendState {
             vitals: Vitals::default(),
             disabled: AtomicBool::new(false),
             instance: ArcSwapOption::empty(),
+            revision: ArcSwapOption::empty(),
         }
+    }
+
+    /// What it speaks, if learned.
+    pub fn revision(&self) -> Option<Arc<revision::Revision>> {
+        self.revision.load_full()
+    }
+
+    /// Whether its revision is unknown or older than [`revision::STALE_MS`].
+    pub fn revision_stale(&self, now_ms: u64) -> bool {
+        self.revision
+            .load()
+            .as_ref()
+            .is_none_or(|r| now_ms.saturating_sub(r.learned_ms) >= revision::STALE_MS)
+    }
+
+    pub fn set_revision(&self, rev: Option<revision::Revision>) {
+        self.revision.store(rev.map(Arc::new));
     }
 
     pub fn inflight(&self) -> i64 {
@@ -586,6 +607,27 @@ impl Pool {
     /// The current member at `addr` (for the admin API).
     pub fn member_at(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
         self.members.load().by_addr.get(addr).cloned()
+    }
+
+    /// When a stateless (2026-07-28) request must be carried over a session
+    /// the gateway holds: members are known to speak only sessions, and
+    /// none is known to take stateless requests. Returns one of their
+    /// revisions (what the gateway tells the client it is talking to).
+    /// `None`: send it as it came — some member takes it (a pool mixing
+    /// revisions is served as before: route the revisions to pools of their
+    /// own), or nothing is known yet.
+    pub fn session_only(&self) -> Option<Arc<revision::Revision>> {
+        let members = self.members.load();
+        let mut found = None;
+        for rev in members.list.iter().filter_map(|m| m.revision()) {
+            if rev.stateless {
+                return None;
+            }
+            if rev.sessions && found.is_none() {
+                found = Some(rev);
+            }
+        }
+        found
     }
 
     /// Whether `path` is under this pool's prefix; returns the rest.

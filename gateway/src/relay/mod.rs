@@ -58,13 +58,21 @@ use crate::upstream::{self, Frames, SESSION_HEADER, UpstreamError};
 /// `tools/list` answer without the tools the client may not call.
 pub type Rewrite = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Takes a message out of the answer before the client sees it, and says
+/// what the client gets instead as its answer (the stream then ends for the
+/// client; the backend's rest is in `Seen::rest`). The version bridge uses
+/// it for the answer in another revision's shape, and for a server request
+/// a stateless client takes only as its call's answer.
+pub type Divert<'a> = dyn Fn(&str) -> Option<String> + Sync + 'a;
+
 /// How messages are changed on their way to the client: the caller's
-/// [`Rewrite`], and the mark on server requests naming the backend session
-/// that asked ([`asks`]).
+/// [`Rewrite`], the mark on server requests naming the backend session
+/// that asked ([`asks`]), and a [`Divert`].
 #[derive(Clone, Copy, Default)]
 pub struct Shape<'a> {
     pub rewrite: Option<&'a Rewrite>,
     pub asks: Option<Tag>,
+    pub divert: Option<&'a Divert<'a>>,
 }
 
 impl Shape<'_> {
@@ -262,8 +270,23 @@ impl<'a> Pass<'a> {
     /// One message of an event stream: notes whether it is the answer;
     /// returns what to send instead (`None`: unchanged).
     fn message(&mut self, data: &str) -> Option<String> {
+        if let Some(instead) = self.diverted(data) {
+            return Some(instead);
+        }
         self.see(data);
         self.shape.apply(data)
+    }
+
+    /// What the [`Divert`] gives the client in place of `data` (as its
+    /// answer, shaped), if it takes `data`.
+    fn diverted(&mut self, data: &str) -> Option<String> {
+        if self.seen.answered {
+            return None;
+        }
+        let instead = self.shape.divert.and_then(|d| d(data))?;
+        self.seen.messages += 1;
+        self.answer_seen(&instead);
+        Some(self.shape.apply(&instead).unwrap_or(instead))
     }
 
     /// A message read whole from an answer the gateway keeps: counted, and
@@ -285,6 +308,9 @@ impl<'a> Pass<'a> {
 
     /// A JSON body read whole (one message, or a batch): the answer itself.
     pub fn whole(&mut self, text: &str) -> Option<String> {
+        if let Some(instead) = self.diverted(text) {
+            return Some(instead);
+        }
         self.seen.messages += 1;
         if let Some(notice) = self.notice {
             notice(text);

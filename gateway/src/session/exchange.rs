@@ -93,6 +93,8 @@ pub struct Message<'a> {
     pub mcp: Option<(&'a str, Option<&'a str>)>,
     /// Sees every message of the answers (not only the answer).
     pub notice: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// Takes a message out of the answer in place of the answer (the version bridge).
+    pub divert: Option<&'a relay::Divert<'a>>,
 }
 
 impl<'a> Message<'a> {
@@ -119,6 +121,7 @@ impl<'a> Message<'a> {
             version: None,
             mcp: None,
             notice: None,
+            divert: None,
         }
     }
 }
@@ -434,6 +437,7 @@ impl Exchange<'_> {
         let shape = Shape {
             rewrite: msg.caller.rewrite.as_ref().filter(|_| shaped),
             asks: link.map(Link::tag),
+            divert: msg.divert,
         };
         let answer_to = msg.rpc.filter(|r| !r.batch).and_then(Rpc::id_text);
         let answer = Answer {

@@ -22,6 +22,7 @@ use crate::pool::revision::Revision;
 use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Answer, Downstream, Failure, Pass, Seen, Shape, Sink};
+use crate::revisions::carried::{Carrier, Carrying};
 use crate::revisions::{Bridged, Call, Revisions};
 use crate::session::exchange::{Exchange, Message, Target};
 use crate::session::{Binding, Caller, Sessions};
@@ -60,6 +61,12 @@ impl Streamable {
     ) -> Result<Option<Arc<BackendState>>, Failure> {
         if let Some((rpc, rev)) = bridged(session, &req, rpc) {
             return self.bridge(session, req, rpc, &rev).await;
+        }
+        if req.binding.as_ref().is_some_and(Binding::carried)
+            || (req.binding.is_none() && rpc.is_some_and(Rpc::is_initialize))
+                && req.pool.stateless_only().is_some()
+        {
+            return self.carry(session, req, rpc).await;
         }
         let owner = self.stdio_owner(session, &req);
         let head = session.req_header();
@@ -162,6 +169,50 @@ impl Streamable {
             caller: &req.caller,
         };
         bridged.serve(&mut down, call).await
+    }
+
+    /// A session client's message for servers that speak only 2026-07-28
+    /// (`revisions/carried.rs`): its `initialize`, or a session the gateway
+    /// keeps alone.
+    async fn carry(
+        &self,
+        session: &mut Session,
+        req: Admitted,
+        rpc: Option<&Rpc>,
+    ) -> Result<Option<Arc<BackendState>>, Failure> {
+        let method = session.req_header().method.clone();
+        let mut down = Downstream::new(session, &self.state);
+        let refused = match (&req.binding, rpc) {
+            (Some(binding), _) if method == http::Method::DELETE => {
+                self.sessions.forget(binding);
+                self.sessions.end_shared(binding).await;
+                down.json(200, Bytes::new()).await?;
+                return Ok(None);
+            }
+            (_, Some(rpc)) if method == http::Method::POST => {
+                let carrier = Carrier {
+                    sessions: &self.sessions,
+                    upstream: &self.upstream,
+                    state: &self.state,
+                };
+                let msg = Carrying {
+                    pool: &req.pool,
+                    body: req.body,
+                    rpc,
+                    caller: &req.caller,
+                    session: req.binding.as_ref(),
+                    transport: Transport::Streamable,
+                };
+                let rev = req.pool.stateless_only();
+                return carrier.serve(msg, rev.as_deref(), &mut down).await;
+            }
+            // No server stream: 2026-07-28 has none a session client could read.
+            _ => Reject::Method {
+                allow: "POST, DELETE",
+            },
+        };
+        relay::refuse(&mut down, &self.state.metrics, &refused, None).await?;
+        Ok(None)
     }
 
     /// The replica holding a stdio session's process, when it is another

@@ -28,9 +28,14 @@ def start_everything(port=None):
     port = port or free_port()
     server = Proc([shutil.which("node") or "node", "--require", str(LOOPBACK), str(EVERYTHING), "streamableHttp"],
                   env={**os.environ, "PORT": str(port)}, name="server-everything")
-    wait_until(lambda: server.p.poll() is not None or listens_on(server.p.pid, port), 30, "server-everything")
-    assert server.p.poll() is None, "server-everything did not start"
-    return server, f"127.0.0.1:{port}"
+    return started(server, port), f"127.0.0.1:{port}"
+
+
+def started(server, port):
+    """`server` once it listens on `port` (it must not have exited)."""
+    wait_until(lambda: server.p.poll() is not None or listens_on(server.p.pid, port), 30, server.name)
+    assert server.p.poll() is None, f"{server.name} did not start"
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ capabilities, and turns a server request mid-call (sampling) into the
 call's `input_required` answer, resumed when the client retries."""
 import asyncio
 import hashlib
+import json
+import subprocess
 
 import httpx2
 import mcp.types as t
@@ -15,8 +17,10 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import Backend, Gateway, wait_until
-from test_any_server import start_everything
+import sys
+
+from conftest import ROOT, Backend, Gateway, Proc, free_port, wait_until
+from test_any_server import start_everything, started
 
 STATELESS = "2026-07-28"
 
@@ -25,9 +29,7 @@ STATELESS = "2026-07-28"
 def bridged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("revisions")
     servers = [start_everything() for _ in range(2)]
-    addrs = ", ".join(f'"{addr}"' for _, addr in servers)
-    pool = (f'[[pools]]\nname = "everything"\nroute = "/everything"\nhealth = "mcp"\nhealth_interval = "300ms"\n'
-            f'discovery = {{ static = {{ backends = [{addrs}] }} }}\n')
+    pool = pool_config("everything", servers)
     backend = Backend(tmp / "registry.db", "rev-0")
     keys = "".join(f'[[auth.keys]]\nprincipal = "{who}"\nsha256 = "{hashlib.sha256(f"k-{who}".encode()).hexdigest()}"\n'
                    for who in ("alice", "bob"))
@@ -41,10 +43,20 @@ def bridged(tmp_path_factory):
         s.stop()
 
 
+def pool_config(name, servers):
+    """A pool at /NAME of these servers, checked by the `mcp` health check."""
+    addrs = ", ".join(f'"{addr}"' for _, addr in servers)
+    return (f'[[pools]]\nname = "{name}"\nroute = "/{name}"\nhealth = "mcp"\nhealth_interval = "300ms"\n'
+            f'discovery = {{ static = {{ backends = [{addrs}] }} }}\n')
+
+
+def pool_backends(gw, name):
+    pools = httpx2.get(f"{gw.admin}/backends", timeout=5).json()
+    return next(p for p in pools["pools"] if p["name"] == name)["backends"]
+
+
 def everything_backends(gw):
-    pools = httpx2.get(f"{gw.admin}/backends", headers=getattr(gw, "admin_headers", {}), timeout=5).json()
-    pool = next(p for p in pools["pools"] if p["name"] == "everything")
-    return pool["backends"]
+    return pool_backends(gw, "everything")
 
 
 def client(gw, who="alice", mode=STATELESS, **kw):
@@ -164,3 +176,117 @@ def test_held_sessions_are_opened_again_after_their_backend_is_killed(bridged):
     # every held session on the dead server moves on first use; no call fails
     for who in ("alice", "bob"):
         asyncio.run(echoes(gw, who, 8, "-after"))
+
+
+# ---- a session client to a server that speaks only 2026-07-28 ----
+
+SERVER = ROOT / "tests" / "python" / "stateless_only_server.py"
+
+
+def start_stateless_only():
+    port = free_port()
+    server = Proc([sys.executable, str(SERVER), str(port)], name="stateless-only")
+    return started(server, port), f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def modern(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("modern")
+    servers = [start_stateless_only() for _ in range(2)]
+    pool = pool_config("modern", servers)
+    backend = Backend(tmp / "registry.db", "mod-0")
+    gw = Gateway(tmp, "modern", [backend.addr], extra_pools=pool)
+    wait_until(lambda: len(pool_backends(gw, "modern")) == 2
+               and all(b.get("revision") and b["healthy"] for b in pool_backends(gw, "modern")), 30,
+               "the modern pool healthy and its revisions learned")
+    yield gw, servers
+    gw.proc.stop()
+    backend.proc.stop()
+    for s, _ in servers:
+        s.stop()
+
+
+def refused(servers):
+    return sum(httpx2.get(f"http://{addr}/refused", timeout=5).json()["count"] for _, addr in servers)
+
+
+def test_a_session_client_reaches_a_server_that_speaks_only_the_stateless_revision(modern):
+    gw, servers = modern
+    for b in pool_backends(gw, "modern"):
+        assert b["revision"]["stateless"] is True and b["revision"]["sessions"] is False, b["revision"]
+    # the server itself refuses a session client
+    _, addr = servers[0]
+    direct = httpx2.post(f"http://{addr}/mcp", timeout=10, headers={"accept": "application/json, text/event-stream"},
+                         json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    assert direct.status_code == 400, direct.text
+    before = refused(servers)
+
+    async def main():
+        async with Client(streamable_http_client(f"{gw.http}/modern/mcp"), mode="legacy") as c:
+            tools = {x.name for x in (await c.list_tools()).tools}
+            assert {"echo", "add"} <= tools, tools
+            assert (await c.call_tool("add", {"a": 2, "b": 40})).structured_content == {"result": 42}
+            assert (await c.call_tool("echo", {"text": "old meets new"})).content[0].text == "echo: old meets new"
+            read = await c.read_resource("note://hello")
+            assert read.contents[0].text == "hello from 2026", read
+            prompt = await c.get_prompt("greet", {"name": "Ada"})
+            assert "Ada" in prompt.messages[0].content.text, prompt
+
+    asyncio.run(main())
+    assert refused(servers) == before, "the gateway sent the server a session-era message"
+
+
+def test_a_carried_session_has_no_stream_refuses_subscriptions_and_ends_with_delete(modern):
+    gw, _ = modern
+    accept = {"accept": "application/json, text/event-stream"}
+    init = httpx2.post(f"{gw.http}/modern/mcp", timeout=10, headers=accept, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+    assert init.status_code == 200, init.text
+    assert init.json()["result"]["protocolVersion"] == "2025-03-26"
+    assert "listChanged" not in init.json()["result"]["capabilities"].get("tools", {})
+    sid = {"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-03-26", **accept}
+    get = httpx2.get(f"{gw.http}/modern/mcp", headers=sid, timeout=10)
+    assert get.status_code == 405, get.text
+    sub = httpx2.post(f"{gw.http}/modern/mcp", headers=sid, timeout=10,
+                      json={"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": "note://hello"}})
+    message = sub.json()["error"]["message"]
+    assert STATELESS in message and "resources/subscribe" in message, message
+    assert httpx2.delete(f"{gw.http}/modern/mcp", headers=sid, timeout=10).status_code == 200
+    after = httpx2.post(f"{gw.http}/modern/mcp", headers=sid, timeout=10,
+                        json={"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
+    assert after.status_code == 404, after.text
+
+
+SEED_FLOW = """
+import asyncio, json, sys
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+
+async def main():
+    async with sse_client(sys.argv[1]) as (r, w):
+        async with ClientSession(r, w) as s:
+            init = await s.initialize()
+            tools = sorted(t.name for t in (await s.list_tools()).tools)
+            added = await s.call_tool("add", {"a": 20, "b": 22})
+            read = await s.read_resource("note://hello")
+            print(json.dumps({"version": init.protocolVersion, "tools": tools, "added": added.content[0].text,
+                              "read": read.contents[0].text}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_seeds_legacy_sse_client_reaches_a_stateless_only_server(modern):
+    gw, servers = modern
+    before = refused(servers)
+    venv1 = ROOT / ".venv-mcp1" / "bin" / "python"
+    out = subprocess.run([str(venv1), "-c", SEED_FLOW, f"{gw.http}/modern/sse"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["version"] < STATELESS, got  # the revision the client asked, a session one
+    assert {"add", "echo"} <= set(got["tools"]), got
+    assert got["added"] == "42" and got["read"] == "hello from 2026", got
+    assert refused(servers) == before, "the gateway sent the server a session-era message"

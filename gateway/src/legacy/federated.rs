@@ -106,9 +106,9 @@ impl Upstreams for Virtual {
 
 /// The client's stream as the sink of `initialize`, keeping the federated
 /// id the gateway sealed (the legacy client is known by its stream instead).
-struct KeepId<'q> {
-    out: &'q mut Queue,
-    id: Option<String>,
+pub(super) struct KeepId<'q> {
+    pub out: &'q mut Queue,
+    pub id: Option<String>,
 }
 
 impl Sink for KeepId<'_> {

@@ -20,6 +20,7 @@
 //! another replica is relayed there (once), so the seed's client works behind
 //! a round-robin balancer in front of several gateways.
 
+mod carried;
 mod federated;
 mod messages;
 mod stream;

@@ -11,6 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Bridge;
+use super::carried::StatelessPool;
 use super::table::{Entry, Full, Inbound};
 use crate::federation::Service;
 use crate::reject::Reject;
@@ -66,6 +67,11 @@ impl Bridge {
         // below); it then closes the backend session.
         let permits = Arc::clone(&busy);
         match served {
+            Service::Pool(pool) if pool.stateless_only().is_some() => {
+                let up = Arc::new(StatelessPool(Arc::clone(pool)));
+                let worker = Arc::clone(self).worker(up, inbox_rx, out, caller, permits);
+                tokio::spawn(worker);
+            }
             Service::Pool(pool) => {
                 let worker =
                     Arc::clone(self).worker(Arc::clone(pool), inbox_rx, out, caller, permits);

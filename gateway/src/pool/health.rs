@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::lb::Backend;
 use pingora::lb::health_check::HealthCheck;
 use pingora::{Error, ErrorType, Result};
 
 use super::revision;
 use super::{MemberTable, now_ms};
-use crate::upstream::{self, Forwarded, Outgoing, SESSION_HEADER, Upstream};
+use crate::upstream::{Forwarded, Upstream};
 
 /// A pool's health check (any kind), reporting each verdict to the member
 /// it is about: a pass ends an ejection for a failed connection (or for
@@ -95,13 +94,16 @@ impl HealthCheck for Observed {
     }
 }
 
-/// `initialize` on `/mcp`, as a client would; healthy when the answer is a
-/// JSON-RPC result (a draining or broken server answers otherwise).
+/// `initialize` on `/mcp`, as a client would (the probe session then
+/// ended), else `server/discover` for a server of the stateless revision
+/// alone; healthy when either is answered with a JSON-RPC result (a
+/// draining or broken server answers otherwise).
 pub struct McpHealthCheck {
     upstream: Upstream,
 }
 
-const PROBE: &str = r#"{"jsonrpc":"2.0","id":"health","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcp-gateway-health","version":"1"}}}"#;
+/// The revision the check's `initialize` offers.
+const CHECKED: &str = "2025-06-18";
 
 impl McpHealthCheck {
     pub fn new(timeout: Duration) -> Self {
@@ -115,20 +117,6 @@ fn failed(why: String) -> Box<Error> {
     Error::explain(ErrorType::CustomCode("mcp health check", 0), why)
 }
 
-/// Largest `initialize` answer a check reads.
-const MAX_ANSWER: usize = 256 * 1024;
-
-/// Whether an answer (a JSON body, or an event stream) holds a JSON-RPC
-/// result among its messages.
-fn has_result(headers: &http::HeaderMap, body: &[u8]) -> bool {
-    upstream::messages_of(headers, body, MAX_ANSWER)
-        .iter()
-        .any(|m| {
-            serde_json::from_str::<serde_json::Value>(m)
-                .is_ok_and(|v| v.get("result").is_some_and(|r| r.is_object()))
-        })
-}
-
 #[async_trait]
 impl HealthCheck for McpHealthCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
@@ -136,82 +124,28 @@ impl HealthCheck for McpHealthCheck {
             .addr
             .as_inet()
             .ok_or_else(|| failed("not an IP backend".into()))?;
-        let fwd = Forwarded::default();
-        let (parts, mut frames) = self
-            .upstream
-            .send(
-                addr,
-                Outgoing {
-                    accept: Some("application/json, text/event-stream"),
-                    content_type: Some("application/json"),
-                    body: Bytes::from_static(PROBE.as_bytes()),
-                    ..Outgoing::own(http::Method::POST, "/mcp", &fwd)
-                },
-            )
+        let (up, fwd) = (&self.upstream, Forwarded::default());
+        let init = revision::initialize_body("health", CHECKED);
+        let (result, session) = revision::probe(up, addr, &fwd, init, None, None)
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let body = frames
-            .read_all(MAX_ANSWER)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let session = parts
-            .headers
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map_err(failed)?;
         if let Some(session) = session {
-            // End the probe's session so checks do not pile sessions up.
-            if let Ok((_, mut rest)) = self
-                .upstream
-                .send(
-                    addr,
-                    Outgoing {
-                        session: Some(&session),
-                        protocol_version: Some("2025-06-18"),
-                        ..Outgoing::own(http::Method::DELETE, "/mcp", &fwd)
-                    },
-                )
-                .await
-            {
-                let _ = rest.read_all(64 * 1024).await;
-            }
+            revision::end_probe(up, addr, &fwd, &session, Some(CHECKED)).await;
         }
-        if parts.status != http::StatusCode::OK || !has_result(&parts.headers, &body) {
-            return Err(failed(format!(
-                "initialize answered {} without a result",
-                parts.status
-            )));
+        if result.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let discover = revision::discover_body("health");
+        let mcp = Some(("server/discover", None));
+        let (result, _) = revision::probe(up, addr, &fwd, discover, Some(revision::STATELESS), mcp)
+            .await
+            .map_err(failed)?;
+        result.map(|_| ()).ok_or_else(|| {
+            failed("neither initialize nor server/discover was answered with a result".into())
+        })
     }
 
     fn health_threshold(&self, _success: bool) -> usize {
         1
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_result;
-
-    #[test]
-    fn results_are_found_in_json_and_in_sse() {
-        let json = http::HeaderMap::new();
-        let mut sse = http::HeaderMap::new();
-        sse.insert("content-type", "text/event-stream".parse().unwrap());
-        assert!(has_result(
-            &json,
-            br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"x"}}"#
-        ));
-        assert!(has_result(
-            &sse,
-            b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
-        ));
-        assert!(!has_result(
-            &json,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"draining"}}"#
-        ));
-        assert!(!has_result(&json, b"<html>Bad Request</html>"));
-        assert!(!has_result(&sse, b"data: {\"result\": 3}\n\n"));
     }
 }

@@ -617,13 +617,31 @@ impl Pool {
     /// revisions is served as before: route the revisions to pools of their
     /// own), or nothing is known yet.
     pub fn session_only(&self) -> Option<Arc<revision::Revision>> {
+        self.known_only(|r| r.sessions, |r| r.stateless)
+    }
+
+    /// When a session client's `initialize` is answered by the gateway and
+    /// its messages go stateless: members are known to speak only
+    /// 2026-07-28, and none is known to open sessions. Returns one of their
+    /// revisions.
+    pub fn stateless_only(&self) -> Option<Arc<revision::Revision>> {
+        self.known_only(|r| r.stateless, |r| r.sessions)
+    }
+
+    /// The revision of a member known to speak `one`, when no member is
+    /// known to speak `other`.
+    fn known_only(
+        &self,
+        one: fn(&revision::Revision) -> bool,
+        other: fn(&revision::Revision) -> bool,
+    ) -> Option<Arc<revision::Revision>> {
         let members = self.members.load();
         let mut found = None;
         for rev in members.list.iter().filter_map(|m| m.revision()) {
-            if rev.stateless {
+            if other(&rev) {
                 return None;
             }
-            if rev.sessions && found.is_none() {
+            if one(&rev) && found.is_none() {
                 found = Some(rev);
             }
         }

@@ -59,55 +59,42 @@ impl Revision {
     }
 }
 
-const CLIENT_INFO: &str = r#"{"name":"mcp-gateway-revision","version":"1"}"#;
+/// A `server/discover` request with id `id`, as a stateless client sends it.
+pub fn discover_body(id: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":"{id}","method":"server/discover","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"{STATELESS}","io.modelcontextprotocol/clientInfo":{{"name":"mcp-gateway-{id}","version":"1"}},"io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+    )
+}
+
+/// An `initialize` request with id `id` offering `version`.
+pub fn initialize_body(id: &str, version: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":"{id}","method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"mcp-gateway-{id}","version":"1"}}}}}}"#
+    )
+}
 
 /// Asks the backend at `addr` what it speaks. `Err`: it answered neither
 /// `server/discover` nor `initialize` with a result.
 pub async fn learn(upstream: &Upstream, addr: SocketAddr, now_ms: u64) -> Result<Revision, String> {
     let fwd = Forwarded::default();
-    let discover = format!(
-        r#"{{"jsonrpc":"2.0","id":"revision","method":"server/discover","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"{STATELESS}","io.modelcontextprotocol/clientInfo":{CLIENT_INFO},"io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
-    );
-    let (result, _) = post(
-        upstream,
-        addr,
-        &fwd,
-        discover,
-        None,
-        Some(STATELESS),
-        Some(("server/discover", None)),
-    )
-    .await?;
+    let discover = discover_body("revision");
+    let stateless = Some(("server/discover", None));
+    let (result, _) = probe(upstream, addr, &fwd, discover, Some(STATELESS), stateless).await?;
     if let Some(r) = result
         .as_ref()
         .filter(|r| r.get("supportedVersions").is_some())
     {
         return Ok(from_discover(r, now_ms));
     }
-    let init = format!(
-        r#"{{"jsonrpc":"2.0","id":"revision","method":"initialize","params":{{"protocolVersion":"{NEWEST_SESSION}","capabilities":{{}},"clientInfo":{CLIENT_INFO}}}}}"#
-    );
-    let (result, session) = post(upstream, addr, &fwd, init, None, None, None).await?;
+    let init = initialize_body("revision", NEWEST_SESSION);
+    let (result, session) = probe(upstream, addr, &fwd, init, None, None).await?;
     let version = result
         .as_ref()
         .and_then(|r| r.get("protocolVersion"))
         .and_then(Value::as_str)
         .map(str::to_owned);
     if let Some(session) = session {
-        // End the probe's session so probes do not pile sessions up.
-        let ended = upstream
-            .send(
-                addr,
-                Outgoing {
-                    session: Some(&session),
-                    protocol_version: version.as_deref(),
-                    ..Outgoing::own(http::Method::DELETE, "/mcp", &fwd)
-                },
-            )
-            .await;
-        if let Ok((_, mut rest)) = ended {
-            let _ = rest.read_all(64 * 1024).await;
-        }
+        end_probe(upstream, addr, &fwd, &session, version.as_deref()).await;
     }
     match (result, version) {
         (Some(r), Some(v)) => Ok(from_initialize(&r, v, now_ms)),
@@ -115,13 +102,37 @@ pub async fn learn(upstream: &Upstream, addr: SocketAddr, now_ms: u64) -> Result
     }
 }
 
-/// One probe POST: the result of its answer (if any) and the session it opened.
-async fn post(
+/// Ends a probe's session (so probes do not pile sessions up).
+pub async fn end_probe(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    fwd: &Forwarded,
+    session: &str,
+    version: Option<&str>,
+) {
+    let ended = upstream
+        .send(
+            addr,
+            Outgoing {
+                session: Some(session),
+                protocol_version: version,
+                ..Outgoing::own(http::Method::DELETE, "/mcp", fwd)
+            },
+        )
+        .await;
+    if let Ok((_, mut rest)) = ended {
+        let _ = rest.read_all(64 * 1024).await;
+    }
+}
+
+/// One probe POST of the gateway's own: the result its answer holds (a
+/// success status and a JSON-RPC result object, in JSON or an event
+/// stream), and the session it opened.
+pub async fn probe(
     upstream: &Upstream,
     addr: SocketAddr,
     fwd: &Forwarded,
     body: String,
-    session: Option<&str>,
     version: Option<&str>,
     mcp: Option<(&str, Option<&str>)>,
 ) -> Result<(Option<Value>, Option<String>), String> {
@@ -129,7 +140,6 @@ async fn post(
         .send(
             addr,
             Outgoing {
-                session,
                 protocol_version: version,
                 mcp,
                 accept: Some("application/json, text/event-stream"),
@@ -146,14 +156,19 @@ async fn post(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let result = messages.iter().find_map(|m| {
+    let result = result_in(&messages).filter(|_| parts.status.is_success());
+    Ok((result, opened))
+}
+
+/// The first JSON-RPC result object among an answer's messages.
+fn result_in(messages: &[String]) -> Option<Value> {
+    messages.iter().find_map(|m| {
         let mut v: Value = serde_json::from_str(m).ok()?;
         match v.get_mut("result")?.take() {
             r @ Value::Object(_) => Some(r),
             _ => None,
         }
-    });
-    Ok((result.filter(|_| parts.status.is_success()), opened))
+    })
 }
 
 fn from_discover(r: &Value, now_ms: u64) -> Revision {
@@ -238,6 +253,31 @@ pub fn discover_result(rev: &Revision) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_found_in_json_and_in_sse() {
+        let json = http::HeaderMap::new();
+        let mut sse = http::HeaderMap::new();
+        sse.insert("content-type", "text/event-stream".parse().unwrap());
+        let of =
+            |h: &http::HeaderMap, b: &[u8]| result_in(&upstream::messages_of(h, b, MAX_ANSWER));
+        let r = of(
+            &json,
+            br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"x"}}"#,
+        );
+        assert_eq!(r.unwrap()["protocolVersion"], "x");
+        assert!(
+            of(
+                &sse,
+                b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
+            )
+            .is_some()
+        );
+        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"draining"}}"#;
+        assert!(of(&json, error).is_none());
+        assert!(of(&json, b"<html>Bad Request</html>").is_none());
+        assert!(of(&sse, b"data: {\"result\": 3}\n\n").is_none());
+    }
 
     #[test]
     fn a_session_server_is_offered_to_stateless_clients_under_both_revisions() {

@@ -15,6 +15,7 @@
 //! - what 2026-07-28 removed or has no session form for is refused with a
 //!   JSON-RPC error naming both revisions ([`Reject::Revisions`]).
 
+pub mod carried;
 pub mod held;
 pub mod rounds;
 
@@ -298,7 +299,9 @@ impl Sink for Carried<'_, '_, '_> {
         reject: &Reject,
         id: Option<&RawValue>,
     ) -> Result<(), Failure> {
-        self.down.write_refusal(reject, id).await
+        Speaking { inner: self.down }
+            .write_refusal(reject, id)
+            .await
     }
 
     async fn finish(&mut self) -> Result<(), Failure> {
@@ -307,6 +310,38 @@ impl Sink for Carried<'_, '_, '_> {
 
     async fn reply(&mut self, answer: Option<Bytes>, session: Option<&str>) -> Result<(), Failure> {
         self.down.reply(answer, session).await
+    }
+}
+
+/// A client's sink as the gateway speaks for the client: the client's
+/// headers (its revision's) do not go to the backend.
+pub struct Speaking<'s, S> {
+    pub inner: &'s mut S,
+}
+
+impl<S: Sink> Sink for Speaking<'_, S> {
+    fn client_headers(&self) -> Option<&HeaderMap> {
+        None
+    }
+
+    async fn relay(&mut self, answer: Answer<'_>) -> Result<Seen, Failure> {
+        self.inner.relay(answer).await
+    }
+
+    async fn write_refusal(
+        &mut self,
+        reject: &Reject,
+        id: Option<&RawValue>,
+    ) -> Result<(), Failure> {
+        self.inner.write_refusal(reject, id).await
+    }
+
+    async fn finish(&mut self) -> Result<(), Failure> {
+        self.inner.finish().await
+    }
+
+    async fn reply(&mut self, answer: Option<Bytes>, session: Option<&str>) -> Result<(), Failure> {
+        self.inner.reply(answer, session).await
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Binding {
     pub(super) moving: Mutex<()>,
     /// Woken on every move (a stored permit if nobody waits).
     moved: Notify,
+    /// A session the gateway keeps alone, in its id (the version bridge:
+    /// its servers speak only 2026-07-28, so there is no backend session).
+    pub(super) carried: bool,
 }
 
 impl Binding {
@@ -89,7 +92,19 @@ impl Binding {
             current: ArcSwapOption::new(link.map(Arc::new)),
             moving: Mutex::new(()),
             moved: Notify::new(),
+            carried: false,
         }
+    }
+
+    /// Whether the gateway keeps this session alone (no backend session:
+    /// each message goes to the servers stateless, `revisions/`).
+    pub fn carried(&self) -> bool {
+        self.carried
+    }
+
+    /// The client's `initialize` params, as sealed in its id.
+    pub fn init(&self) -> &str {
+        &self.init
     }
 
     /// The nonce of the client's sealed id, if it has one.

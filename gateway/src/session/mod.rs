@@ -41,6 +41,10 @@ pub fn member_key(nonce: [u8; 12], i: usize) -> [u8; 12] {
     key
 }
 
+/// The backend id sealed into a session the gateway keeps alone (see
+/// [`Binding::carried`]); no backend has it (ids are addresses or names).
+pub const CARRIED: &str = "~carried";
+
 /// Backends tried to open a session elsewhere (and, twice over, to carry one
 /// message: `exchange::TRIES`) before the gateway gives up.
 pub const ATTEMPTS: usize = 3;
@@ -161,6 +165,12 @@ impl Sessions {
                 "not a session of these credentials".into(),
             ));
         }
+        if sref.backend == CARRIED {
+            let mut binding = Binding::new(Arc::clone(pool), sref.init, Some(sref.nonce), None);
+            binding.issued_at = sref.issued_at;
+            binding.carried = true;
+            return Ok(binding);
+        }
         let (backend_id, backend_session) = match self.rebinds.get(&sref.nonce) {
             Some(moved) => (moved.backend, moved.backend_session),
             None => (sref.backend.clone(), sref.backend_session.clone()),
@@ -273,6 +283,15 @@ impl Sessions {
         let (token, _) =
             self.sealer
                 .issue(pool.index, &backend.id, backend_session, principal, init)?;
+        Some(token)
+    }
+
+    /// Seals a session the gateway keeps alone (no backend session: the
+    /// pool's servers speak only 2026-07-28) into the id the client will use.
+    pub fn pin_carried(&self, pool: &Pool, principal: &str, init: &str) -> Option<String> {
+        let (token, _) = self
+            .sealer
+            .issue(pool.index, CARRIED, "", principal, init)?;
         Some(token)
     }
 

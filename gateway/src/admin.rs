@@ -369,6 +369,14 @@ impl Admin {
                 state.connections.open() as u64,
             ),
             ("mcp_gateway_inflight", state.inflight() as u64),
+            (
+                "mcp_gateway_bridge_held_sessions",
+                self.gw.streamable.revisions.held.count(),
+            ),
+            (
+                "mcp_gateway_bridge_paused_calls",
+                self.gw.streamable.revisions.rounds.count(),
+            ),
             ("mcp_gateway_buffered_body_bytes", state.buffered() as u64),
             (
                 "mcp_gateway_legacy_sessions",

@@ -76,8 +76,9 @@ def _start(args, pattern, env=None):
 class Stack:
     def __init__(self, backends=3, fixture=False):
         """`fixture`: also start tests' conformance-fixture server as a second
-        pool at /fixture (checked by the MCP health check), and a virtual
-        server at /both over the fixture (no prefix) and the registry (`reg_`)."""
+        pool at /fixture (checked by the MCP health check), a virtual server at
+        /both over the fixture (no prefix) and the registry (`reg_`), and the
+        fixture speaking only 2026-07-28 as a pool at /modern."""
         self.backends = backends
         self.fixture = fixture
         self.procs = []
@@ -102,7 +103,17 @@ class Stack:
         if self.fixture:
             p, m = _start([str(BIN / "conformance-fixture")], r"listening on http://([0-9.:]+)/mcp")
             self.procs.append(p)
-            extra = f"""[[pools]]
+            q, modern = _start([str(BIN / "conformance-fixture"), "--stateless-only"],
+                               r"listening on http://([0-9.:]+)/mcp")
+            self.procs.append(q)
+            extra = f"""# The fixture again, speaking only 2026-07-28: session clients reach it through the version bridge.
+[[pools]]
+name = "modern"
+route = "/modern"
+health = "mcp"
+health_interval = "300ms"
+discovery = {{ static = {{ backends = ["{modern.group(1)}"] }} }}
+[[pools]]
 name = "fixture"
 route = "/fixture"
 health = "mcp"

@@ -19,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 import sys
 
-from conftest import ROOT, Backend, Gateway, Proc, free_port, wait_until
+from conftest import ROOT, Backend, Gateway, Proc, free_port, metric, wait_until
 from test_any_server import start_everything, started
 
 STATELESS = "2026-07-28"
@@ -165,6 +165,7 @@ def test_stateless_calls_share_few_backend_sessions_and_never_across_principals(
     alice = opened(gw) - before
     # 36 calls from 12 clients: at most one held session per backend (two backends)
     assert 1 <= alice <= 2, alice
+    assert metric(gw, "mcp_gateway_bridge_held_sessions") >= alice
     asyncio.run(echoes(gw, "bob", 3))
     assert opened(gw) - before > alice, "bob's calls must not ride alice's backend sessions"
 
@@ -290,3 +291,17 @@ def test_the_seeds_legacy_sse_client_reaches_a_stateless_only_server(modern):
     assert {"add", "echo"} <= set(got["tools"]), got
     assert got["added"] == "42" and got["read"] == "hello from 2026", got
     assert refused(servers) == before, "the gateway sent the server a session-era message"
+
+
+def test_a_stateless_client_reaches_a_stateless_only_server_as_it_is(modern):
+    gw, servers = modern
+    before = refused(servers)
+
+    async def main():
+        http = httpx2.AsyncClient(timeout=30)
+        async with Client(streamable_http_client(f"{gw.http}/modern/mcp", http_client=http), mode="auto") as c:
+            assert (await c.call_tool("add", {"a": 1, "b": 2})).structured_content == {"result": 3}
+            assert {"echo", "add"} <= {x.name for x in (await c.list_tools()).tools}
+
+    asyncio.run(main())
+    assert refused(servers) == before, "a stateless request reached the server in the session era"

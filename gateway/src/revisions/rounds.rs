@@ -112,6 +112,12 @@ impl Rounds {
         self.parked.insert(token, Arc::new(parked));
     }
 
+    /// Calls paused now (for the metrics).
+    pub fn count(&self) -> u64 {
+        self.parked.run_pending_tasks();
+        self.parked.entry_count()
+    }
+
     /// The call paused under `token`, taken (a state serves one retry).
     pub fn take(&self, token: &str) -> Option<Arc<Parked>> {
         self.parked.remove(token)

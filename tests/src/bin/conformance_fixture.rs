@@ -438,13 +438,71 @@ impl ServerHandler for Fixture {
     }
 }
 
+/// `--stateless-only`: the fixture as a server of the 2026-07-28 revision
+/// alone — a request without `MCP-Protocol-Version: 2026-07-28`
+/// (`initialize` and every session-era message) gets 400, a `GET` 405 — so
+/// a session client reaches it only through the gateway's version bridge.
+async fn stateless_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let version = req
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok());
+    if req.method() == axum::http::Method::GET {
+        return axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if version != Some("2026-07-28") {
+        let refusal = json!({"jsonrpc": "2.0", "id": null, "error": {
+            "code": -32600, "message": "this server speaks only 2026-07-28"}});
+        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(refusal)).into_response();
+    }
+    let discover = req
+        .headers()
+        .get("mcp-method")
+        .is_some_and(|m| m == "server/discover");
+    let answer = next.run(req).await;
+    if !discover {
+        return answer;
+    }
+    // rmcp names every revision it knows: this server names only its own.
+    let (mut parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let only: String = text
+        .lines()
+        .map(|line| {
+            match line
+                .strip_prefix("data: ")
+                .map(serde_json::from_str::<Value>)
+            {
+                Some(Ok(mut msg)) => {
+                    msg["result"]["supportedVersions"] = json!(["2026-07-28"]);
+                    format!("data: {msg}\n")
+                }
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(only))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .map(|p| p.parse())
-        .transpose()?
-        .unwrap_or(0);
+    let mut args = std::env::args().skip(1);
+    let mut port: u16 = 0;
+    let mut only_stateless = false;
+    for arg in args.by_ref() {
+        match arg.as_str() {
+            "--stateless-only" => only_stateless = true,
+            p => port = p.parse().context("the port")?,
+        }
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .context("binding the listener")?;
@@ -453,7 +511,10 @@ async fn main() -> anyhow::Result<()> {
     let config = StreamableHttpServerConfig::default();
     let service: StreamableHttpService<Fixture, LocalSessionManager> =
         StreamableHttpService::new(|| Ok(Fixture), Default::default(), config);
-    let app = axum::Router::new().nest_service("/mcp", service);
+    let mut app = axum::Router::new().nest_service("/mcp", service);
+    if only_stateless {
+        app = app.layer(axum::middleware::from_fn(stateless_only));
+    }
     println!("listening on http://{addr}/mcp");
     axum::serve(listener, app).await?;
     Ok(())

@@ -9,6 +9,7 @@
 #   tests/bench/syscalls.sh
 #   CALLS=40000 STRACE_CALLS=5000 tests/bench/syscalls.sh
 #   GATEWAYS="base=/tmp/base/mcp-gateway new=target/release/mcp-gateway" tests/bench/syscalls.sh
+#   STRACE_BACKEND=1 tests/bench/syscalls.sh   # the strace pass counts the backend's syscalls in every row
 # Needs: perf (linux-perf), strace, nginx (nginx-light); perf_event_paranoid <= 2.
 source "$(dirname "$0")/common.sh"
 CALLS=${CALLS:-20000}               # measured calls per target (perf pass)
@@ -81,7 +82,7 @@ for r in "${rows[@]}"; do
   echo "$((pv1 - pv0)) $((pn1 - pn0))" > "$TMP/$label.proc"
   # strace pass: syscalls per call (proxy, or the backend for direct)
   targs=(); for p in ${ppids//,/ }; do targs+=(-p "$p"); done
-  [ -z "$ppids" ] && targs=(-p "$BPID")
+  if [ -z "$ppids" ] || [ "${STRACE_BACKEND:-0}" = 1 ]; then targs=(-p "$BPID"); fi
   strace -c -f -o "$TMP/$label.strace" "${targs[@]}" 2> /dev/null &
   sp=$!
   sleep 0.5

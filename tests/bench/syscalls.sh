@@ -9,6 +9,7 @@
 #   tests/bench/syscalls.sh
 #   CALLS=40000 STRACE_CALLS=5000 tests/bench/syscalls.sh
 #   GATEWAYS="base=/tmp/base/mcp-gateway new=target/release/mcp-gateway" tests/bench/syscalls.sh
+#   RATE=1000 CALLS=10000 tests/bench/syscalls.sh   # open loop at 1,000 calls/s instead
 #   STRACE_BACKEND=1 tests/bench/syscalls.sh   # the strace pass counts the backend's syscalls in every row
 # Needs: perf (linux-perf), strace, nginx (nginx-light); perf_event_paranoid <= 2.
 source "$(dirname "$0")/common.sh"
@@ -59,7 +60,7 @@ TOML
 
 load() { # url calls out [perf output for the load generator's own CPU]
   ${4:+perf stat -x, -e task-clock -o "$4"} "$BIN/mcp-client" --url "$1" -o json load --scenario "$TMP/mix.toml" --sessions "$SESSIONS" --calls "$2" \
-    --duration 300s --warmup 0s --transports streamable > "$3"
+    --duration 300s --warmup 0s --transports streamable ${RATE:+--rate "$RATE"} > "$3"
 }
 # voluntary + nonvoluntary context switches of all threads of the pids
 ctxsw() { local v=0 n=0; for p in ${1//,/ }; do for s in /proc/"$p"/task/*/status; do
@@ -91,7 +92,7 @@ for r in "${rows[@]}"; do
 done
 
 python3 - "$TMP" "$SESSIONS" "${rows[@]}" <<'PY'
-import json, sys
+import json, os, sys
 tmp, sessions, rows = sys.argv[1], int(sys.argv[2]), [r.split("|")[0] for r in sys.argv[3:]]
 
 def perf(path):
@@ -118,7 +119,8 @@ def requests(path):
     # each call is one POST; initialize + notifications/initialized per session
     return d["total"]["ok"] + d["total"]["errors"] + 2 * sessions, d["total"]["errors"]
 
-print(f"per call: {sessions} Streamable HTTP sessions, closed loop, get_agent=80,list_agents=20 (seeded, no setup)")
+mode = f"open loop at {os.environ['RATE']} calls/s" if os.environ.get("RATE") else "closed loop"
+print(f"per call: {sessions} Streamable HTTP sessions, {mode}, get_agent=80,list_agents=20 (seeded, no setup)")
 print(f"{'target':<10} {'calls':>6} {'err':>3} {'ctxsw':>6} {'vol':>5} {'invol':>5} {'migr':>5} {'CPU ms/1k':>9} "
       f"{'backend ctxsw':>13} {'backend CPU ms/1k':>17} {'client CPU ms/1k':>16} {'all CPU ms/1k':>13} {'syscalls':>8}  top syscalls per call (strace pass)")
 for r in rows:

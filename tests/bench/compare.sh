@@ -23,40 +23,14 @@ XPORT=$(free_port); XADMIN=$(free_port)
 pids+=($!)
 wait_http "http://127.0.0.1:$BPORT/health"
 
-# nginx as fairly as we can: keep-alive upstream, buffering off, sticky on
-# Mcp-Session-Id (a no-op with one backend, but it is the work nginx would do).
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes $THREADS;
-error_log $TMP/nginx-error.log warn;
-pid $TMP/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy;
-  fastcgi_temp_path $TMP/fcgi; uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
-  upstream registry { hash \$http_mcp_session_id consistent; server 127.0.0.1:$BPORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NPORT;
-    location / {
-      proxy_pass http://registry;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:$BPORT;
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_read_timeout 3600s;
-    }
-  }
-  server { listen 127.0.0.1:$NSTAT; location / { stub_status; } }
-}
-NGINX
-nginx -c "$TMP/nginx.conf" -g 'daemon off;' &
-NPID=$!
-pids+=($NPID)
-wait_http "http://127.0.0.1:$NPORT/health"
+start_nginx "$NPORT" "$BPORT" "$NSTAT"
 
 export MCP_GATEWAY_SESSION_KEY=bench-session-key-0123456789abcdef
-"$BIN/mcp-gateway" --threads "$THREADS" --http "127.0.0.1:$GPORT" --https "127.0.0.1:$GTLS" --dev-tls-dir "$TMP/tls" \
+# The session benchmark holds thousands of connections from one address:
+# above the default per-address caps (1,024 connections, a quarter of the
+# requests in flight), which are checked all the same.
+printf '[limits]\nmax_connections_per_ip = 100000\nclient_share = 1.0\n' > "$TMP/gateway.toml"
+"$BIN/mcp-gateway" --config "$TMP/gateway.toml" --threads "$THREADS" --http "127.0.0.1:$GPORT" --https "127.0.0.1:$GTLS" --dev-tls-dir "$TMP/tls" \
   --admin "127.0.0.1:$APORT" --backend "127.0.0.1:$BPORT" > /dev/null 2>&1 &
 GPID=$!
 pids+=($GPID)
@@ -172,10 +146,12 @@ print(f"gateway RSS {rss0/1024:.1f} MiB before, {rss1/1024:.1f} MiB after the ru
 PY
 
 # Session setup rate (gateway vs direct) and idle-session capacity
-# (IDLE_LEGACY + IDLE_STREAMABLE sessions held open through the gateway).
+# (IDLE_LEGACY + IDLE_STREAMABLE sessions held open through the gateway, then
+# IDLE_BARE connections that sent nothing and IDLE_KEEPALIVE idle keep-alive ones).
 if [ "${SESSION_BENCH:-1}" = 1 ]; then
   python3 tests/bench/sessions.py --gateway "127.0.0.1:$GPORT" --gateway-pid "$GPID" --direct "127.0.0.1:$BPORT" \
-    --legacy "${IDLE_LEGACY:-2000}" --streamable "${IDLE_STREAMABLE:-2000}" --setup "${SETUP:-2000}"
+    --legacy "${IDLE_LEGACY:-2000}" --streamable "${IDLE_STREAMABLE:-2000}" --setup "${SETUP:-2000}" \
+    --bare "${IDLE_BARE:-2000}" --keepalive "${IDLE_KEEPALIVE:-2000}"
 fi
 
 # Then the same targets at a moderate fixed rate (open loop), unless asked not to.

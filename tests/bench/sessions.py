@@ -4,12 +4,16 @@
 Capacity: opens LEGACY idle legacy SSE sessions (GET /sse, endpoint event
 read) and STREAMABLE idle Streamable HTTP sessions (initialize +
 notifications/initialized + an open GET /mcp stream) through the gateway
-and reports the gateway's RSS growth per session. Setup rate: sessions
+and reports the gateway's RSS growth per session. With --bare / --keepalive,
+then BARE connections that send nothing and KEEPALIVE connections idle
+after one answered request (GET /health), to split a session's memory into
+the connection's and the open stream's (measured within the gateway's
+idle_timeout, 60 s by default, which cuts such connections). Setup rate: sessions
 (initialize + notifications/initialized) per second, gateway vs the backend
 directly, same concurrency. Standard library only (asyncio, raw HTTP/1.1).
 
   python3 tests/bench/sessions.py --gateway 127.0.0.1:8080 --gateway-pid PID \
-      --direct 127.0.0.1:8091 [--legacy 2000 --streamable 2000 --setup 2000]
+      --direct 127.0.0.1:8091 [--legacy 2000 --streamable 2000 --setup 2000] [--bare 2000 --keepalive 2000]
 """
 import argparse
 import asyncio
@@ -82,15 +86,33 @@ async def streamable_idle(host, held):
     held.append(writer)
 
 
-async def legacy_idle(host, held):
+async def get(host, path, extra=""):
+    """A GET on a new connection; its reader, writer and answer's headers (200 asserted)."""
     h, p = host.split(":")
     reader, writer = await asyncio.open_connection(h, int(p))
-    writer.write(f"GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
     await writer.drain()
-    status, _ = await read_head(reader)
+    status, headers = await read_head(reader)
     assert status == 200, status
+    return reader, writer, headers
+
+
+async def legacy_idle(host, held):
+    reader, writer, _ = await get(host, "/sse", "Accept: text/event-stream\r\n")
     while b"endpoint" not in await reader.readline():
         pass
+    held.append(writer)
+
+
+async def bare_idle(host, held):
+    h, p = host.split(":")
+    _, writer = await asyncio.open_connection(h, int(p))
+    held.append(writer)
+
+
+async def keepalive_idle(host, held):
+    reader, writer, headers = await get(host, "/health")
+    await read_body(reader, headers)
     held.append(writer)
 
 
@@ -121,6 +143,8 @@ async def main():
     ap.add_argument("--streamable", type=int, default=2000)
     ap.add_argument("--setup", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--bare", type=int, default=0)
+    ap.add_argument("--keepalive", type=int, default=0)
     a = ap.parse_args()
 
     rates = {"direct": [], "gateway": []}
@@ -145,6 +169,18 @@ async def main():
     if a.streamable:
         print(f"  per Streamable HTTP session {(after_both - after_legacy) / a.streamable:.1f} KiB")
     print(f"  per session overall {(after_both - base) / max(1, a.legacy + a.streamable):.1f} KiB")
+    if a.bare or a.keepalive:
+        r0 = rss_kib(a.gateway_pid)
+        await bounded(a.bare, 64, lambda: bare_idle(a.gateway, held))
+        await asyncio.sleep(0.5)  # the gateway accepts and parks them
+        r1 = rss_kib(a.gateway_pid)
+        await bounded(a.keepalive, 64, lambda: keepalive_idle(a.gateway, held))
+        r2 = rss_kib(a.gateway_pid)
+        print(f"idle connections (the sessions still held): {a.bare} that sent nothing, {a.keepalive} after one answered request")
+        if a.bare:
+            print(f"  per connection that sent nothing {(r1 - r0) / a.bare:.1f} KiB")
+        if a.keepalive:
+            print(f"  per keep-alive connection after a request {(r2 - r1) / a.keepalive:.1f} KiB")
     for w in held:
         w.close()
 

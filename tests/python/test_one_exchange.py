@@ -50,7 +50,8 @@ def recorder():
         def do_POST(self):
             msg = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
             if msg.get("method") == "initialize":
-                seen.append({k.lower(): v for k, v in self.headers.items()})
+                if msg.get("id") != "revision":  # not the gateway's probe of what it speaks
+                    seen.append({k.lower(): v for k, v in self.headers.items()})
                 return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
                     "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
                     "serverInfo": {"name": "recorder", "version": "1"}}},

@@ -137,8 +137,9 @@ def test_without_an_endpoint_nothing_is_exported_and_traceparent_passes_through(
             self.end_headers()
 
         def do_POST(self):
-            self.rfile.read(int(self.headers["content-length"]))
-            seen["traceparent"] = self.headers.get("traceparent")
+            msg = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if msg.get("id") != "revision":  # not the gateway's probe of what it speaks
+                seen["traceparent"] = self.headers.get("traceparent")
             body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
             self.send_response(200)
             self.send_header("content-type", "application/json")

@@ -66,7 +66,8 @@ impl HealthCheck for Observed {
                         member.set_revision(Some(rev));
                     }
                     Err(why) => {
-                        tracing::debug!(backend = %member.id, %why, "backend revision not learned")
+                        tracing::debug!(backend = %member.id, %why, "backend revision not learned");
+                        member.set_revision(Some(revision::Revision::unknown(now)));
                     }
                 }
             }

@@ -39,6 +39,20 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// A backend that answered neither probe with a result (asked again
+    /// after [`STALE_MS`], like any other).
+    pub fn unknown(now_ms: u64) -> Self {
+        Revision {
+            stateless: false,
+            sessions: false,
+            versions: Vec::new(),
+            capabilities: Value::Null,
+            server_info: None,
+            instructions: None,
+            learned_ms: now_ms,
+        }
+    }
+
     /// The newest session revision it named (what a session opened there speaks).
     pub fn session_version(&self) -> Option<&str> {
         self.versions

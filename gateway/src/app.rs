@@ -252,7 +252,10 @@ impl pingora::services::background::BackgroundService for Reloader {
                         tracing::error!(error = %e, "reload refused; the configuration in force stays");
                     }
                 }
-                _ = tidy.tick() => self.0.guard().tidy(),
+                _ = tidy.tick() => {
+                    self.0.guard().tidy();
+                    self.0.streamable.revisions.tidy();
+                }
                 _ = shutdown.changed() => return,
             }
         }

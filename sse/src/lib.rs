@@ -150,6 +150,14 @@ impl Splitter {
         self.buf.len()
     }
 
+    /// Takes the bytes held for an event not yet complete (to be fed
+    /// again, elsewhere, from the start of that event).
+    pub fn take_pending(&mut self) -> bytes::Bytes {
+        self.scanned = 0;
+        self.line_start = 0;
+        self.buf.split().freeze()
+    }
+
     /// Feeds bytes; returns the events they complete, in order.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
         let mut events = Vec::new();

@@ -98,7 +98,9 @@ def test_a_stateless_client_discovers_lists_calls_and_gets_progress_and_sampling
         async def on_progress(value, total, message):
             progress.append(value)
 
-        async with client(gw, mode="auto", sampling_callback=sampling) as c:
+        paused = metric(gw, "mcp_gateway_bridge_paused_calls")
+        async with client(gw, sampling_callback=sampling) as c:
+            assert c.protocol_version == STATELESS, c.protocol_version
             tools = {x.name for x in (await c.list_tools()).tools}
             assert {"echo", "trigger-sampling-request", "trigger-long-running-operation"} <= tools, tools
             echo = await c.call_tool("echo", {"message": "across revisions"})
@@ -111,8 +113,61 @@ def test_a_stateless_client_discovers_lists_calls_and_gets_progress_and_sampling
             sampled = await c.call_tool("trigger-sampling-request", {"prompt": "what is 2+2?", "maxTokens": 10})
             text = sampled.content[0].text
             assert "sampled: " in text and "what is 2+2?" in text and "test-model" in text, text
+        assert metric(gw, "mcp_gateway_bridge_paused_calls") == paused, "the paused call was resumed, not left"
+        # auto mode: discover is answered (by the gateway), so the client stays stateless
+        async with client(gw, mode="auto") as c:
+            assert (await c.call_tool("echo", {"message": "auto"})).content[0].text == "Echo: auto"
+            assert c.protocol_version == STATELESS, c.protocol_version
 
     asyncio.run(main())
+
+
+def stateless_call(gw, who, rid, name, arguments, extra=None, timeout=30):
+    """One raw stateless tools/call of `who`; returns the JSON-RPC message answering it."""
+    params = {"name": name, "arguments": arguments, **(extra or {}), "_meta": {
+        "io.modelcontextprotocol/protocolVersion": STATELESS,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}}
+    r = httpx2.post(f"{gw.http}/everything/mcp", timeout=timeout,
+                    json={"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params},
+                    headers={"authorization": f"Bearer k-{who}", "accept": "application/json, text/event-stream",
+                             "mcp-protocol-version": STATELESS, "mcp-method": "tools/call", "mcp-name": name})
+    assert r.status_code in (200, 400), r.text
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [json.loads(l[5:]) for l in r.text.splitlines() if l.startswith("data:") and l[5:].strip()]
+        return next(m for m in messages if m.get("id") == rid)
+    return r.json()
+
+
+def test_clients_with_the_same_request_id_on_one_held_session_get_their_own_answers(bridged):
+    gw, _ = bridged
+    import concurrent.futures
+    durations = [1, 1.5, 2, 2.5]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda d: stateless_call(gw, "alice", 7, "trigger-long-running-operation",
+                                                         {"duration": d, "steps": 2}), durations))
+    for d, a in zip(durations, answers):
+        assert a["id"] == 7 and f"Duration: {d:g} seconds" in a["result"]["content"][0]["text"], (d, a)
+
+
+def test_a_paused_call_waits_for_its_own_principal_and_resumes(bridged):
+    gw, _ = bridged
+    first = stateless_call(gw, "alice", 1, "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+    result = first["result"]
+    assert result["resultType"] == "input_required", first
+    (key, ask), = result["inputRequests"].items()
+    assert ask["method"] == "sampling/createMessage", ask
+    state = result["requestState"]
+    answer = {"role": "assistant", "model": "m", "content": {"type": "text", "text": "sampled: hi"}}
+    retry = {"requestState": state, "inputResponses": {key: answer}}
+    # bob cannot take alice's paused call, and trying does not end it
+    theirs = stateless_call(gw, "bob", 2, "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}, retry)
+    assert "requestState" in theirs["error"]["message"], theirs
+    mine = stateless_call(gw, "alice", 3, "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}, retry)
+    assert mine["id"] == 3 and "sampled: hi" in mine["result"]["content"][0]["text"], mine
+    # a state serves one retry
+    again = stateless_call(gw, "alice", 4, "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}, retry)
+    assert "requestState" in again["error"]["message"], again
 
 
 def test_discover_is_answered_from_the_servers_initialize(bridged):

@@ -637,12 +637,14 @@ impl Pool {
     ) -> Option<Arc<revision::Revision>> {
         let members = self.members.load();
         let mut found = None;
-        for rev in members.list.iter().filter_map(|m| m.revision()) {
-            if other(&rev) {
+        for member in &members.list {
+            let rev = member.revision.load();
+            let Some(rev) = rev.as_ref() else { continue };
+            if other(rev) {
                 return None;
             }
-            if one(&rev) && found.is_none() {
-                found = Some(rev);
+            if one(rev) && found.is_none() {
+                found = Some(Arc::clone(rev));
             }
         }
         found

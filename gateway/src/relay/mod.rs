@@ -189,6 +189,9 @@ pub struct Seen {
     pub answered: bool,
     /// The backend's stream, when the client's ended before it (see [`drain`]).
     pub rest: Option<Frames>,
+    /// The answer was a [`Divert`]'s; what followed the diverted message
+    /// in the bytes at hand, unread (to go back in front of `rest`).
+    pub diverted: Option<Bytes>,
 }
 
 /// What happens to the messages of one backend answer, for both
@@ -284,6 +287,7 @@ impl<'a> Pass<'a> {
             return None;
         }
         let instead = self.shape.divert.and_then(|d| d(data))?;
+        self.seen.diverted = Some(Bytes::new());
         self.seen.messages += 1;
         self.answer_seen(&instead);
         Some(self.shape.apply(&instead).unwrap_or(instead))
@@ -329,7 +333,7 @@ impl<'a> Pass<'a> {
         self.splitter
             .push_into(chunk, &mut events)
             .map_err(|e| UpstreamError::Failed(e.to_string()))?;
-        for event in &events {
+        for (i, event) in events.iter().enumerate() {
             let message = event.message();
             let replaced = message.as_deref().and_then(|m| self.message(m));
             emit(Relayable {
@@ -337,8 +341,23 @@ impl<'a> Pass<'a> {
                 message,
                 replaced,
             });
+            if self.seen.diverted.is_some() {
+                // The client's answer is made: what follows stays unread.
+                let mut rest = BytesMut::new();
+                for later in &events[i + 1..] {
+                    rest.extend_from_slice(later.raw());
+                }
+                rest.extend_from_slice(&self.splitter.take_pending());
+                self.seen.diverted = Some(rest.freeze());
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// The backend session the answer comes from (the mark on its requests).
+    pub fn asker(&self) -> Option<Tag> {
+        self.shape.asks
     }
 
     /// Bytes held for an event not yet complete.
@@ -844,5 +863,36 @@ impl Events<'_, '_, '_> {
             seen.rest = Some(frames);
         }
         Ok(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_follows_a_diverted_message_stays_unread() {
+        let divert = |data: &str| data.contains("\"ask\"").then(|| "instead".to_owned());
+        let shape = Shape {
+            divert: Some(&divert),
+            ..Shape::default()
+        };
+        let mut pass = Pass::new(Some("1"), shape, None);
+        let mut out = Vec::new();
+        let chunk =
+            b"data: {\"before\":1}\n\ndata: {\"ask\":2}\n\ndata: {\"after\":3}\n\ndata: {\"half";
+        pass.push(chunk, &mut |ev| out.push(ev.message().map(str::to_owned)))
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Some("{\"before\":1}".to_owned()),
+                Some("instead".to_owned())
+            ]
+        );
+        assert!(pass.seen.answered);
+        let rest = pass.seen.diverted.take().unwrap();
+        assert_eq!(&rest[..], b"data: {\"after\":3}\n\ndata: {\"half");
+        assert_eq!(pass.pending(), 0);
     }
 }

@@ -7,14 +7,14 @@
 //! exchange on first use (a [`Binding`] with no link moves before anything
 //! is sent: `initialize` and `notifications/initialized` with the
 //! principal), moved under the failover rules when its backend is lost,
-//! and ended with `DELETE` when idle for [`IDLE`] or evicted.
+//! and ended with `DELETE` once idle for [`IDLE`] or evicted and no request
+//! or paused call still holds it.
 
 use std::cell::Cell;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -39,14 +39,36 @@ struct Key {
     slot: u8,
 }
 
-/// One held backend session and who it is for.
+/// One held backend session and who it is for. The session ends (DELETE)
+/// when the last user lets go — the table, a request under way, a paused
+/// call — never while one still holds it.
 pub struct Holding {
     pub binding: Binding,
     pub caller: Caller,
+    upstream: Arc<Upstream>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if self.binding.current().is_none() {
+            return; // never opened
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::clone(&self.binding.pool);
+        let binding = std::mem::replace(
+            &mut self.binding,
+            Binding::new(pool, String::new(), None, None),
+        );
+        let (caller, upstream) = (self.caller.clone(), Arc::clone(&self.upstream));
+        rt.spawn(async move { binding.close(&upstream, &caller).await });
+    }
 }
 
 pub struct Held {
     sessions: moka::sync::Cache<Key, Arc<Holding>>,
+    upstream: Arc<Upstream>,
 }
 
 /// What a 2026-07-28 request declares about its client (`params._meta`).
@@ -85,18 +107,13 @@ impl Held {
         let sessions = moka::sync::Cache::builder()
             .max_capacity(MAX_HELD)
             .time_to_idle(IDLE)
-            .eviction_listener(move |_key, held: Arc<Holding>, cause| {
-                if cause == RemovalCause::Replaced {
-                    return;
-                }
-                // End it on its backend, where a runtime is at hand.
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let upstream = Arc::clone(&upstream);
-                    rt.spawn(async move { held.binding.close(&upstream, &held.caller).await });
-                }
-            })
             .build();
-        Self { sessions }
+        Self { sessions, upstream }
+    }
+
+    /// Ends the sessions idle too long now (moka evicts only when used).
+    pub fn tidy(&self) {
+        self.sessions.run_pending_tasks();
     }
 
     /// The session that carries this request of `caller` to `pool` (whose
@@ -139,6 +156,7 @@ impl Held {
                 // No nonce: this replica alone holds it; no link: it opens on first use.
                 binding: Binding::new(Arc::clone(pool), init, None, None),
                 caller: caller.clone(),
+                upstream: Arc::clone(&self.upstream),
             })
         })
     }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::value::RawValue;
 
+use crate::asks::Tag;
 use crate::metrics::Transport;
 use crate::policy::jsonrpc::{Method, Rpc};
 use crate::pool::revision::{self, Revision};
@@ -32,7 +33,7 @@ use crate::pool::{BackendState, Pool};
 use crate::reject::Reject;
 use crate::relay::{self, Answer, Downstream, Failure, Pass, Seen, Shape, Sink};
 use crate::session::exchange::{Exchange, Message, Target};
-use crate::session::{Caller, Sessions};
+use crate::session::{Caller, Link, Sessions};
 use crate::state::State;
 use crate::upstream::Upstream;
 use held::Held;
@@ -50,6 +51,13 @@ impl Revisions {
             held: Held::new(Arc::clone(&upstream)),
             rounds: Rounds::new(upstream),
         }
+    }
+
+    /// Ends what has waited or idled too long (the caches evict only when
+    /// used; the reloader's tidy timer calls this every 10 s).
+    pub fn tidy(&self) {
+        self.held.tidy();
+        self.rounds.tidy();
     }
 }
 
@@ -140,7 +148,11 @@ impl Bridged<'_> {
                 .await;
         }
         let holding = self.revisions.held.session(pool, rev, caller, &body);
-        let diverter = Diverter::new(client_id, client_id, method);
+        // Many clients' requests share the held session: each goes with an id of the gateway's.
+        let own = rounds::own_id();
+        let body =
+            rounds::with_id(&body, &own).ok_or(Reject::Invalid("a request needs an id".into()))?;
+        let diverter = Diverter::new(&own, client_id, method);
         let divert = |data: &str| diverter.divert(data);
         let msg = Message {
             divert: Some(&divert),
@@ -148,7 +160,9 @@ impl Bridged<'_> {
         };
         let mut sink = Carried {
             down,
-            parking: Some((&diverter, &holding)),
+            diverter: &diverter,
+            holding: &holding,
+            link: None,
             revisions: self.revisions,
         };
         let exchange = Exchange {
@@ -179,10 +193,11 @@ impl Bridged<'_> {
                 rounds::PARKED_FOR.as_secs()
             ))
         };
-        let parked = self.revisions.rounds.take(state).ok_or_else(unknown)?;
-        if parked.principal != caller.principal {
-            return Err(unknown().into());
-        }
+        let parked = self
+            .revisions
+            .rounds
+            .take(state, &caller.principal)
+            .ok_or_else(unknown)?;
         let frames = parked
             .frames
             .lock()
@@ -199,14 +214,10 @@ impl Bridged<'_> {
         if !delivered {
             return Err(Reject::AnswerUndeliverable.into());
         }
-        let first = parked.first_id.clone();
-        let now = client_id.to_owned();
-        let rename: relay::Rewrite =
-            Arc::new(move |data: &str| rounds::renamed(data, &first, &now));
         let diverter = Diverter::new(&parked.first_id, client_id, method);
         let divert = |data: &str| diverter.divert(data);
         let shape = Shape {
-            rewrite: Some(&rename),
+            rewrite: None,
             asks: None,
             divert: Some(&divert),
         };
@@ -226,7 +237,9 @@ impl Bridged<'_> {
         };
         let mut sink = Carried {
             down,
-            parking: Some((&diverter, &parked.holding)),
+            diverter: &diverter,
+            holding: &parked.holding,
+            link: Some(Arc::clone(&parked.link)),
             revisions: self.revisions,
         };
         match sink.relay(answer).await {
@@ -254,26 +267,37 @@ impl Bridged<'_> {
 /// session's revision does), and a call that paused for input is parked.
 struct Carried<'d, 's, 'p> {
     down: &'d mut Downstream<'s>,
-    parking: Option<(&'p Diverter<'p>, &'p Arc<held::Holding>)>,
+    diverter: &'p Diverter<'p>,
+    holding: &'p Arc<held::Holding>,
+    /// The backend session the call runs on, when known (a resumed call's).
+    link: Option<Arc<Link>>,
     revisions: &'p Revisions,
 }
 
 impl Carried<'_, '_, '_> {
-    fn park(&mut self, seen: &mut Seen) {
-        let Some((diverter, holding)) = self.parking else {
+    /// Parks the call when its answer was a server request diverted:
+    /// the rest of the backend's stream (what followed the request in the
+    /// same bytes put back in front), with the backend session that asked.
+    fn park(&mut self, seen: &mut Seen, asker: Option<Tag>) {
+        let asked = self.diverter.asked.lock().ok().and_then(|mut a| a.take());
+        let Some((asked, first_id)) = asked else {
             return;
         };
-        let asked = diverter.asked.lock().ok().and_then(|mut a| a.take());
-        let (Some((asked, first_id)), Some(frames), Some(link)) =
-            (asked, seen.rest.take(), holding.binding.current())
-        else {
+        // The session the request went on: if the held session moved since,
+        // the client's answer has nowhere to go (its retry hears so).
+        let link = self.link.clone().or_else(|| {
+            let now = self.holding.binding.current()?;
+            (Some(now.tag()) == asker).then_some(now)
+        });
+        let (Some(link), Some(mut frames)) = (link, seen.rest.take()) else {
             return;
         };
+        frames.unread(seen.diverted.take().unwrap_or_default());
         self.revisions.rounds.park(
-            diverter.token.clone(),
+            self.diverter.token.clone(),
             Parked {
-                principal: holding.caller.principal.clone(),
-                holding: Arc::clone(holding),
+                principal: self.holding.caller.principal.clone(),
+                holding: Arc::clone(self.holding),
                 link,
                 asked,
                 first_id,
@@ -289,8 +313,9 @@ impl Sink for Carried<'_, '_, '_> {
     }
 
     async fn relay(&mut self, answer: Answer<'_>) -> Result<Seen, Failure> {
+        let asker = answer.pass.asker();
         let mut seen = self.down.relay(answer).await?;
-        self.park(&mut seen);
+        self.park(&mut seen, asker);
         Ok(seen)
     }
 

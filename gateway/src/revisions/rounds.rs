@@ -10,6 +10,7 @@
 //! stream as the retry's answer. A parked call waits [`PARKED_FOR`] at
 //! most, on this replica; [`MAX_PARKED`] at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ impl<'a> Diverter<'a> {
     }
 
     pub fn divert(&self, data: &str) -> Option<String> {
-        if let Some(done) = complete(data, self.first_id, self.cacheable) {
+        if let Some(done) = for_client(data, self.first_id, self.client_id, self.cacheable) {
             return Some(done);
         }
         if self.token.is_empty() {
@@ -118,9 +119,19 @@ impl Rounds {
         self.parked.entry_count()
     }
 
-    /// The call paused under `token`, taken (a state serves one retry).
-    pub fn take(&self, token: &str) -> Option<Arc<Parked>> {
+    /// The call paused under `token` for `principal`, taken (a state
+    /// serves one retry; another principal's retry leaves it paused).
+    pub fn take(&self, token: &str, principal: &str) -> Option<Arc<Parked>> {
+        let parked = self.parked.get(token)?;
+        if parked.principal != principal {
+            return None;
+        }
         self.parked.remove(token)
+    }
+
+    /// Ends what has waited too long now (moka evicts only when used).
+    pub fn tidy(&self) {
+        self.parked.run_pending_tasks();
     }
 }
 
@@ -196,26 +207,43 @@ pub async fn answer(upstream: &Upstream, p: &Parked, kind: &str, value: Value) -
     }
 }
 
-/// A session server's answer in the 2026-07-28 shape: a result says it is
-/// `complete`, and a result clients may cache (lists, reads, discover)
-/// says for how long and for whom — not at all, and only for this
-/// principal, since the server said nothing of it. `None`: not the answer
-/// to `id`, or nothing to add.
-pub fn complete(data: &str, id: &str, cacheable: bool) -> Option<String> {
+/// An id of the gateway's own for a carried request (its JSON text):
+/// requests of many clients share a held backend session, and their own
+/// ids would meet there.
+pub fn own_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("\"gw-{}\"", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The message with its id set to `id` (JSON text).
+pub fn with_id(body: &[u8], id: &str) -> Option<Bytes> {
+    let mut msg: Value = serde_json::from_slice(body).ok()?;
+    *msg.as_object_mut()?.get_mut("id")? = serde_json::from_str(id).ok()?;
+    Some(Bytes::from(msg.to_string()))
+}
+
+/// The backend's answer to `first` as the client's answer to `client`:
+/// its id the client's, and a result in the 2026-07-28 shape — it says it
+/// is `complete`, and one clients may cache (lists, reads, discover) says
+/// for how long and for whom: not at all, and only for this principal,
+/// since the server said nothing of it. `None`: not that answer.
+pub fn for_client(data: &str, first: &str, client: &str, cacheable: bool) -> Option<String> {
     let mut msg: Value = serde_json::from_str(data).ok()?;
-    let id: Value = serde_json::from_str(id).ok()?;
-    if msg.get("method").is_some() || msg.get("id") != Some(&id) {
+    let first: Value = serde_json::from_str(first).ok()?;
+    if msg.get("method").is_some() || msg.get("id") != Some(&first) {
         return None;
     }
-    let result = msg.get_mut("result")?.as_object_mut()?;
-    result
-        .entry("resultType")
-        .or_insert_with(|| "complete".into());
-    if cacheable {
-        result.entry("ttlMs").or_insert_with(|| 0.into());
+    msg["id"] = serde_json::from_str(client).ok()?;
+    if let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut) {
         result
-            .entry("cacheScope")
-            .or_insert_with(|| "private".into());
+            .entry("resultType")
+            .or_insert_with(|| "complete".into());
+        if cacheable {
+            result.entry("ttlMs").or_insert_with(|| 0.into());
+            result
+                .entry("cacheScope")
+                .or_insert_with(|| "private".into());
+        }
     }
     Some(msg.to_string())
 }
@@ -243,19 +271,6 @@ pub fn retry_of(body: &[u8]) -> Option<(String, Option<Value>)> {
         .and_then(|r| r.get(INPUT_KEY))
         .cloned();
     Some((state, response))
-}
-
-/// The message with its id replaced, when it answers `first` (the backend
-/// answers the call's first id; the client waits on its retry's).
-pub fn renamed(data: &str, first: &str, now: &str) -> Option<String> {
-    let mut msg: Value = serde_json::from_str(data).ok()?;
-    let first: Value = serde_json::from_str(first).ok()?;
-    let is_answer = msg.get("method").is_none() && msg.get("id") == Some(&first);
-    if !is_answer {
-        return None;
-    }
-    msg["id"] = serde_json::from_str(now).ok()?;
-    Some(msg.to_string())
 }
 
 #[cfg(test)]
@@ -286,20 +301,33 @@ mod tests {
     }
 
     #[test]
-    fn answers_take_the_2026_shape_and_lists_say_they_are_not_to_be_cached() {
-        let list = r#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#;
-        let v: Value = serde_json::from_str(&complete(list, "4", true).unwrap()).unwrap();
+    fn answers_take_the_clients_id_and_the_2026_shape() {
+        let list = r#"{"jsonrpc":"2.0","id":"gw-4","result":{"tools":[]}}"#;
+        let v: Value =
+            serde_json::from_str(&for_client(list, "\"gw-4\"", "1", true).unwrap()).unwrap();
+        assert_eq!(v["id"], 1);
         assert_eq!(v["result"]["resultType"], "complete");
         assert_eq!(v["result"]["ttlMs"], 0);
         assert_eq!(v["result"]["cacheScope"], "private");
-        let call = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[],"resultType":"complete"}}"#;
-        let v: Value = serde_json::from_str(&complete(call, "4", false).unwrap()).unwrap();
+        let call =
+            r#"{"jsonrpc":"2.0","id":"gw-4","result":{"content":[],"resultType":"complete"}}"#;
+        let v: Value =
+            serde_json::from_str(&for_client(call, "\"gw-4\"", "\"c\"", false).unwrap()).unwrap();
+        assert_eq!(v["id"], "c");
         assert!(v["result"].get("ttlMs").is_none());
-        assert!(complete(call, "5", false).is_none());
+        let error = r#"{"jsonrpc":"2.0","id":"gw-4","error":{"code":1,"message":"x"}}"#;
+        let v: Value =
+            serde_json::from_str(&for_client(error, "\"gw-4\"", "7", false).unwrap()).unwrap();
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!(7), json!(1))
+        );
+        assert!(for_client(call, "\"gw-5\"", "1", false).is_none());
         assert!(
-            complete(
-                r#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"x"}}"#,
-                "4",
+            for_client(
+                r#"{"jsonrpc":"2.0","id":"gw-4","method":"x"}"#,
+                "\"gw-4\"",
+                "1",
                 false
             )
             .is_none()
@@ -308,12 +336,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_answer_to_the_first_id_is_renamed() {
-        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
-        let v: Value = serde_json::from_str(&renamed(answer, "1", "\"r2\"").unwrap()).unwrap();
-        assert_eq!(v["id"], "r2");
-        assert!(renamed(answer, "2", "3").is_none());
-        assert!(renamed(r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#, "1", "3").is_none());
+    fn a_carried_request_gets_an_id_of_the_gateways_own() {
+        let (a, b) = (own_id(), own_id());
+        assert_ne!(a, b);
+        let body = with_id(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &a).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"].to_string(), a);
+        assert_eq!(v["method"], "tools/list");
     }
 
     #[test]

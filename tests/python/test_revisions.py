@@ -32,7 +32,7 @@ def bridged(tmp_path_factory):
     pool = pool_config("everything", servers)
     backend = Backend(tmp / "registry.db", "rev-0")
     keys = "".join(f'[[auth.keys]]\nprincipal = "{who}"\nsha256 = "{hashlib.sha256(f"k-{who}".encode()).hexdigest()}"\n'
-                   for who in ("alice", "bob"))
+                   for who in ("alice", "bob", "carol", "dave"))
     gw = Gateway(tmp, "rev", [backend.addr], extra_pools=pool, extra_config="[auth]\n" + keys)
     wait_until(lambda: all(b.get("revision") for b in everything_backends(gw)), 30,
                "the everything pool's revisions learned")
@@ -211,18 +211,19 @@ async def echoes(gw, who, n, tag=""):
 
 
 def test_stateless_calls_share_few_backend_sessions_and_never_across_principals(bridged):
-    gw, _ = bridged
+    gw, _ = bridged  # carol and dave call nothing anywhere else
     before = opened(gw)
+
     async def many():
-        await asyncio.wait_for(asyncio.gather(*[echoes(gw, "alice", 3) for _ in range(12)]), 60)
+        await asyncio.wait_for(asyncio.gather(*[echoes(gw, "carol", 3) for _ in range(12)]), 60)
 
     asyncio.run(many())
-    alice = opened(gw) - before
-    # 36 calls from 12 clients: at most one held session per backend (two backends)
-    assert 1 <= alice <= 2, alice
-    assert metric(gw, "mcp_gateway_bridge_held_sessions") >= alice
-    asyncio.run(echoes(gw, "bob", 3))
-    assert opened(gw) - before > alice, "bob's calls must not ride alice's backend sessions"
+    carol = opened(gw) - before
+    # 36 calls from 12 clients: at most one held session per slot (two backends: two slots)
+    assert 1 <= carol <= 2, carol
+    assert metric(gw, "mcp_gateway_bridge_held_sessions") >= carol
+    asyncio.run(echoes(gw, "dave", 3))
+    assert opened(gw) - before > carol, "dave's calls must not ride carol's backend sessions"
 
 
 def test_held_sessions_are_opened_again_after_their_backend_is_killed(bridged):

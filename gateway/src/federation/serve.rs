@@ -615,11 +615,9 @@ fn unknown_method(answer: &str) -> bool {
     serde_json::from_str::<Value>(answer).is_ok_and(|v| v["error"]["code"].as_i64() == Some(-32601))
 }
 
-/// A JSON-RPC response with `result`.
+/// A JSON-RPC response with `result` (to the gateway's own id when the request had none).
 fn response(id: Option<&RawValue>, result: Value) -> Bytes {
-    let id = id.map_or(OWN_ID, RawValue::get);
-    let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
-    Bytes::from(json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    jsonrpc::result_body(id.map_or(OWN_ID, RawValue::get), &result)
 }
 
 async fn reply<S: Sink>(sink: &mut S, id: Option<&RawValue>, result: Value) -> Result<(), Failure> {

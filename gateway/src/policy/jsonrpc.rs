@@ -408,6 +408,14 @@ pub fn params_of(body: &[u8]) -> Option<&str> {
         .map(RawValue::get)
 }
 
+/// A JSON-RPC response body with `result`; `id` is the request's id as
+/// JSON text (already parsed once, so it is valid JSON).
+pub fn result_body(id: &str, result: &serde_json::Value) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#
+    ))
+}
+
 /// A JSON-RPC error response body.
 pub fn error_body(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
     error_body_with(id, code, message, None)

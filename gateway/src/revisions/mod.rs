@@ -324,9 +324,7 @@ impl Sink for Carried<'_, '_, '_> {
         reject: &Reject,
         id: Option<&RawValue>,
     ) -> Result<(), Failure> {
-        Speaking { inner: self.down }
-            .write_refusal(reject, id)
-            .await
+        self.down.write_refusal(reject, id).await
     }
 
     async fn finish(&mut self) -> Result<(), Failure> {
@@ -372,8 +370,5 @@ impl<S: Sink> Sink for Speaking<'_, S> {
 
 /// A JSON-RPC response with `result`.
 fn response(id: Option<&RawValue>, result: serde_json::Value) -> Bytes {
-    let id: serde_json::Value = id
-        .and_then(|i| serde_json::from_str(i.get()).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Bytes::from(serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+    crate::policy::jsonrpc::result_body(id.map_or("null", RawValue::get), &result)
 }

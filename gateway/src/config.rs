@@ -475,6 +475,12 @@ pub struct PoolConfig {
     /// grows over this window ("0s": at once).
     #[serde(with = "duration", default = "default_slow_start")]
     pub slow_start: Duration,
+    /// The backends speak HTTP/2 without TLS (h2c, prior knowledge; the
+    /// registry backend does): sessions' `GET` streams to them share a few
+    /// HTTP/2 connections per backend instead of holding one connection
+    /// each. Requests stay on HTTP/1.1 keep-alive connections.
+    #[serde(default)]
+    pub http2_streams: bool,
     /// Credentials for this pool (default: required when any key or JWT is
     /// configured, else none).
     pub auth: Option<AuthMode>,
@@ -1007,7 +1013,7 @@ impl Config {
                 None => std::env::current_exe()?.with_file_name("registry-backend"),
             };
             config.pools.retain(|p| p.name != "default");
-            config.pools.push(PoolConfig::new(
+            let mut pool = PoolConfig::new(
                 "default",
                 Discovery::Managed {
                     command,
@@ -1015,7 +1021,10 @@ impl Config {
                     args: cli.backend_args.clone(),
                     stop_timeout: default_stop_timeout(),
                 },
-            ));
+            );
+            // The registry backend speaks h2c; another command may not.
+            pool.http2_streams = cli.backend_command.is_none();
+            config.pools.push(pool);
         }
         if let Some(store) = &cli.store {
             // An empty value (how Compose and env files clear it) means none.
@@ -1068,6 +1077,12 @@ impl Config {
                 if p.health == HealthKind::Mcp {
                     bail!(
                         "pool {}: a stdio pool's health is its host's (health = \"http\" on /readyz): an `mcp` check would start a process each time",
+                        p.name
+                    );
+                }
+                if p.http2_streams {
+                    bail!(
+                        "pool {}: a stdio pool's host speaks HTTP/1.1 only: http2_streams does not apply",
                         p.name
                     );
                 }
@@ -1205,6 +1220,7 @@ impl PoolConfig {
             eject_reset: default_eject_reset(),
             max_ejected: default_max_ejected(),
             slow_start: default_slow_start(),
+            http2_streams: false,
             auth: None,
         }
     }
@@ -1427,6 +1443,11 @@ mod tests {
                 "command='x'",
                 "health = 'mcp'",
                 "would start a process each time",
+            ),
+            (
+                "command='x'",
+                "http2_streams = true",
+                "speaks HTTP/1.1 only",
             ),
         ] {
             let (err, _) = pool(stdio, extra).unwrap();

@@ -31,6 +31,7 @@ async fn call(
                 client_headers: Some(&headers),
                 accept: Some("application/json"),
                 keep_credentials: true,
+                shared: false,
                 ..Outgoing::own(method, path, &fwd)
             },
         )

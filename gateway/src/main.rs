@@ -264,7 +264,8 @@ fn build_pool(
             pc.policy(),
             supervisor.clone(),
         )
-        .with_stdio(stdio.is_some()),
+        .with_stdio(stdio.is_some())
+        .with_http2_streams(pc.http2_streams),
     );
     if let Some(s) = supervisor {
         // A rollout waits for the pool's own health checks to see the replacement.

@@ -30,6 +30,18 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
 
 
+def connections_to(port):
+    """Established TCP connections on this machine whose far end is `port`."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
 async def read_head(reader):
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -145,6 +157,8 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--bare", type=int, default=0)
     ap.add_argument("--keepalive", type=int, default=0)
+    ap.add_argument("--backend-pid", type=int, help="also report the backend's RSS growth per Streamable session")
+    ap.add_argument("--backend-port", type=int, help="also count connections to the backend while the sessions are held")
     a = ap.parse_args()
 
     rates = {"direct": [], "gateway": []}
@@ -159,8 +173,11 @@ async def main():
     base = rss_kib(a.gateway_pid)
     await bounded(a.legacy, 64, lambda: legacy_idle(a.gateway, held))
     after_legacy = rss_kib(a.gateway_pid)
+    backend_before = rss_kib(a.backend_pid) if a.backend_pid else 0
     await bounded(a.streamable, 64, lambda: streamable_idle(a.gateway, held))
     after_both = rss_kib(a.gateway_pid)
+    backend_after = rss_kib(a.backend_pid) if a.backend_pid else 0
+    to_backend = connections_to(a.backend_port) if a.backend_port else 0
     print(f"idle sessions held open through the gateway: {a.legacy} legacy SSE + {a.streamable} Streamable HTTP with a GET stream")
     print(f"  gateway RSS {base / 1024:.1f} MiB before, {after_legacy / 1024:.1f} MiB with the legacy ones, "
           f"{after_both / 1024:.1f} MiB with all")
@@ -168,6 +185,10 @@ async def main():
         print(f"  per legacy session {(after_legacy - base) / a.legacy:.1f} KiB")
     if a.streamable:
         print(f"  per Streamable HTTP session {(after_both - after_legacy) / a.streamable:.1f} KiB")
+        if a.backend_pid:
+            print(f"  the backend's RSS per Streamable HTTP session {(backend_after - backend_before) / a.streamable:.1f} KiB")
+        if a.backend_port:
+            print(f"  connections to the backend while they are held: {to_backend}")
     print(f"  per session overall {(after_both - base) / max(1, a.legacy + a.streamable):.1f} KiB")
     if a.bare or a.keepalive:
         r0 = rss_kib(a.gateway_pid)

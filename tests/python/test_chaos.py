@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -152,11 +153,14 @@ async def session_loop(kind, n, url, deadline, tally):
         tally.id_changes.append(f"{kind} {n}: {ids}")
 
 
-def test_sessions_survive_a_rollout_and_a_killed_backend_under_load(tmp_path):
+# GET streams on a connection each, and on shared HTTP/2 connections
+@pytest.mark.parametrize("http2_streams", [False, True], ids=["http1-streams", "http2-streams"])
+def test_sessions_survive_a_rollout_and_a_killed_backend_under_load(tmp_path, http2_streams):
     assert VENV1.exists(), "the mcp 1.x venv (made by tests/run.sh) is missing"
     pool = (f'{{ managed = {{ command = "{BIN / "registry-backend"}", count = 3, '
             f'args = ["--db={tmp_path / "chaos.db"}"] }} }}')
-    gw = Gateway(tmp_path, "chaos", [], pool=pool, expect_backends=3)
+    gw = Gateway(tmp_path, "chaos", [], pool=pool, expect_backends=3,
+                 pool_options=f'health_interval = "300ms"\nhttp2_streams = {str(http2_streams).lower()}')
     tally = Tally()
     events = {}
     seed = subprocess.Popen([str(VENV1), str(Path(__file__).parent / "mcp1_reader.py"), f"{gw.http}/sse",

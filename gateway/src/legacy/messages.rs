@@ -131,6 +131,7 @@ impl Bridge {
                     content_type: Some("application/json"),
                     body,
                     keep_credentials: true,
+                    shared: false,
                     ..Outgoing::own(http::Method::POST, path_and_query, &forwarded)
                 },
             )

@@ -323,6 +323,9 @@ pub struct Pool {
     /// there is one session's process, which the host answers for session
     /// by session.
     pub stdio: bool,
+    /// Its backends speak h2c: sessions' `GET` streams share HTTP/2
+    /// connections (`upstream::shared`).
+    pub http2_streams: bool,
     /// Time to a backend's response header (`mcp_gateway_upstream_duration_seconds`).
     pub upstream_seconds: Histogram,
     /// Whole tool calls, by tool (`mcp_gateway_tool_call_duration_seconds`).
@@ -375,6 +378,7 @@ impl Pool {
             policy,
             supervisor,
             stdio: false,
+            http2_streams: false,
             upstream_seconds: Histogram::default(),
             tool_seconds: ToolLatencies::default(),
             panic_picks: AtomicU64::new(0),
@@ -385,6 +389,12 @@ impl Pool {
     /// A stdio pool (served by the gateway's in-process host).
     pub fn with_stdio(mut self, stdio: bool) -> Self {
         self.stdio = stdio;
+        self
+    }
+
+    /// Sessions' `GET` streams go over shared HTTP/2 connections (h2c backends).
+    pub fn with_http2_streams(mut self, on: bool) -> Self {
+        self.http2_streams = on;
         self
     }
 

@@ -634,6 +634,7 @@ fn outgoing<'t>(
         forwarded: &msg.caller.forwarded,
         principal: msg.caller.principal_header(),
         keep_credentials: false,
+        shared: msg.pool.http2_streams && msg.method == http::Method::GET,
     }
 }
 

@@ -12,7 +12,9 @@
 //! (`relay.rs`), so every stream the gateway serves is one it can shape.
 //! The client is hyper's (the stack reqwest is built on): a request's header
 //! and body leave in one write, and a pooled connection is reused as soon
-//! as a response has been read to its end.
+//! as a response has been read to its end. A session's `GET` stream to a
+//! pool whose backends speak h2c shares an HTTP/2 connection with other
+//! streams instead ([`shared`]).
 //!
 //! Header rules: hop-by-hop headers and those named in `Connection:` never
 //! cross; `Host` is the backend's; the client's credentials (Authorization,
@@ -37,6 +39,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
+
+pub mod shared;
+use shared::{Lease, SharedStreams};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 /// The key a stdio pool's in-process host wants on every request (`stdio/`):
@@ -137,6 +142,9 @@ pub struct Outgoing<'a> {
     /// Keep the client's credentials (only for a relay to another gateway
     /// replica, never to a backend).
     pub keep_credentials: bool,
+    /// A long-lived server stream (a session's `GET`) to a backend that
+    /// speaks h2c: it goes over a shared HTTP/2 connection ([`shared`]).
+    pub shared: bool,
 }
 
 impl<'a> Outgoing<'a> {
@@ -156,12 +164,15 @@ impl<'a> Outgoing<'a> {
             forwarded,
             principal: None,
             keep_credentials: false,
+            shared: false,
         }
     }
 }
 
 pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Server streams to h2c backends, on shared HTTP/2 connections.
+    shared: SharedStreams,
     /// Milliseconds of silence allowed (changes on reload).
     idle_ms: AtomicU64,
     /// The stdio hosts of this process and their keys (a few at most, set at start).
@@ -181,6 +192,7 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            shared: SharedStreams::new(connect_timeout),
             idle_ms: AtomicU64::new(idle.as_millis() as u64),
             hosts: Vec::new(),
         }
@@ -204,19 +216,31 @@ impl Upstream {
         addr: SocketAddr,
         out: Outgoing<'_>,
     ) -> Result<(http::response::Parts, Frames), UpstreamError> {
+        let shared = out.shared;
         let mut req = build_request(addr, out)?;
         if let Some((_, key)) = self.hosts.iter().find(|(a, _)| *a == addr) {
             req.headers_mut().insert(HOST_KEY_HEADER, key.clone());
         }
         let idle = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
-        let resp = match tokio::time::timeout(idle, self.client.request(req)).await {
-            Err(_) => return Err(UpstreamError::Timeout(idle)),
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
-            Ok(Err(e)) => return Err(UpstreamError::Failed(e.to_string())),
-            Ok(Ok(resp)) => resp,
-        };
+        let sent = tokio::time::timeout(idle, async {
+            let lease = match shared {
+                true => self.shared.lease(addr).await?,
+                false => None,
+            };
+            let resp = match &lease {
+                Some(lease) => lease.send(req).await?,
+                None => self.client.request(req).await.map_err(|e| match e {
+                    e if e.is_connect() => UpstreamError::Connect(e.to_string()),
+                    e => UpstreamError::Failed(e.to_string()),
+                })?,
+            };
+            Ok((resp, lease))
+        });
+        let (resp, lease) = sent.await.map_err(|_| UpstreamError::Timeout(idle))??;
         let (parts, body) = resp.into_parts();
-        Ok((parts, Frames::new(body, idle)))
+        let mut frames = Frames::new(body, idle);
+        frames.lease = lease;
+        Ok((parts, frames))
     }
 }
 
@@ -381,6 +405,8 @@ pub struct Frames {
     deadline: Instant,
     /// Bytes read and handed back ([`Frames::unread`]): they come first.
     unread: Option<Bytes>,
+    /// The stream's hold on a shared HTTP/2 connection, if it has one.
+    lease: Option<Lease>,
 }
 
 impl Frames {
@@ -390,6 +416,7 @@ impl Frames {
             idle,
             deadline: Instant::now() + idle,
             unread: None,
+            lease: None,
         }
     }
 
@@ -520,6 +547,7 @@ mod tests {
                 forwarded: &fwd,
                 principal: None,
                 keep_credentials: false,
+                shared: false,
             },
         )
         .unwrap();

@@ -109,10 +109,28 @@ async def get(host, path, extra=""):
     return reader, writer, headers
 
 
-async def legacy_idle(host, held):
+async def legacy_idle(host, held, handshake=False):
     reader, writer, _ = await get(host, "/sse", "Accept: text/event-stream\r\n")
     while b"endpoint" not in await reader.readline():
         pass
+    if handshake:  # initialize, its answer on the stream, notifications/initialized
+        line = await reader.readline()
+        while not line.startswith(b"data: /"):
+            line = await reader.readline()
+        path = line[len(b"data: "):].strip().decode()
+        h, p = host.split(":")
+        r2, w2 = await asyncio.open_connection(h, int(p))
+        for body in (INIT, INITIALIZED):
+            w2.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await w2.drain()
+            status, headers = await read_head(r2)
+            assert status == 202, status
+            await read_body(r2, headers)
+            if body is INIT:
+                while b'"result"' not in await reader.readline():
+                    pass
+        w2.close()
     held.append(writer)
 
 
@@ -157,6 +175,8 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--bare", type=int, default=0)
     ap.add_argument("--keepalive", type=int, default=0)
+    ap.add_argument("--legacy-handshake", action="store_true",
+                    help="each idle legacy session first does initialize and notifications/initialized")
     ap.add_argument("--backend-pid", type=int, help="also report the backend's RSS growth per Streamable session")
     ap.add_argument("--backend-port", type=int, help="also count connections to the backend while the sessions are held")
     a = ap.parse_args()
@@ -171,14 +191,15 @@ async def main():
 
     held = []
     base = rss_kib(a.gateway_pid)
-    await bounded(a.legacy, 64, lambda: legacy_idle(a.gateway, held))
+    await bounded(a.legacy, 64, lambda: legacy_idle(a.gateway, held, a.legacy_handshake))
     after_legacy = rss_kib(a.gateway_pid)
     backend_before = rss_kib(a.backend_pid) if a.backend_pid else 0
     await bounded(a.streamable, 64, lambda: streamable_idle(a.gateway, held))
     after_both = rss_kib(a.gateway_pid)
     backend_after = rss_kib(a.backend_pid) if a.backend_pid else 0
     to_backend = connections_to(a.backend_port) if a.backend_port else 0
-    print(f"idle sessions held open through the gateway: {a.legacy} legacy SSE + {a.streamable} Streamable HTTP with a GET stream")
+    shake = " (after initialize)" if a.legacy_handshake else ""
+    print(f"idle sessions held open through the gateway: {a.legacy} legacy SSE{shake} + {a.streamable} Streamable HTTP with a GET stream")
     print(f"  gateway RSS {base / 1024:.1f} MiB before, {after_legacy / 1024:.1f} MiB with the legacy ones, "
           f"{after_both / 1024:.1f} MiB with all")
     if a.legacy:

@@ -116,16 +116,21 @@ impl Bridge {
                     }
                     .instrument(span);
                     if in_order {
-                        call.await;
+                        // Boxed, as `open` and `close` below: the worker
+                        // waits on its inbox for the whole session, and its
+                        // task is as large as the largest thing it awaits.
+                        Box::pin(call).await;
                     } else {
                         calls.spawn(call);
                     }
                 }
                 _ => {
-                    let opened = Arc::clone(&up)
-                        .open(&self, body, &rpc, &mut out, &caller)
-                        .instrument(span)
-                        .await;
+                    let opened = Box::pin(
+                        Arc::clone(&up)
+                            .open(&self, body, &rpc, &mut out, &caller)
+                            .instrument(span),
+                    )
+                    .await;
                     drop(held);
                     let Ok(opened) = opened else { break }; // the client is gone
                     if let (Some(s), None) = (&opened, &listener) {
@@ -146,7 +151,7 @@ impl Bridge {
             l.abort();
         }
         if let Some(s) = session {
-            up.close(&self, &s, &caller).await;
+            Box::pin(up.close(&self, &s, &caller)).await;
         }
     }
 

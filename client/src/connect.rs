@@ -50,6 +50,35 @@ pub struct ConnectArgs {
     /// `--api-key` too, the key goes as `X-API-Key`.
     #[arg(long, env = "MCP_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// The protocol version a session offers in `initialize`, instead of the
+    /// SDK's newest (2026-07-28, which has no `initialize`); for servers that
+    /// refuse that offer, e.g. agentgateway.
+    #[arg(long, value_enum, global = true)]
+    pub initialize_version: Option<InitializeVersion>,
+}
+
+/// The versions `--initialize-version` takes: those with an `initialize` handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitializeVersion {
+    #[value(name = "2024-11-05")]
+    V2024_11_05,
+    #[value(name = "2025-03-26")]
+    V2025_03_26,
+    #[value(name = "2025-06-18")]
+    V2025_06_18,
+    #[value(name = "2025-11-25")]
+    V2025_11_25,
+}
+
+impl InitializeVersion {
+    pub fn protocol_version(self) -> ProtocolVersion {
+        match self {
+            Self::V2024_11_05 => ProtocolVersion::V_2024_11_05,
+            Self::V2025_03_26 => ProtocolVersion::V_2025_03_26,
+            Self::V2025_06_18 => ProtocolVersion::V_2025_06_18,
+            Self::V2025_11_25 => ProtocolVersion::V_2025_11_25,
+        }
+    }
 }
 
 impl ConnectArgs {
@@ -65,6 +94,15 @@ impl ConnectArgs {
     }
     pub fn sse_url(&self) -> String {
         format!("{}/sse", self.base())
+    }
+
+    /// [`client_info`] offering `--initialize-version` if given.
+    pub fn client_info(&self) -> ClientConfig {
+        let mut info = client_info();
+        if let Some(v) = self.initialize_version {
+            info.protocol_version = v.protocol_version();
+        }
+        info
     }
 
     pub fn http_client(&self) -> Result<reqwest::Client> {
@@ -222,7 +260,7 @@ async fn reachable(args: &ConnectArgs) -> Result<()> {
 }
 
 pub async fn connect(args: &ConnectArgs) -> Result<Connection> {
-    connect_with(args, client_info()).await
+    connect_with(args, args.client_info()).await
 }
 
 /// [`connect`] with a handler of our own for the server's requests.
@@ -270,7 +308,10 @@ async fn connect_transport<H: ClientHandler + Clone>(
         TransportChoice::Auto => {
             let auto = ClientLifecycleMode::Auto {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                legacy_version: Some(ProtocolVersion::V_2025_11_25),
+                legacy_version: Some(args.initialize_version.map_or(
+                    ProtocolVersion::V_2025_11_25,
+                    InitializeVersion::protocol_version,
+                )),
             };
             match streamable(args, handler.clone(), auto).await {
                 Ok(s) => {

@@ -15,7 +15,6 @@ use rmcp::service::{RequestContext, RoleClient};
 use serde_json::json;
 
 use super::scenario::RepliesFile;
-use crate::connect::client_info;
 
 #[derive(Debug, Default)]
 pub struct AnswerCounts {
@@ -32,7 +31,8 @@ pub struct Answering {
 }
 
 impl Answering {
-    pub fn new(replies: RepliesFile) -> Self {
+    /// `info`: who the sessions say they are (and the version they offer).
+    pub fn new(replies: RepliesFile, mut info: ClientConfig) -> Self {
         let mut caps = json!({});
         if replies.sampling.is_some() {
             caps["sampling"] = json!({});
@@ -40,7 +40,6 @@ impl Answering {
         if replies.elicitation.is_some() {
             caps["elicitation"] = json!({"form": {}});
         }
-        let mut info = client_info();
         info.capabilities = serde_json::from_value(caps).unwrap_or_default();
         Self {
             info,

@@ -506,6 +506,7 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use rmcp::model::ProtocolVersion;
 
     use super::*;
 
@@ -534,6 +535,40 @@ mod tests {
         let cmd = load(args).map_err(|e| anyhow::anyhow!("{e}"))?;
         let s = scenario::registry(&Mix::parse(DEFAULT_MIX)?, 1)?;
         plan(&cmd.run, &s, "r")
+    }
+
+    fn conn(args: &[&str]) -> std::result::Result<ConnectArgs, clap::Error> {
+        let mut all = vec!["mcp-client"];
+        all.extend(args);
+        all.push("load");
+        Cli::try_parse_from(all).map(|c| c.conn)
+    }
+
+    #[test]
+    fn initialize_version_sets_the_version_sessions_offer_in_initialize() {
+        let c = conn(&["--initialize-version", "2025-11-25"]).unwrap();
+        assert_eq!(
+            c.client_info().protocol_version,
+            ProtocolVersion::V_2025_11_25
+        );
+        let c = conn(&[]).unwrap();
+        assert_eq!(
+            c.client_info().protocol_version,
+            crate::connect::client_info().protocol_version
+        );
+    }
+
+    #[test]
+    fn initialize_version_refuses_a_version_without_initialize_or_unknown() {
+        for bad in ["2026-07-28", "2025-13-01", "latest"] {
+            let text = conn(&["--initialize-version", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                text.contains(bad) && text.contains("2025-11-25"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

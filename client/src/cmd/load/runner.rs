@@ -867,7 +867,7 @@ pub async fn execute(
     output: Output,
 ) -> Result<Results> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let handler = Answering::new(scenario.replies.clone());
+    let handler = Answering::new(scenario.replies.clone(), conn_args.client_info());
     let globals = setup(conn_args, &scenario, &handler, &plan, &tx).await?;
 
     // the sessions the run starts with are open before the clock starts

@@ -11,9 +11,13 @@ the connection's and the open stream's (measured within the gateway's
 idle_timeout, 60 s by default, which cuts such connections). Setup rate: sessions
 (initialize + notifications/initialized) per second, gateway vs the backend
 directly, same concurrency. Standard library only (asyncio, raw HTTP/1.1).
+With --peer NAME=HOST:PORT --peer-pid PID, another proxy in front of the same
+backend gets the same: its setup rate in the same alternating rounds, then its
+idle sessions and connections (after the gateway's are closed).
 
   python3 tests/bench/sessions.py --gateway 127.0.0.1:8080 --gateway-pid PID \
-      --direct 127.0.0.1:8091 [--legacy 2000 --streamable 2000 --setup 2000] [--bare 2000 --keepalive 2000]
+      --direct 127.0.0.1:8091 [--legacy 2000 --streamable 2000 --setup 2000] [--bare 2000 --keepalive 2000] \
+      [--peer agentgateway=127.0.0.1:3000 --peer-pid PID]
 """
 import argparse
 import asyncio
@@ -179,45 +183,65 @@ async def main():
                     help="each idle legacy session first does initialize and notifications/initialized")
     ap.add_argument("--backend-pid", type=int, help="also report the backend's RSS growth per Streamable session")
     ap.add_argument("--backend-port", type=int, help="also count connections to the backend while the sessions are held")
+    ap.add_argument("--peer", help="NAME=HOST:PORT of another proxy in front of the same backend")
+    ap.add_argument("--peer-pid", type=int)
     a = ap.parse_args()
+    peer = None
+    if a.peer:
+        name, _, host = a.peer.partition("=")
+        if not host or a.peer_pid is None:
+            ap.error("--peer takes NAME=HOST:PORT, and needs --peer-pid")
+        peer = (name, host)
 
-    rates = {"direct": [], "gateway": []}
+    targets = [("direct", a.direct), ("gateway", a.gateway)] + ([peer] if peer else [])
+    rates = {name: [] for name, _ in targets}
     for _ in range(2):  # alternate, two rounds
-        for name, host in (("direct", a.direct), ("gateway", a.gateway)):
+        for name, host in targets:
             rates[name].append(await setup_rate(host, a.setup, a.concurrency))
     d, g = (sum(rates[k]) / 2 for k in ("direct", "gateway"))
     print(f"session setup (initialize + initialized), {a.setup} sessions x 2 rounds, concurrency {a.concurrency}:")
     print(f"  direct {d:.0f}/s, gateway {g:.0f}/s, ratio gateway/direct {g / d:.2f}")
+    if peer:
+        p = sum(rates[peer[0]]) / 2
+        print(f"  {peer[0]} {p:.0f}/s, ratio {peer[0]}/direct {p / d:.2f}, gateway/{peer[0]} {g / p:.2f}")
 
+    await capacity(a, "the gateway", "gateway", a.gateway, a.gateway_pid, a.legacy_handshake)
+    if peer:  # its legacy sessions as opened (the handshake is the gateway's measure only)
+        await capacity(a, peer[0], peer[0], peer[1], a.peer_pid, False)
+
+
+async def capacity(a, through, name, host, pid, handshake):
+    """Idle sessions, then idle connections, held through one proxy; its RSS per each."""
     held = []
-    base = rss_kib(a.gateway_pid)
-    await bounded(a.legacy, 64, lambda: legacy_idle(a.gateway, held, a.legacy_handshake))
-    after_legacy = rss_kib(a.gateway_pid)
-    backend_before = rss_kib(a.backend_pid) if a.backend_pid else 0
-    await bounded(a.streamable, 64, lambda: streamable_idle(a.gateway, held))
-    after_both = rss_kib(a.gateway_pid)
-    backend_after = rss_kib(a.backend_pid) if a.backend_pid else 0
+    base = rss_kib(pid)
+    await bounded(a.legacy, 64, lambda: legacy_idle(host, held, handshake))
+    after_legacy = rss_kib(pid)
+    backend_pid = a.backend_pid if name == "gateway" else None
+    backend_before = rss_kib(backend_pid) if backend_pid else 0
+    await bounded(a.streamable, 64, lambda: streamable_idle(host, held))
+    after_both = rss_kib(pid)
+    backend_after = rss_kib(backend_pid) if backend_pid else 0
     to_backend = connections_to(a.backend_port) if a.backend_port else 0
-    shake = " (after initialize)" if a.legacy_handshake else ""
-    print(f"idle sessions held open through the gateway: {a.legacy} legacy SSE{shake} + {a.streamable} Streamable HTTP with a GET stream")
-    print(f"  gateway RSS {base / 1024:.1f} MiB before, {after_legacy / 1024:.1f} MiB with the legacy ones, "
+    shake = " (after initialize)" if handshake else ""
+    print(f"idle sessions held open through {through}: {a.legacy} legacy SSE{shake} + {a.streamable} Streamable HTTP with a GET stream")
+    print(f"  {name} RSS {base / 1024:.1f} MiB before, {after_legacy / 1024:.1f} MiB with the legacy ones, "
           f"{after_both / 1024:.1f} MiB with all")
     if a.legacy:
         print(f"  per legacy session {(after_legacy - base) / a.legacy:.1f} KiB")
     if a.streamable:
         print(f"  per Streamable HTTP session {(after_both - after_legacy) / a.streamable:.1f} KiB")
-        if a.backend_pid:
+        if backend_pid:
             print(f"  the backend's RSS per Streamable HTTP session {(backend_after - backend_before) / a.streamable:.1f} KiB")
         if a.backend_port:
             print(f"  connections to the backend while they are held: {to_backend}")
     print(f"  per session overall {(after_both - base) / max(1, a.legacy + a.streamable):.1f} KiB")
     if a.bare or a.keepalive:
-        r0 = rss_kib(a.gateway_pid)
-        await bounded(a.bare, 64, lambda: bare_idle(a.gateway, held))
-        await asyncio.sleep(0.5)  # the gateway accepts and parks them
-        r1 = rss_kib(a.gateway_pid)
-        await bounded(a.keepalive, 64, lambda: keepalive_idle(a.gateway, held))
-        r2 = rss_kib(a.gateway_pid)
+        r0 = rss_kib(pid)
+        await bounded(a.bare, 64, lambda: bare_idle(host, held))
+        await asyncio.sleep(0.5)  # the proxy accepts and parks them
+        r1 = rss_kib(pid)
+        await bounded(a.keepalive, 64, lambda: keepalive_idle(host, held))
+        r2 = rss_kib(pid)
         print(f"idle connections (the sessions still held): {a.bare} that sent nothing, {a.keepalive} after one answered request")
         if a.bare:
             print(f"  per connection that sent nothing {(r1 - r0) / a.bare:.1f} KiB")
@@ -225,6 +249,7 @@ async def main():
             print(f"  per keep-alive connection after a request {(r2 - r1) / a.keepalive:.1f} KiB")
     for w in held:
         w.close()
+    await asyncio.gather(*(w.wait_closed() for w in held), return_exceptions=True)
 
 
 if __name__ == "__main__":

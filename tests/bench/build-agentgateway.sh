@@ -2,7 +2,7 @@
 # Builds agentgateway (github.com/agentgateway/agentgateway, the MCP-aware
 # Rust gateway) from a checked-out source tree without its git forks, for
 # compare.sh's optional `agentgateway` target. Prints the binary's path on
-# stdout (cargo's output goes to stderr). A fat-LTO release build, ~25 min on
+# stdout (cargo's output goes to stderr). A fat-LTO release build, ~35 min from clean on
 # 2 cores: never in CI.
 #   tests/bench/build-agentgateway.sh /work/agw/src
 #   AGENTGATEWAY=$(tests/bench/build-agentgateway.sh /work/agw/src) tests/bench/compare.sh

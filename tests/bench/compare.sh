@@ -12,7 +12,7 @@
 # the open-loop pass unless RATE is given or OPEN_LOOP=0.
 # Needs: cargo build --release --workspace; nginx (apt-get install nginx-light).
 # Optional: AGENTGATEWAY=/path/to/agentgateway adds agentgateway (the MCP-aware
-# Rust gateway; tests/bench/build-agentgateway.sh builds it, ~25 min) in front of
+# Rust gateway; tests/bench/build-agentgateway.sh builds it, ~35 min from clean) in front of
 # the same backend as one more target, in every pass, with ratio lines
 # gateway/agentgateway.
 source "$(dirname "$0")/common.sh"

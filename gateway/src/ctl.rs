@@ -31,7 +31,6 @@ async fn call(
                 client_headers: Some(&headers),
                 accept: Some("application/json"),
                 keep_credentials: true,
-                shared: false,
                 ..Outgoing::own(method, path, &fwd)
             },
         )

@@ -290,7 +290,6 @@ impl Streamable {
             session: token,
             body: msg.body.clone(),
             keep_credentials: true,
-            shared: false,
             ..Outgoing::own(
                 msg.method.clone(),
                 uri.path_and_query().map_or("/", |p| p.as_str()),

@@ -131,7 +131,6 @@ impl Bridge {
                     content_type: Some("application/json"),
                     body,
                     keep_credentials: true,
-                    shared: false,
                     ..Outgoing::own(http::Method::POST, path_and_query, &forwarded)
                 },
             )

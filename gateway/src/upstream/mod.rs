@@ -223,9 +223,10 @@ impl Upstream {
         }
         let idle = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         let sent = tokio::time::timeout(idle, async {
-            let lease = match shared {
-                true => self.shared.lease(addr).await?,
-                false => None,
+            let lease = if shared {
+                self.shared.lease(addr).await?
+            } else {
+                None
             };
             let resp = match &lease {
                 Some(lease) => lease.send(req).await?,
@@ -238,9 +239,7 @@ impl Upstream {
         });
         let (resp, lease) = sent.await.map_err(|_| UpstreamError::Timeout(idle))??;
         let (parts, body) = resp.into_parts();
-        let mut frames = Frames::new(body, idle);
-        frames.lease = lease;
-        Ok((parts, frames))
+        Ok((parts, Frames::new(body, idle, lease)))
     }
 }
 
@@ -405,18 +404,19 @@ pub struct Frames {
     deadline: Instant,
     /// Bytes read and handed back ([`Frames::unread`]): they come first.
     unread: Option<Bytes>,
-    /// The stream's hold on a shared HTTP/2 connection, if it has one.
-    lease: Option<Lease>,
+    /// The stream's hold on a shared HTTP/2 connection, if it has one:
+    /// kept for its `Drop` (declared after `body`, so it is let go after it).
+    _lease: Option<Lease>,
 }
 
 impl Frames {
-    fn new(body: Incoming, idle: Duration) -> Self {
+    fn new(body: Incoming, idle: Duration, lease: Option<Lease>) -> Self {
         Self {
             body,
             idle,
             deadline: Instant::now() + idle,
             unread: None,
-            lease: None,
+            _lease: lease,
         }
     }
 

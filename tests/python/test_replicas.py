@@ -211,7 +211,11 @@ def test_a_graceful_upgrade_under_load_refuses_nothing(tmp_path):
         state["new"] = subprocess.Popen([str(BIN / "mcp-gateway"), "--config", str(tmp_path / "up-old.toml"), "--upgrade"],
                                         env={**os.environ, "MCP_GATEWAY_SESSION_KEY": SESSION_KEY, "RUST_LOG": "warn"},
                                         stdout=subprocess.DEVNULL)
-        await asyncio.sleep(1)
+        # the new one binds the upgrade socket when it is ready to take them
+        for _ in range(300):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.1)
         old.proc.p.send_signal(signal.SIGQUIT)
         while old.proc.p.poll() is None:
             await asyncio.sleep(0.1)
